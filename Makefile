@@ -1,0 +1,42 @@
+# vidseek — the two commands a newcomer runs:
+#   make demo   set up, ingest the bundled sample videos, serve the web UI + API on http://127.0.0.1:8000
+#   make test   set up and run the whole test suite (what .ci/run calls)
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test install install-test services browser clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+services:
+	@scripts/ensure_services.sh
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "could not install chromium (apt-get as root is needed)"; exit 1; }; }
+
+demo: $(VENV)/.installed
+	$(BIN)/vidseek demo
+
+test: $(VENV)/.installed-test services browser
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
