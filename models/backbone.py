@@ -22,6 +22,21 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
+_registered_config_dirs: set[Path] = set()  # open_clip keeps a global registry; add each folder once
+
+
+def backbone_key(model_name: str, weights_id: str) -> str:
+    """Identity of a model plus its weights, e.g. ``ViT-B-32:openai``."""
+    return f"{model_name}:{weights_id}"
+
+
+def model_embed_dim(model_name: str, config_dir: Path | None = None) -> int:
+    """Joint embedding width of an open_clip architecture, read from its config (no weights)."""
+    register_model_configs(config_dir)
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise WeightsUnavailableError(f"unknown open_clip model {model_name!r}")
+    return int(config["embed_dim"])
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -56,7 +71,7 @@ class ClipBackbone:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
-        self.key = f"{name}:{weights_id}"
+        self.key = backbone_key(name, weights_id)
         self.device = device
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
@@ -136,10 +151,14 @@ def resolve_device(device: str) -> torch.device:
 
 def register_model_configs(config_dir: Path | None) -> None:
     """Make extra open_clip architecture configs (``*.json``) in ``config_dir`` loadable by name."""
-    if config_dir is not None:
-        if not Path(config_dir).is_dir():
-            raise FileNotFoundError(f"model config directory {config_dir} does not exist")
-        open_clip.add_model_config(Path(config_dir))
+    if config_dir is None:
+        return
+    folder = Path(config_dir).resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model config directory {config_dir} does not exist")
+    if folder not in _registered_config_dirs:
+        open_clip.add_model_config(folder)
+        _registered_config_dirs.add(folder)
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -148,6 +167,16 @@ def _file_fingerprint(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return f"file-{digest.hexdigest()[:16]}"
+
+
+def weights_identity(pretrained: str) -> str:
+    """Stable name of the weights ``pretrained`` designates (a tag, a file fingerprint, or random)."""
+    path = Path(pretrained).expanduser()
+    if pretrained == RANDOM_WEIGHTS:
+        return f"random-seed{RANDOM_SEED}"
+    if path.is_file():
+        return _file_fingerprint(path)
+    return pretrained
 
 
 def load_backbone(
@@ -178,13 +207,11 @@ def load_backbone(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = open_clip.create_model(model_name, pretrained=None, device=dev)
-        weights_id = f"random-seed{RANDOM_SEED}"
     elif path.is_file():
         try:
             model = open_clip.create_model(model_name, pretrained=str(path), device=dev)
         except Exception as exc:  # open_clip raises plain RuntimeError/KeyError for bad files
             raise WeightsUnavailableError(f"cannot load checkpoint {path} into {model_name}: {exc}") from exc
-        weights_id = _file_fingerprint(path)
     else:
         known_tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in known_tags:
@@ -201,6 +228,5 @@ def load_backbone(
                 "(e.g. open_clip_pytorch_model.bin from the model's Hugging Face page) and set "
                 "VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin"
             ) from exc
-        weights_id = pretrained
     tokenizer = open_clip.get_tokenizer(model_name)
-    return ClipBackbone(model, tokenizer, model_name, weights_id, dev)
+    return ClipBackbone(model, tokenizer, model_name, weights_identity(pretrained), dev)

@@ -90,10 +90,15 @@ class Settings:
         return self.data_dir / "summaries"
 
     @property
+    def samples_dir(self) -> Path:
+        return self.data_dir / "samples"
+
+    @property
     def allowed_media_roots(self) -> tuple[Path, ...]:
-        """Roots ingestion may read from: the configured ones plus vidseek's own upload folder."""
+        """Roots ingestion may read from: the configured ones (default: the working directory)
+        plus vidseek's own upload and sample folders."""
         roots = self.media_roots or (Path.cwd(),)
-        return tuple(dict.fromkeys(p.resolve() for p in (*roots, self.upload_dir)))
+        return tuple(dict.fromkeys(p.resolve() for p in (*roots, self.upload_dir, self.samples_dir)))
 
     @property
     def runs_in_process(self) -> bool:

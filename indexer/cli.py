@@ -1,0 +1,264 @@
+"""``vidseek`` command line: ingest, serve, worker, demo, search, db, index."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from indexer.media import find_videos, sha256_file
+from indexer.pipeline import VideoIngestor, space_key
+from indexer.samples import ensure_samples
+from indexer.service import build_runtime, create_service_app, load_model, open_catalog
+from indexer.tasks import LazyIngestor, make_celery
+from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, backbone_key, model_embed_dim, weights_identity
+from models.encoders import build_encoder
+from search.catalog import Catalog
+from search.db import current_revision, upgrade
+from search.logs import configure_logging
+from search.media_paths import PathNotAllowed, confine
+from search.segment_index import SegmentIndex
+from search.settings import Settings, SettingsError
+from search.tables import Job, Status
+
+log = logging.getLogger("vidseek")
+
+
+def settings_space_key(settings: Settings) -> str:
+    """The embedding space ``settings`` produce, computed without loading the model."""
+    return space_key(backbone_key(settings.model, weights_identity(settings.pretrained)), settings.encoder)
+
+
+# ----- ingest ---------------------------------------------------------------------------------
+def plan_jobs(settings: Settings, catalog: Catalog, paths: Sequence[Path], key: str) -> tuple[list[Job], int, list[str]]:
+    """Create a job for every video not yet indexed in embedding space ``key``.
+
+    Returns (new jobs, number skipped as already indexed, rejection messages).
+    """
+    jobs, skipped, rejected = [], 0, []
+    for path in tqdm(list(find_videos(paths)), desc="checking", unit="file", leave=False):
+        try:
+            resolved = confine(path, settings.allowed_media_roots)
+        except PathNotAllowed as exc:
+            rejected.append(f"{exc} (set VIDSEEK_MEDIA_ROOTS)")
+            continue
+        if not resolved.is_file():
+            rejected.append(f"{path}: no such file")
+            continue
+        video = catalog.find_video_by_hash(sha256_file(resolved))
+        if video is not None and video.status is Status.done and video.embedding_key == key:
+            skipped += 1
+            continue
+        jobs.append(catalog.create_job(resolved))
+    return jobs, skipped, rejected
+
+
+def run_jobs_in_process(ingestor: VideoIngestor, jobs: Sequence[Job]) -> None:
+    with tqdm(total=len(jobs), desc="ingesting", unit="video") as overall:
+        for job in jobs:
+            with tqdm(total=1000, desc=Path(job.path).name[:40], leave=False, bar_format="{l_bar}{bar}| {elapsed}") as bar:
+
+                def progress(fraction: float) -> None:
+                    bar.update(int(fraction * 1000) - bar.n)
+
+                try:
+                    ingestor.run_job(job.id, progress)
+                except Exception as exc:  # recorded on the job; continue with the next video
+                    log.error("ingestion failed", extra={"job": job.id, "error": str(exc)})
+            overall.update(1)
+
+
+def wait_for_jobs(catalog: Catalog, jobs: Sequence[Job], poll: float = 1.0) -> None:
+    pending = {j.id for j in jobs}
+    with tqdm(total=len(jobs), desc="ingesting (workers)", unit="video") as bar:
+        while pending:
+            for job_id in list(pending):
+                job = catalog.get_job(job_id)
+                if job is not None and job.status in (Status.done, Status.failed):
+                    pending.discard(job_id)
+                    bar.update(1)
+            if pending:
+                time.sleep(poll)
+
+
+def report(catalog: Catalog, jobs: Sequence[Job], skipped: int, rejected: Sequence[str]) -> int:
+    failed = []
+    done = 0
+    for job in jobs:
+        current = catalog.get_job(job.id)
+        if current is not None and current.status is Status.failed:
+            failed.append(f"{current.path}: {current.error}")
+        elif current is not None and current.status is Status.done:
+            done += 1
+    print(f"indexed {done}, already indexed {skipped}, failed {len(failed)}, rejected {len(rejected)}")
+    for line in [*rejected, *failed]:
+        print(f"  ✗ {line}", file=sys.stderr)
+    return 1 if failed or rejected else 0
+
+
+def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, ingestor: VideoIngestor | None = None) -> int:
+    catalog = open_catalog(settings)
+    if settings.runs_in_process:
+        ingestor = ingestor or VideoIngestor(settings, catalog, build_encoder(settings.encoder, load_model(settings)))
+        jobs, skipped, rejected = plan_jobs(settings, catalog, paths, ingestor.key)
+        run_jobs_in_process(ingestor, jobs)
+    else:
+        jobs, skipped, rejected = plan_jobs(settings, catalog, paths, settings_space_key(settings))
+        app = make_celery(settings)
+        for job in jobs:
+            app.send_task("vidseek.ingest_video", args=[job.id])
+        print(f"queued {len(jobs)} jobs on {settings.broker_url}")
+        if not wait:
+            return 0
+        wait_for_jobs(catalog, jobs)
+    return report(catalog, jobs, skipped, rejected)
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    return ingest_paths(settings, args.paths, wait=args.wait)
+
+
+# ----- serving --------------------------------------------------------------------------------
+def serve(app, host: str, port: int) -> None:
+    from werkzeug.serving import run_simple
+
+    print(f"vidseek is serving on http://{host}:{port}/  (Ctrl+C to stop)")
+    run_simple(host, port, app, threaded=True)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    serve(create_service_app(settings), args.host, args.port)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.runs_in_process:
+        print("VIDSEEK_BROKER_URL is not set: a worker needs a broker (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+
+    def factory() -> VideoIngestor:
+        catalog = open_catalog(settings)
+        return VideoIngestor(settings, catalog, build_encoder(settings.encoder, load_model(settings)))
+
+    app = make_celery(settings, LazyIngestor(factory))
+    argv = ["worker", f"--concurrency={args.concurrency}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    settings = settings.with_overrides(broker_url="")  # the demo runs everything in this process
+    samples = ensure_samples(settings.samples_dir)
+    banner = None
+    try:
+        backbone = load_model(settings)
+    except WeightsUnavailableError as exc:
+        print(f"\n!! {exc}\n!! The demo continues with RANDOM weights so you can try the UI; "
+              "search results will not be meaningful.\n", file=sys.stderr)
+        banner = ("Running with random model weights: results are not meaningful. "
+                  "Set VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin (or run where the "
+                  "'openai' weights can be downloaded) and restart.")
+        settings = settings.with_overrides(pretrained=RANDOM_WEIGHTS)
+        backbone = load_model(settings)
+    runtime = build_runtime(settings, backbone, banner)
+    print(f"ingesting {len(samples)} sample videos from {settings.samples_dir}")
+    ingest_paths(settings, samples, ingestor=runtime.ingestor())
+    runtime.index.refresh(force=True)
+    from search.api import create_app
+
+    serve(create_app(runtime.api_context()), args.host, args.port)
+    return 0
+
+
+# ----- queries and maintenance ----------------------------------------------------------------
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    runtime = build_runtime(settings)
+    result = runtime.queries.search(args.query, args.k)
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]")
+    print(f"({result.timings_ms['total']:.1f} ms)")
+    return 0
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    url = settings.resolved_database_url
+    if args.action == "upgrade":
+        upgrade(url)
+    print(f"database at revision {current_revision(url)}")
+    return 0
+
+
+def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
+    catalog = open_catalog(settings)
+    index = SegmentIndex(
+        catalog,
+        settings.resolved_index_dir,
+        settings_space_key(settings),
+        model_embed_dim(settings.model, settings.model_config_dir),
+        settings.index_type,
+    )
+    report = index.rebuild()
+    print(f"index rebuilt from the catalog: {report.total} segments in {settings.resolved_index_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidseek", description="Text-to-video retrieval search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="ingest video files or folders (recursively)")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="with a broker: queue and return")
+    p.set_defaults(func=cmd_ingest)
+
+    for name, func, help_text in (("serve", cmd_serve, "serve the web UI and REST API"),
+                                  ("demo", cmd_demo, "ingest the sample videos and serve the UI")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("worker", help="run a Celery ingestion worker")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--hostname", default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("search", help="query from the command line")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("db", help="catalog database schema")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("index", help="FAISS index maintenance")
+    p.add_argument("action", choices=["rebuild"])
+    p.set_defaults(func=cmd_index)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return args.func(settings, args)
+    except WeightsUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Composition root: builds catalog, model, index, query service and ingestion queue from
+:class:`~search.settings.Settings`, and the Flask app on top (``indexer`` is the top layer,
+so this is where ``search`` gets its ingestion queue without importing ``indexer``).
+
+Production WSGI entry: ``gunicorn 'indexer.service:create_service_app()'``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+
+from indexer.pipeline import VideoIngestor, embedding_key
+from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
+from models.backbone import ClipBackbone, load_backbone
+from models.encoders import SegmentEncoder, build_encoder
+from search.api import create_app
+from search.api.context import ApiContext, IngestionQueue
+from search.catalog import Catalog
+from search.db import upgrade
+from search.logs import configure_logging
+from search.query import QueryService
+from search.segment_index import SegmentIndex
+from search.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The catalog at ``settings``' database URL, migrated to the latest schema."""
+    upgrade(settings.resolved_database_url)
+    return Catalog(settings.resolved_database_url)
+
+
+def load_model(settings: Settings) -> ClipBackbone:
+    return load_backbone(settings.model, settings.pretrained, settings.device, settings.model_config_dir)
+
+
+@dataclass
+class Runtime:
+    """Everything a vidseek process needs, built once."""
+
+    settings: Settings
+    catalog: Catalog
+    backbone: ClipBackbone
+    encoder: SegmentEncoder
+    index: SegmentIndex
+    queries: QueryService
+    queue: IngestionQueue
+    banner: str | None = None
+
+    def ingestor(self) -> VideoIngestor:
+        return VideoIngestor(self.settings, self.catalog, self.encoder)
+
+    def api_context(self) -> ApiContext:
+        return ApiContext(
+            settings=self.settings,
+            catalog=self.catalog,
+            index=self.index,
+            queries=self.queries,
+            ingestion=self.queue,
+            model_name=self.backbone.key,
+            banner=self.banner,
+        )
+
+
+def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
+    catalog = open_catalog(settings)
+    backbone = backbone or load_model(settings)
+    encoder = build_encoder(settings.encoder, backbone)
+    index = SegmentIndex(
+        catalog,
+        settings.resolved_index_dir,
+        embedding_key(encoder),
+        backbone.embed_dim,
+        settings.index_type,
+        settings.index_refresh_seconds,
+    )
+
+    def encode_query(text: str):
+        return backbone.encode_text([text])[0].cpu().numpy()
+
+    queries = QueryService(catalog, index, encode_query, settings.search_candidates)
+    queue: IngestionQueue
+    if settings.runs_in_process:
+        queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder)))
+    else:
+        queue = CeleryQueue(make_celery(settings))
+    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner)
+
+
+def create_service_app(settings: Settings | None = None) -> Flask:
+    """The WSGI app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = build_runtime(settings)
+    runtime.index.refresh(force=True)
+    return create_app(runtime.api_context())

@@ -1,0 +1,1 @@
+"""Alembic migrations of the vidseek catalog (``vidseek db upgrade`` or ``alembic upgrade head``)."""

@@ -1,0 +1,21 @@
+"""Flask application factory: REST API, web UI, health and OpenAPI, as blueprints."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from search.api import meta_routes, search_routes, ui_routes, video_routes
+from search.api.context import ApiContext, install
+from search.api.errors import register_error_handlers
+
+
+def create_app(context: ApiContext) -> Flask:
+    """A Flask app serving ``context`` (catalog, index, query service, ingestion queue)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = context.settings.max_upload_mb * (1 << 20)
+    app.json.sort_keys = False
+    install(app, context)
+    register_error_handlers(app)
+    for blueprint in (search_routes.bp, video_routes.bp, meta_routes.bp, ui_routes.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,39 @@
+"""``/healthz`` and ``/openapi.json``."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from flask import Blueprint, jsonify
+from sqlalchemy import text
+
+from search.api.context import ctx
+from search.openapi import openapi_document
+
+bp = Blueprint("meta", __name__)
+
+
+def package_version() -> str:
+    try:
+        return version("vidseek")
+    except PackageNotFoundError:
+        return "0.0.0+source"
+
+
+@bp.get("/healthz")
+def health():
+    c = ctx()
+    try:
+        with c.catalog.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:  # reported, not raised: health checks must answer
+        database = f"error: {type(exc).__name__}"
+    body = {"status": "ok" if database == "ok" else "degraded", "database": database,
+            "index_segments": len(c.index), "model": c.model_name}
+    return jsonify(body), 200 if database == "ok" else 503
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(package_version()))

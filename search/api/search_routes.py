@@ -1,0 +1,32 @@
+"""``GET /api/search``: text -> ranked videos with their matched moments."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from search.api.context import ctx
+from search.api.errors import ApiError
+from search.api.serialize import search_json
+from search.query import QueryError
+
+bp = Blueprint("search", __name__, url_prefix="/api")
+
+
+def int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+
+
+@bp.get("/search")
+def search_videos():
+    query = request.args.get("q", "")
+    try:
+        result = ctx().queries.search(query, int_arg("k", 10))
+    except QueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    return jsonify(search_json(result))

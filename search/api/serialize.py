@@ -1,0 +1,92 @@
+"""Catalog rows and query results -> JSON-ready dicts (one place, shared by all routes)."""
+
+from __future__ import annotations
+
+from flask import url_for
+
+from search.query import Moment, SearchResult, VideoHit
+from search.tables import Job, Segment, Video
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def moment_json(m: Moment) -> dict:
+    return {
+        "segment_id": m.segment_id,
+        "start": round(m.start, 3),
+        "end": round(m.end, 3),
+        "score": round(m.score, 6),
+        "thumbnail_url": url_for("videos.segment_thumbnail", segment_id=m.segment_id) if m.thumbnail else None,
+    }
+
+
+def hit_json(hit: VideoHit) -> dict:
+    return {
+        "video_id": hit.video_id,
+        "title": hit.title,
+        "score": round(hit.score, 6),
+        **{k: v for k, v in moment_json(hit.moment).items() if k != "score"},
+        "stream_url": url_for("videos.stream_video", video_id=hit.video_id),
+        "video_url": url_for("videos.get_video", video_id=hit.video_id),
+        "moments": [moment_json(m) for m in hit.more],
+    }
+
+
+def search_json(result: SearchResult) -> dict:
+    return {
+        "query": result.query,
+        "hits": [hit_json(h) for h in result.hits],
+        "candidates": result.candidates,
+        "timings_ms": result.timings_ms,
+    }
+
+
+def video_json(video: Video, segments: list[Segment] | None = None) -> dict:
+    data = {
+        "id": video.id,
+        "title": video.title,
+        "path": video.path,
+        "content_hash": video.content_hash,
+        "size_bytes": video.size_bytes,
+        "duration": video.duration,
+        "fps": video.fps,
+        "width": video.width,
+        "height": video.height,
+        "status": video.status.value,
+        "error": video.error,
+        "created_at": _iso(video.created_at),
+        "updated_at": _iso(video.updated_at),
+        "stream_url": url_for("videos.stream_video", video_id=video.id),
+    }
+    if segments is not None:
+        data["segments"] = [
+            {
+                "id": s.id,
+                "ordinal": s.ordinal,
+                "start": s.start,
+                "end": s.end,
+                "frame_count": s.frame_count,
+                "thumbnail_url": url_for("videos.segment_thumbnail", segment_id=s.id) if s.thumbnail else None,
+            }
+            for s in segments
+        ]
+    return data
+
+
+def job_json(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "path": job.path,
+        "video_id": job.video_id,
+        "status": job.status.value,
+        "progress": job.progress,
+        "message": job.message,
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "job_url": url_for("videos.get_job", job_id=job.id),
+    }

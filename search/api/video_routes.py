@@ -1,0 +1,158 @@
+"""Videos, jobs, streaming and thumbnails.
+
+Write routes (``POST``/``DELETE``) need the API key when one is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request, send_file
+from werkzeug.utils import secure_filename
+
+from search.api.auth import require_api_key
+from search.api.context import ctx
+from search.api.errors import ApiError
+from search.api.search_routes import int_arg
+from search.api.serialize import job_json, video_json
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_video_name
+from search.tables import Job
+
+bp = Blueprint("videos", __name__, url_prefix="/api")
+
+
+def _enqueue(path: Path) -> Job:
+    c = ctx()
+    if c.ingestion is None:
+        raise ApiError(503, "ingestion is not available in this process")
+    try:
+        c.ingestion.validate(path)
+    except MediaRejected as exc:
+        raise ApiError(422, f"not a usable video: {exc}") from None
+    job = c.catalog.create_job(path)
+    c.ingestion.enqueue(job.id)
+    return job
+
+
+def _accepted(job: Job):
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    response.headers["Location"] = job_json(job)["job_url"]
+    return response
+
+
+def _store_upload() -> Path:
+    """Write the multipart ``file`` to a temporary file in the upload folder, then move it to
+    its final name atomically (a crash never leaves a half-written video behind)."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ApiError(400, "multipart upload needs a 'file' field with a file name")
+    name = secure_filename(upload.filename) or "upload.mp4"
+    if not is_video_name(Path(name)):
+        raise ApiError(422, f"not a video file name: {upload.filename!r}")
+    folder = ctx().settings.upload_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(upload.stream, fh, 1 << 20)
+        final = folder / f"{tmp.stem.removeprefix('.upload-')}-{name}"
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+@bp.post("/videos")
+@require_api_key
+def add_video():
+    if request.mimetype == "multipart/form-data":
+        path = _store_upload()
+        try:
+            return _accepted(_enqueue(path))
+        except ApiError:
+            path.unlink(missing_ok=True)
+            raise
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str) or not body["path"].strip():
+        raise ApiError(400, 'send JSON {"path": "<file inside a media root>"} or a multipart "file" upload')
+    try:
+        path = confine(body["path"], ctx().settings.allowed_media_roots)
+    except PathNotAllowed as exc:
+        raise ApiError(403, str(exc)) from None
+    if not path.is_file():
+        raise ApiError(404, f"no such file: {body['path']}")
+    return _accepted(_enqueue(path))
+
+
+@bp.get("/videos")
+def list_videos():
+    limit = min(max(int_arg("limit", 50), 1), 500)
+    offset = max(int_arg("offset", 0), 0)
+    videos, total = ctx().catalog.list_videos(limit, offset)
+    return jsonify({"videos": [video_json(v) for v in videos], "total": total, "limit": limit, "offset": offset})
+
+
+def _video_or_404(video_id: int):
+    video = ctx().catalog.get_video(video_id)
+    if video is None:
+        raise ApiError(404, f"no video {video_id}")
+    return video
+
+
+@bp.get("/videos/<int:video_id>")
+def get_video(video_id: int):
+    video = _video_or_404(video_id)
+    return jsonify(video_json(video, ctx().catalog.segments_of(video_id)))
+
+
+@bp.delete("/videos/<int:video_id>")
+@require_api_key
+def delete_video(video_id: int):
+    c = ctx()
+    video = _video_or_404(video_id)
+    thumbnails = c.catalog.delete_video(video_id) or []
+    for rel in thumbnails:
+        (c.settings.thumbnail_dir / rel).unlink(missing_ok=True)
+    uploaded = Path(video.path)
+    if uploaded.parent.resolve() == c.settings.upload_dir.resolve():
+        uploaded.unlink(missing_ok=True)  # vidseek owns uploads; files in media roots are the user's
+    c.index.refresh(force=True)
+    return "", 204
+
+
+@bp.get("/videos/<int:video_id>/stream")
+def stream_video(video_id: int):
+    video = _video_or_404(video_id)
+    try:
+        path = confine(video.path, ctx().settings.allowed_media_roots)
+    except PathNotAllowed:
+        raise ApiError(404, "the video file is no longer inside the media roots") from None
+    if not path.is_file():
+        raise ApiError(404, "the video file is missing on disk")
+    return send_file(path, conditional=True, etag=True, max_age=3600)
+
+
+@bp.get("/segments/<int:segment_id>/thumbnail")
+def segment_thumbnail(segment_id: int):
+    c = ctx()
+    segment = c.catalog.get_segment(segment_id)
+    if segment is None or not segment.thumbnail:
+        raise ApiError(404, f"no thumbnail for segment {segment_id}")
+    path = (c.settings.thumbnail_dir / segment.thumbnail).resolve()
+    if not path.is_relative_to(c.settings.thumbnail_dir.resolve()) or not path.is_file():
+        raise ApiError(404, f"thumbnail of segment {segment_id} is missing")
+    return send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400)
+
+
+@bp.get("/jobs/<int:job_id>")
+def get_job(job_id: int):
+    job = ctx().catalog.get_job(job_id)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}")
+    return jsonify(job_json(job))

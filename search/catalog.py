@@ -1,0 +1,263 @@
+"""Catalog operations: every read and write of videos, segments and jobs goes through here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from search.db import make_engine, make_session_factory
+from search.tables import Job, Segment, SegmentTombstone, Status, Video, utcnow
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A segment ready to be written: times in seconds, ``embedding`` float32 ``[D]``."""
+
+    ordinal: int
+    start: float
+    end: float
+    frame_count: int
+    thumbnail: str | None
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class SegmentMeta:
+    """What the query side needs of a segment hit."""
+
+    id: int
+    video_id: int
+    start: float
+    end: float
+    thumbnail: str | None
+
+
+# Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
+# visible in id order: index replicas then never skip an id below their watermark.
+_SEGMENT_WRITE_LOCK = 7_270_001
+
+
+def _serialize_segment_writes(s: Session) -> None:
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SEGMENT_WRITE_LOCK})
+
+
+def embedding_to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def embedding_from_bytes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+class Catalog:
+    """The catalog database (SQLite or PostgreSQL), the source of truth of vidseek."""
+
+    def __init__(self, url_or_engine: str | Engine):
+        self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self._sessions = make_session_factory(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ----- jobs ----------------------------------------------------------------------------
+    def create_job(self, path: Path, video_id: int | None = None, status: Status = Status.queued) -> Job:
+        with self.session() as s:
+            job = Job(path=str(path), video_id=video_id, status=status)
+            if status is Status.done:
+                job.progress, job.finished_at, job.message = 1.0, utcnow(), "already indexed"
+            s.add(job)
+            s.flush()
+            return job
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def update_job(self, job_id: int, **values: object) -> None:
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    def start_job(self, job_id: int) -> Job | None:
+        """Mark a job running (counting the attempt); None if it does not exist or is already done."""
+        with self.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status is Status.done:
+                return None
+            job.status, job.started_at, job.error = Status.running, utcnow(), None
+            job.attempts += 1
+            return job
+
+    def finish_job(self, job_id: int, status: Status, message: str | None = None, error: str | None = None) -> None:
+        values: dict[str, object] = {"status": status, "finished_at": utcnow(), "message": message, "error": error}
+        if status is Status.done:
+            values["progress"] = 1.0
+        self.update_job(job_id, **values)
+
+    # ----- videos --------------------------------------------------------------------------
+    def get_video(self, video_id: int) -> Video | None:
+        with self.session() as s:
+            return s.get(Video, video_id)
+
+    def find_video_by_hash(self, content_hash: str) -> Video | None:
+        with self.session() as s:
+            return s.scalar(select(Video).where(Video.content_hash == content_hash))
+
+    def list_videos(self, limit: int = 50, offset: int = 0) -> tuple[list[Video], int]:
+        with self.session() as s:
+            total = s.scalar(select(func.count(Video.id))) or 0
+            rows = s.scalars(select(Video).order_by(Video.id.desc()).limit(limit).offset(offset)).all()
+            return list(rows), total
+
+    def get_or_create_video(self, path: Path, content_hash: str, size_bytes: int) -> Video:
+        """The video with this content hash, created (queued) if new. Safe under concurrent calls."""
+        existing = self.find_video_by_hash(content_hash)
+        if existing is not None:
+            return existing
+        try:
+            with self.session() as s:
+                video = Video(path=str(path), title=path.stem, content_hash=content_hash, size_bytes=size_bytes)
+                s.add(video)
+                s.flush()
+                return video
+        except IntegrityError:  # another worker created it first
+            found = self.find_video_by_hash(content_hash)
+            assert found is not None
+            return found
+
+    def video_titles(self, video_ids: Sequence[int]) -> dict[int, str]:
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(select(Video.id, Video.title).where(Video.id.in_([int(i) for i in video_ids]))).all()
+        return {r.id: r.title for r in rows}
+
+    def update_video(self, video_id: int, **values: object) -> None:
+        with self.session() as s:
+            s.execute(update(Video).where(Video.id == video_id).values(**values))
+
+    def delete_video(self, video_id: int) -> list[str] | None:
+        """Delete a video with its segments (tombstoned for the index). Returns the segments'
+        thumbnail paths to remove, or None if there was no such video."""
+        with self.session() as s:
+            video = s.get(Video, video_id)
+            if video is None:
+                return None
+            _serialize_segment_writes(s)
+            rows = s.execute(select(Segment.id, Segment.thumbnail).where(Segment.video_id == video_id)).all()
+            s.add_all(SegmentTombstone(segment_id=r.id) for r in rows)
+            s.execute(delete(Segment).where(Segment.video_id == video_id))
+            s.delete(video)
+            return [r.thumbnail for r in rows if r.thumbnail]
+
+    # ----- segments ------------------------------------------------------------------------
+    def replace_segments(self, video_id: int, segments: Sequence[SegmentRecord], embedding_key: str, **video_values: object) -> list[int]:
+        """Atomically swap a video's segments for ``segments`` and mark the video done.
+
+        Old segments are tombstoned so index replicas drop them. Returns the new segment ids.
+        """
+        with self.session() as s:
+            _serialize_segment_writes(s)
+            old = s.scalars(select(Segment.id).where(Segment.video_id == video_id)).all()
+            s.add_all(SegmentTombstone(segment_id=i) for i in old)
+            s.execute(delete(Segment).where(Segment.video_id == video_id))
+            rows = [
+                Segment(
+                    video_id=video_id,
+                    ordinal=r.ordinal,
+                    start=r.start,
+                    end=r.end,
+                    frame_count=r.frame_count,
+                    thumbnail=r.thumbnail,
+                    embedding_key=embedding_key,
+                    embedding=embedding_to_bytes(r.embedding),
+                )
+                for r in segments
+            ]
+            s.add_all(rows)
+            s.execute(
+                update(Video)
+                .where(Video.id == video_id)
+                .values(status=Status.done, error=None, embedding_key=embedding_key, **video_values)
+            )
+            s.flush()
+            return [r.id for r in rows]
+
+    def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
+        if not segment_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail).where(
+                    Segment.id.in_([int(i) for i in segment_ids])
+                )
+            ).all()
+        return {r.id: SegmentMeta(r.id, r.video_id, r.start, r.end, r.thumbnail) for r in rows}
+
+    def get_segment(self, segment_id: int) -> Segment | None:
+        with self.session() as s:
+            return s.get(Segment, segment_id)
+
+    def segments_of(self, video_id: int) -> list[Segment]:
+        with self.session() as s:
+            return list(s.scalars(select(Segment).where(Segment.video_id == video_id).order_by(Segment.ordinal)))
+
+    def iter_embeddings(
+        self, embedding_key: str, after_id: int = 0, batch: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Segments with ``id > after_id`` embedded with ``embedding_key``, in id order, as
+        ``(ids int64 [n], vectors float32 [n, D])`` batches."""
+        last = after_id
+        while True:
+            with self.session() as s:
+                rows = s.execute(
+                    select(Segment.id, Segment.embedding)
+                    .where(Segment.id > last, Segment.embedding_key == embedding_key)
+                    .order_by(Segment.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.stack([embedding_from_bytes(r.embedding) for r in rows])
+            last = int(ids[-1])
+
+    def max_segment_id(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.max(Segment.id))) or 0)
+
+    def tombstones_after(self, after_id: int) -> tuple[int, list[int]]:
+        """(newest tombstone id, segment ids deleted after ``after_id``)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(SegmentTombstone.id, SegmentTombstone.segment_id)
+                .where(SegmentTombstone.id > after_id)
+                .order_by(SegmentTombstone.id)
+            ).all()
+        if not rows:
+            return after_id, []
+        return rows[-1].id, [r.segment_id for r in rows]
+
+    def max_tombstone_id(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.max(SegmentTombstone.id))) or 0)
+
+    def count_segments(self, embedding_key: str | None = None) -> int:
+        with self.session() as s:
+            q = select(func.count(Segment.id))
+            if embedding_key is not None:
+                q = q.where(Segment.embedding_key == embedding_key)
+            return int(s.scalar(q) or 0)

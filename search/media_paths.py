@@ -1,0 +1,40 @@
+"""Which files vidseek may read: paths are confined to the configured media roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv"}
+)
+
+
+class PathNotAllowed(ValueError):
+    """The path resolves outside every media root."""
+
+
+class MediaRejected(ValueError):
+    """The file is not a usable video (empty, not a container, no video stream, corrupt)."""
+
+
+def confine(path: str | Path, roots: tuple[Path, ...]) -> Path:
+    """Resolve ``path`` (following symlinks, ``..``) and return it if it lies inside one of
+    ``roots``; relative paths are taken relative to the first root.
+
+    Raises:
+        PathNotAllowed: the resolved path escapes every root (``../../etc/passwd``, a symlink
+            pointing outside, an absolute path elsewhere).
+    """
+    raw = Path(path).expanduser()
+    if not roots:
+        raise PathNotAllowed("no media roots are configured (VIDSEEK_MEDIA_ROOTS)")
+    candidate = raw if raw.is_absolute() else roots[0] / raw
+    resolved = candidate.resolve()
+    for root in roots:
+        if resolved == root or resolved.is_relative_to(root):
+            return resolved
+    raise PathNotAllowed(f"{path} is outside the media roots ({', '.join(str(r) for r in roots)})")
+
+
+def is_video_name(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS

@@ -1,0 +1,262 @@
+"""The OpenAPI 3.1 document of the REST API, served at ``/openapi.json``.
+
+Kept next to the routes by a test that compares it with the Flask URL map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search.query import MAX_K, MAX_QUERY_CHARS
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _id_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+
+
+_MOMENT = {
+    "type": "object",
+    "required": ["segment_id", "start", "end", "score"],
+    "properties": {
+        "segment_id": {"type": "integer"},
+        "start": {"type": "number", "description": "seconds"},
+        "end": {"type": "number", "description": "seconds"},
+        "score": {"type": "number", "description": "cosine similarity of the query and the segment"},
+        "thumbnail_url": {"type": ["string", "null"]},
+    },
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["status", "message"],
+                "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Moment": _MOMENT,
+    "Hit": {
+        "type": "object",
+        "required": ["video_id", "title", "score", "segment_id", "start", "end", "stream_url", "moments"],
+        "properties": {
+            "video_id": {"type": "integer"},
+            "title": {"type": "string"},
+            "score": {"type": "number"},
+            "segment_id": {"type": "integer"},
+            "start": {"type": "number"},
+            "end": {"type": "number"},
+            "thumbnail_url": {"type": ["string", "null"]},
+            "stream_url": {"type": "string"},
+            "video_url": {"type": "string"},
+            "moments": {"type": "array", "items": {"$ref": "#/components/schemas/Moment"}, "maxItems": 3},
+        },
+    },
+    "SearchResult": {
+        "type": "object",
+        "required": ["query", "hits", "timings_ms"],
+        "properties": {
+            "query": {"type": "string"},
+            "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+            "candidates": {"type": "integer"},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "Video": {
+        "type": "object",
+        "required": ["id", "title", "status"],
+        "properties": {
+            "id": {"type": "integer"},
+            "title": {"type": "string"},
+            "path": {"type": "string"},
+            "content_hash": {"type": "string"},
+            "size_bytes": {"type": "integer"},
+            "duration": {"type": ["number", "null"]},
+            "fps": {"type": ["number", "null"]},
+            "width": {"type": ["integer", "null"]},
+            "height": {"type": ["integer", "null"]},
+            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "error": {"type": ["string", "null"]},
+            "stream_url": {"type": "string"},
+            "segments": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "VideoList": {
+        "type": "object",
+        "required": ["videos", "total"],
+        "properties": {
+            "videos": {"type": "array", "items": {"$ref": "#/components/schemas/Video"}},
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "status", "progress"],
+        "properties": {
+            "id": {"type": "integer"},
+            "path": {"type": "string"},
+            "video_id": {"type": ["integer", "null"]},
+            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]},
+            "attempts": {"type": "integer"},
+            "job_url": {"type": "string"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "database": {"type": "string"},
+            "index_segments": {"type": "integer"},
+            "model": {"type": "string"},
+        },
+    },
+}
+
+_WRITE_SECURITY = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The OpenAPI document; ``version`` is the package version."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vidseek",
+            "version": version,
+            "description": "Text-to-video retrieval: find the videos, and the moment inside each, that match a sentence.",
+        },
+        "paths": {
+            "/api/search": {
+                "get": {
+                    "operationId": "searchVideos",
+                    "summary": "Rank videos for a text query",
+                    "parameters": [
+                        {"name": "q", "in": "query", "required": True,
+                         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
+                        {"name": "k", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}},
+                    ],
+                    "responses": {"200": _json("SearchResult", "ranked videos"), "400": _error("empty or invalid query")},
+                }
+            },
+            "/api/videos": {
+                "get": {
+                    "operationId": "listVideos",
+                    "summary": "List videos in the catalog, newest first",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    ],
+                    "responses": {"200": _json("VideoList", "a page of videos"), "400": _error("bad paging arguments")},
+                },
+                "post": {
+                    "operationId": "addVideo",
+                    "summary": "Ingest a video: a path inside the media roots, or an uploaded file",
+                    "security": _WRITE_SECURITY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["path"],
+                                                             "properties": {"path": {"type": "string", "minLength": 1}}}},
+                            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+                        },
+                    },
+                    "responses": {
+                        "202": _json("Job", "ingestion job queued"),
+                        "400": _error("malformed request"),
+                        "401": _error("missing or wrong API key"),
+                        "403": _error("path outside the media roots"),
+                        "404": _error("no such file"),
+                        "413": _error("upload larger than the limit"),
+                        "422": _error("not a usable video"),
+                        "503": _error("ingestion unavailable"),
+                    },
+                },
+            },
+            "/api/videos/{video_id}": {
+                "get": {
+                    "operationId": "getVideo",
+                    "summary": "A video with its segments",
+                    "parameters": [_id_param("video_id")],
+                    "responses": {"200": _json("Video", "the video"), "404": _error("no such video")},
+                },
+                "delete": {
+                    "operationId": "deleteVideo",
+                    "summary": "Remove a video, its segments and index entries",
+                    "security": _WRITE_SECURITY,
+                    "parameters": [_id_param("video_id")],
+                    "responses": {"204": {"description": "deleted"}, "401": _error("missing or wrong API key"),
+                                  "404": _error("no such video")},
+                },
+            },
+            "/api/videos/{video_id}/stream": {
+                "get": {
+                    "operationId": "streamVideo",
+                    "summary": "The video file, with HTTP range requests for seeking",
+                    "parameters": [_id_param("video_id"),
+                                   {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the whole file", "content": {"video/*": {}}},
+                        "206": {"description": "the requested byte range", "content": {"video/*": {}}},
+                        "404": _error("no such video or file"),
+                        "416": _error("range not satisfiable"),
+                    },
+                }
+            },
+            "/api/segments/{segment_id}/thumbnail": {
+                "get": {
+                    "operationId": "segmentThumbnail",
+                    "summary": "JPEG of a segment's middle frame",
+                    "parameters": [_id_param("segment_id")],
+                    "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}, "404": _error("no thumbnail")},
+                }
+            },
+            "/api/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "Status and progress of an ingestion job",
+                    "parameters": [_id_param("job_id")],
+                    "responses": {"200": _json("Job", "the job"), "404": _error("no such job")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness and readiness",
+                    "responses": {"200": _json("Health", "healthy"), "503": _json("Health", "database unreachable")},
+                }
+            },
+            "/openapi.json": {
+                "get": {"operationId": "openapi", "summary": "This document",
+                        "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {}}}}}
+            },
+            "/": {
+                "get": {"operationId": "webUi", "summary": "The search web page",
+                        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "BearerKey": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

@@ -1,0 +1,104 @@
+// vidseek search page: query the REST API, show result cards, play a hit at its matched moment.
+"use strict";
+
+const form = document.getElementById("search-form");
+const input = document.getElementById("query");
+const statusLine = document.getElementById("status");
+const results = document.getElementById("results");
+const pane = document.getElementById("player-pane");
+const player = document.getElementById("player");
+const nowPlaying = document.getElementById("now-playing");
+
+function clock(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const mm = String(m).padStart(h ? 2 : 1, "0"), ss = String(r).padStart(2, "0");
+  return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
+}
+
+function play(hit, start, end) {
+  pane.hidden = false;
+  nowPlaying.textContent = `${hit.title} — ${clock(start)}–${clock(end)}`;
+  const seek = () => {
+    player.currentTime = start;
+    player.play().catch(() => {});  // autoplay may be refused; the position is still set
+  };
+  if (player.dataset.videoId === String(hit.video_id) && player.readyState >= 1) {
+    seek();
+  } else {
+    player.dataset.videoId = String(hit.video_id);
+    player.addEventListener("loadedmetadata", seek, { once: true });
+    player.src = hit.stream_url;
+  }
+  player.scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+function card(hit) {
+  const el = document.createElement("article");
+  el.className = "card";
+  el.tabIndex = 0;
+  el.dataset.videoId = hit.video_id;
+  el.dataset.start = hit.start;
+  const img = document.createElement("img");
+  img.alt = hit.title;
+  img.loading = "lazy";
+  if (hit.thumbnail_url) img.src = hit.thumbnail_url;
+  const body = document.createElement("div");
+  body.className = "body";
+  const title = document.createElement("div");
+  title.className = "title";
+  title.textContent = hit.title;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const range = document.createElement("span");
+  range.className = "range";
+  range.textContent = `${clock(hit.start)}–${clock(hit.end)}`;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = hit.score.toFixed(3);
+  meta.append(range, score);
+  body.append(title, meta);
+  if (hit.moments.length) {
+    const more = document.createElement("div");
+    more.className = "moments";
+    for (const m of hit.moments) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = clock(m.start);
+      b.title = `also matches ${clock(m.start)}–${clock(m.end)} (${m.score.toFixed(3)})`;
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, m.start, m.end); });
+      more.append(b);
+    }
+    body.append(more);
+  }
+  el.append(img, body);
+  el.addEventListener("click", () => play(hit, hit.start, hit.end));
+  el.addEventListener("keydown", (ev) => { if (ev.key === "Enter") play(hit, hit.start, hit.end); });
+  return el;
+}
+
+async function search(q) {
+  statusLine.textContent = "Searching…";
+  results.replaceChildren();
+  const resp = await fetch(`/api/search?${new URLSearchParams({ q, k: "12" })}`);
+  const body = await resp.json();
+  if (!resp.ok) {
+    statusLine.textContent = body.error ? body.error.message : `error ${resp.status}`;
+    return;
+  }
+  statusLine.textContent = body.hits.length
+    ? `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms`
+    : "No videos match yet — are any ingested?";
+  results.replaceChildren(...body.hits.map(card));
+}
+
+form.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const q = input.value.trim();
+  if (!q) { statusLine.textContent = "Type what you are looking for."; return; }
+  history.replaceState(null, "", `?q=${encodeURIComponent(q)}`);
+  search(q).catch((err) => { statusLine.textContent = `Search failed: ${err}`; });
+});
+
+const initial = new URLSearchParams(location.search).get("q");
+if (initial) { input.value = initial; form.requestSubmit(); }

@@ -1,0 +1,119 @@
+"""Catalog schema (SQLAlchemy 2.x ORM). The catalog is vidseek's source of truth: the FAISS
+index is derived from ``segments`` and can always be rebuilt from it.
+
+Schema changes go through Alembic migrations in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Status(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+StatusColumn = Enum(Status, name="status", native_enum=False, length=16)
+
+
+class Video(Base):
+    """One distinct video file, identified by the SHA-256 of its bytes."""
+
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(String(512))
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[Status] = mapped_column(StatusColumn, default=Status.queued, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    embedding_key: Mapped[str | None] = mapped_column(String(255))
+    frames_sampled: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    segments: Mapped[list["Segment"]] = relationship(
+        back_populates="video", cascade="all, delete-orphan", order_by="Segment.ordinal"
+    )
+
+
+class Segment(Base):
+    """A run of up to ``segment_frames`` sampled frames of a video, with its embedding.
+
+    ``id`` is the FAISS id. ``embedding`` is float32 little-endian bytes of length ``4 * dim``.
+    """
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    frame_count: Mapped[int] = mapped_column(Integer)
+    thumbnail: Mapped[str | None] = mapped_column(Text)
+    embedding_key: Mapped[str] = mapped_column(String(255), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+    video: Mapped[Video] = relationship(back_populates="segments")
+
+
+class SegmentTombstone(Base):
+    """Segments removed from the catalog, in order, so every index replica can drop them."""
+
+    __tablename__ = "segment_tombstones"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    segment_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """One request to ingest one file; ``video_id`` is known once the file has been hashed."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text)
+    video_id: Mapped[int | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"), index=True)
+    status: Mapped[Status] = mapped_column(StatusColumn, default=Status.queued, index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
