@@ -50,6 +50,7 @@ def make_celery(settings: Settings, ingestor: LazyIngestor | None = None) -> Cel
     """
     app = Celery("vidseek", broker=settings.broker_url)
     app.conf.update(
+        task_default_queue=settings.task_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
+OFFLINE_HINT = (
+    "On a machine without internet access, download the checkpoint elsewhere (e.g. "
+    "open_clip_pytorch_model.bin from the model's Hugging Face page) and set "
+    "VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin"
+)
 _registered_config_dirs: set[Path] = set()  # open_clip keeps a global registry; add each folder once
 
 
@@ -217,16 +222,13 @@ def load_backbone(
         if pretrained not in known_tags:
             raise WeightsUnavailableError(
                 f"VIDSEEK_PRETRAINED={pretrained!r} is neither a file nor a pretrained tag of {model_name} "
-                f"(tags: {', '.join(known_tags) or 'none'})"
+                f"(tags: {', '.join(known_tags) or 'none'}). {OFFLINE_HINT}"
             )
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained, device=dev)
         except Exception as exc:
             raise WeightsUnavailableError(
-                f"could not fetch pretrained weights {model_name}/{pretrained} ({exc}). "
-                "On a machine without internet access, download the checkpoint elsewhere "
-                "(e.g. open_clip_pytorch_model.bin from the model's Hugging Face page) and set "
-                "VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin"
+                f"could not fetch pretrained weights {model_name}/{pretrained} ({exc}). {OFFLINE_HINT}"
             ) from exc
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipBackbone(model, tokenizer, model_name, weights_identity(pretrained), dev)

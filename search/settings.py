@@ -36,6 +36,7 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir)
     database_url: str = ""  # "" -> SQLite file in data_dir
     broker_url: str = ""  # "" -> tasks run in-process (no broker)
+    task_queue: str = "vidseek"  # Celery queue name
     media_roots: tuple[Path, ...] = ()  # () -> the working directory
     model: str = "ViT-B-32"
     pretrained: str = "openai"  # open_clip tag, a checkpoint path, or "random"

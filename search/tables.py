@@ -48,6 +48,7 @@ class Video(Base):
     """One distinct video file, identified by the SHA-256 of its bytes."""
 
     __tablename__ = "videos"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     path: Mapped[str] = mapped_column(Text)
@@ -77,6 +78,7 @@ class Segment(Base):
     """
 
     __tablename__ = "segments"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
@@ -95,6 +97,7 @@ class SegmentTombstone(Base):
     """Segments removed from the catalog, in order, so every index replica can drop them."""
 
     __tablename__ = "segment_tombstones"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     segment_id: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -105,6 +108,7 @@ class Job(Base):
     """One request to ingest one file; ``video_id`` is known once the file has been hashed."""
 
     __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     path: Mapped[str] = mapped_column(Text)

@@ -20,7 +20,8 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('segment_id', sa.BigInteger(), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('segment_tombstones', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_segment_tombstones_segment_id'), ['segment_id'], unique=False)
@@ -41,7 +42,8 @@ def upgrade() -> None:
     sa.Column('frames_sampled', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('videos', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_videos_content_hash'), ['content_hash'], unique=True)
@@ -60,7 +62,8 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['video_id'], ['videos.id'], ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
@@ -77,7 +80,8 @@ def upgrade() -> None:
     sa.Column('embedding_key', sa.String(length=255), nullable=False),
     sa.Column('embedding', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['video_id'], ['videos.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('segments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_segments_embedding_key'), ['embedding_key'], unique=False)

@@ -11,7 +11,7 @@ from search.api.errors import register_error_handlers
 
 def create_app(context: ApiContext) -> Flask:
     """A Flask app serving ``context`` (catalog, index, query service, ingestion queue)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the UI blueprint serves /static
     app.config["MAX_CONTENT_LENGTH"] = context.settings.max_upload_mb * (1 << 20)
     app.json.sort_keys = False
     install(app, context)

@@ -1,0 +1,100 @@
+"""Catalog behaviour on both supported databases: SQLite (embedded) and PostgreSQL (production)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+
+from search.catalog import Catalog, SegmentRecord
+from search.db import current_revision, upgrade
+from search.tables import Status
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture()
+def catalog(database_url: str):
+    upgrade(database_url)
+    cat = Catalog(database_url)
+    yield cat
+    with cat.session() as s:  # the PostgreSQL database is shared by the session's tests
+        for table in ("segment_tombstones", "segments", "jobs", "videos"):
+            s.execute(text(f"DELETE FROM {table}"))
+    cat.dispose()
+
+
+def _segments(n: int, dim: int = 4, seed: int = 0) -> list[SegmentRecord]:
+    rng = np.random.default_rng(seed)
+    return [SegmentRecord(i, 12.0 * i, 12.0 * (i + 1), 12, f"t/{i}.jpg", rng.standard_normal(dim).astype(np.float32)) for i in range(n)]
+
+
+def test_migration_creates_schema_on_empty_database(database_url: str) -> None:
+    upgrade(database_url)
+    assert current_revision(database_url) is not None
+    cat = Catalog(database_url)
+    tables = set(inspect(cat.engine).get_table_names())
+    cat.dispose()
+    assert {"videos", "segments", "jobs", "segment_tombstones", "alembic_version"} <= tables
+
+
+def test_video_identity_is_the_content_hash(catalog: Catalog) -> None:
+    a = catalog.get_or_create_video(Path("/m/a.mp4"), "h" * 64, 10)
+    b = catalog.get_or_create_video(Path("/m/copy_of_a.mp4"), "h" * 64, 10)
+    assert a.id == b.id and a.title == "a" and a.status is Status.queued
+    assert catalog.find_video_by_hash("h" * 64).id == a.id
+
+
+def test_replace_segments_is_atomic_and_tombstones_old_ones(catalog: Catalog) -> None:
+    video = catalog.get_or_create_video(Path("/m/v.mp4"), "a" * 64, 1)
+    first = catalog.replace_segments(video.id, _segments(3), "space-1", duration=36.0)
+    assert catalog.get_video(video.id).status is Status.done
+    assert catalog.get_video(video.id).duration == 36.0
+    second = catalog.replace_segments(video.id, _segments(2, seed=1), "space-1")
+    assert [s.id for s in catalog.segments_of(video.id)] == second
+    assert min(second) > max(first)
+    _, deleted = catalog.tombstones_after(0)
+    assert sorted(deleted) == sorted(first)
+
+
+def test_embeddings_round_trip_in_id_order(catalog: Catalog) -> None:
+    video = catalog.get_or_create_video(Path("/m/v.mp4"), "b" * 64, 1)
+    records = _segments(5)
+    ids = catalog.replace_segments(video.id, records, "space-1")
+    other = catalog.get_or_create_video(Path("/m/w.mp4"), "c" * 64, 1)
+    catalog.replace_segments(other.id, _segments(2), "space-2")
+    batches = list(catalog.iter_embeddings("space-1", after_id=0, batch=2))
+    got_ids = np.concatenate([b[0] for b in batches])
+    assert got_ids.tolist() == ids and [len(b[0]) for b in batches] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.stack([r.embedding for r in records]))
+    assert list(catalog.iter_embeddings("space-1", after_id=ids[-1])) == []
+    assert catalog.count_segments("space-2") == 2
+
+
+def test_delete_video_removes_segments_and_records_tombstones(catalog: Catalog) -> None:
+    video = catalog.get_or_create_video(Path("/m/v.mp4"), "d" * 64, 1)
+    ids = catalog.replace_segments(video.id, _segments(2), "s")
+    job = catalog.create_job(Path("/m/v.mp4"))
+    catalog.update_job(job.id, video_id=video.id)
+    assert catalog.delete_video(video.id) == ["t/0.jpg", "t/1.jpg"]
+    assert catalog.get_video(video.id) is None and catalog.segment_meta(ids) == {}
+    assert sorted(catalog.tombstones_after(0)[1]) == ids
+    assert catalog.get_job(job.id).video_id is None
+    assert catalog.delete_video(video.id) is None
+
+
+def test_job_lifecycle(catalog: Catalog) -> None:
+    job = catalog.create_job(Path("/m/x.mp4"))
+    assert job.status is Status.queued and job.attempts == 0
+    started = catalog.start_job(job.id)
+    assert started.status is Status.running and started.attempts == 1
+    catalog.finish_job(job.id, Status.done, message="ok")
+    done = catalog.get_job(job.id)
+    assert done.status is Status.done and done.progress == 1.0 and done.finished_at is not None
+    assert catalog.start_job(job.id) is None  # a finished job is never run again
+    assert catalog.start_job(10**9) is None

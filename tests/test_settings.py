@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from search.settings import Settings, SettingsError
+
+
+def test_from_env_reads_typed_values(tmp_path: Path) -> None:
+    env = {
+        "VIDSEEK_DATA_DIR": str(tmp_path),
+        "VIDSEEK_MEDIA_ROOTS": f"{tmp_path / 'a'}:{tmp_path / 'b'}",
+        "VIDSEEK_SAMPLE_FPS": "2.5",
+        "VIDSEEK_SEGMENT_FRAMES": "8",
+        "VIDSEEK_ENCODER": "tempme",
+        "VIDSEEK_API_KEY": "s3cret",
+        "UNRELATED": "x",
+    }
+    s = Settings.from_env(env)
+    assert s.data_dir == tmp_path
+    assert s.media_roots == (tmp_path / "a", tmp_path / "b")
+    assert s.sample_fps == 2.5 and s.segment_frames == 8
+    assert s.encoder == "tempme" and s.api_key == "s3cret"
+    assert s.resolved_database_url == f"sqlite:///{tmp_path / 'catalog.db'}"
+    assert s.resolved_index_dir == tmp_path / "index"
+    assert s.runs_in_process
+
+
+def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = Settings(data_dir=tmp_path / "d")
+    assert s.model == "ViT-B-32" and s.pretrained == "openai"
+    assert s.allowed_media_roots == (tmp_path.resolve(), (tmp_path / "d/uploads").resolve(), (tmp_path / "d/samples").resolve())
+    assert not Settings(broker_url="redis://x").runs_in_process
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"VIDSEEK_ENCODER": "fast"}, "VIDSEEK_ENCODER"),
+        ({"VIDSEEK_SUMMARY": "zip"}, "VIDSEEK_SUMMARY"),
+        ({"VIDSEEK_INDEX_TYPE": "lsh"}, "VIDSEEK_INDEX_TYPE"),
+        ({"VIDSEEK_SAMPLE_FPS": "0"}, "VIDSEEK_SAMPLE_FPS"),
+        ({"VIDSEEK_SEGMENT_FRAMES": "twelve"}, "VIDSEEK_SEGMENT_FRAMES"),
+    ],
+)
+def test_bad_values_are_named(env: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.catalog import Catalog, SegmentRecord
+from search.db import upgrade
+from search.segment_index import SegmentIndex
+from search.vector_index import IndexState, VectorIndex
+
+
+def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_add_search_remove_save_load(kind: str, tmp_path: Path) -> None:
+    vectors = _unit(3000)
+    ids = np.arange(10, 3010, dtype=np.int64)
+    index = VectorIndex(16, kind)
+    index.add(ids, vectors)
+    assert len(index) == 3000
+    scores, found = index.search(vectors[:5], 3)
+    assert found[:, 0].tolist() == ids[:5].tolist()
+    assert scores[:, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+    index.remove(ids[:2])
+    assert len(index) == 2998
+    _, found = index.search(vectors[:2], 5)
+    assert not set(found.ravel().tolist()) & {10, 11}
+
+    index.save(tmp_path, IndexState("space", 16, kind, 3009, 0))
+    loaded, state = VectorIndex.load(tmp_path)
+    assert state == IndexState("space", 16, kind, 3009, 0)
+    assert len(loaded) == 2998
+    assert loaded.search(vectors[2:3], 1)[1][0, 0] == 12
+
+
+def test_exact_flat_search_matches_brute_force() -> None:
+    vectors, queries = _unit(500, seed=1), _unit(7, seed=2)
+    index = VectorIndex(16, "flat")
+    index.add(np.arange(500), vectors)
+    _, found = index.search(queries, 10)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert found.tolist() == expected.tolist()
+
+
+def test_readding_an_id_replaces_its_vector() -> None:
+    index = VectorIndex(16, "flat")
+    v = _unit(2)
+    index.add(np.array([5]), v[:1])
+    index.add(np.array([5]), v[1:])
+    assert len(index) == 1
+    assert index.search(v[1:], 1)[0][0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_empty_index_and_k_larger_than_size() -> None:
+    index = VectorIndex(16, "flat")
+    scores, ids = index.search(_unit(1), 5)
+    assert scores.shape == (1, 0) and ids.shape == (1, 0)
+    index.add(np.array([1, 2]), _unit(2))
+    assert index.search(_unit(1), 50)[1].shape == (1, 2)
+
+
+def test_unreadable_snapshot_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "segments.json").write_text("{not json")
+    assert VectorIndex.load(tmp_path) is None
+
+
+def _records(vectors: np.ndarray) -> list[SegmentRecord]:
+    return [SegmentRecord(i, float(i), float(i + 1), 1, None, v) for i, v in enumerate(vectors)]
+
+
+def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    catalog = Catalog(url)
+    a = catalog.get_or_create_video(Path("/a.mp4"), "a" * 64, 1)
+    a_ids = catalog.replace_segments(a.id, _records(_unit(3, seed=3)), "space")
+    index = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
+    assert index.refresh().added == 3
+
+    b = catalog.get_or_create_video(Path("/b.mp4"), "b" * 64, 1)
+    b_vecs = _unit(2, seed=4)
+    b_ids = catalog.replace_segments(b.id, _records(b_vecs), "space")
+    other = catalog.get_or_create_video(Path("/c.mp4"), "c" * 64, 1)
+    catalog.replace_segments(other.id, _records(_unit(4, 8)), "another-space")
+    catalog.delete_video(a.id)
+    report = index.refresh()
+    assert (report.added, report.removed, report.total) == (2, 3, 2)
+    assert index.search(b_vecs[1], 5)[1].tolist()[0] == b_ids[1]
+    assert not set(index.search(b_vecs[0], 5)[1].tolist()) & set(a_ids)
+
+    index.save()
+    reopened = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
+    assert len(reopened) == 2 and reopened.refresh().added == 0
+
+    # a snapshot of another embedding space is not used
+    assert len(SegmentIndex(catalog, tmp_path / "idx", "space-v2", 16)) == 0
+
+    (tmp_path / "idx" / "segments.faiss").unlink()
+    (tmp_path / "idx" / "segments.json").unlink()
+    rebuilt = SegmentIndex(catalog, tmp_path / "idx", "space", 16)
+    assert rebuilt.rebuild().total == 2
+    assert sorted(rebuilt.search(b_vecs[0], 5)[1].tolist()) == sorted(b_ids)
