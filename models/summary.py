@@ -83,7 +83,12 @@ class VideoSummary:
     def to_bytes(self) -> bytes:
         """Compact serialisation: an in-memory ``.npz`` of fp16 tokens, int32 index arrays, float64
         frame times and a JSON header."""
-        header = {"format": FORMAT_VERSION, "method": self.method, "params": self.params, "num_patches": self.num_patches}
+        header = {
+            "format": FORMAT_VERSION,
+            "method": self.method,
+            "params": self.params,
+            "num_patches": self.num_patches,
+        }
         arrays = {
             "tokens": self.tokens.detach().cpu().to(torch.float16).numpy(),
             "sizes": _int32(self.sizes),
@@ -144,6 +149,9 @@ def concat(parts: Sequence[VideoSummary]) -> VideoSummary:
             raise ValueError("summaries must be given in time order")
     frame_offsets = np.cumsum([0] + [p.num_frames for p in parts[:-1]]).tolist()
     token_offsets = np.cumsum([0] + [p.num_tokens for p in parts[:-1]]).tolist()
+    index_map = None
+    if first.index_map is not None:
+        index_map = torch.cat([p.index_map + o for p, o in zip(parts, token_offsets)])
     return VideoSummary(
         tokens=torch.cat([p.tokens for p in parts]),
         sizes=torch.cat([p.sizes for p in parts]),
@@ -154,7 +162,7 @@ def concat(parts: Sequence[VideoSummary]) -> VideoSummary:
         num_patches=first.num_patches,
         method=first.method,
         params=first.params,
-        index_map=None if first.index_map is None else torch.cat([p.index_map + o for p, o in zip(parts, token_offsets)]),
+        index_map=index_map,
     )
 
 

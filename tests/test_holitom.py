@@ -195,7 +195,9 @@ def test_select_dominant_per_frame_counts() -> None:
 # ----- end to end --------------------------------------------------------------------------------
 
 
-def random_video(frames: int = 12, positions: int = 49, dim: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_video(
+    frames: int = 12, positions: int = 49, dim: int = 32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randn(frames, positions, dim, generator=generator)
     attention = torch.rand(frames, positions, generator=generator).softmax(dim=-1)
@@ -290,7 +292,9 @@ def test_params_are_validated() -> None:
 # ----- inner-LLM merge -------------------------------------------------------------------------
 
 
-def reference_inner_merge(hidden: torch.Tensor, attention: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_inner_merge(
+    hidden: torch.Tensor, attention: torch.Tensor, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's per-token loop: kept = (kept + other) / 2, others in index order."""
     hidden = hidden.clone()
     length = hidden.shape[1]

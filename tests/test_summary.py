@@ -13,10 +13,13 @@ from models.encoders import FullClipEncoder
 from models.summary import VideoSummary, concat, summarize
 
 
-def video(frames: int = 12, positions: int = 49, dim: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def video(
+    frames: int = 12, positions: int = 49, dim: int = 32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A static background (positions 10..48) with changing content at positions 0..9."""
     generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(1, positions, dim, generator=generator) + 0.05 * torch.randn(frames, positions, dim, generator=generator)
+    background = torch.randn(1, positions, dim, generator=generator)
+    tokens = background + 0.05 * torch.randn(frames, positions, dim, generator=generator)
     tokens[:, :10] = torch.randn(frames, 10, dim, generator=generator)
     attention = torch.rand(frames, positions, generator=generator).softmax(dim=-1)
     times = torch.arange(frames, dtype=torch.float64) * 0.5

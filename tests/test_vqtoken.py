@@ -45,10 +45,11 @@ def test_kmeans_plus_plus_spreads_over_separated_blobs() -> None:
 
 def test_kmeans_recovers_separated_blobs() -> None:
     tokens, labels = blob_video(5, frames=4)
-    fit = spherical_kmeans(F.normalize(tokens.reshape(-1, 64), dim=-1), 5)
+    unit = F.normalize(tokens.reshape(-1, 64), dim=-1)
+    fit = spherical_kmeans(unit, 5)
     assert same_partition(fit.labels, labels.flatten())
     assert fit.iterations < 100  # converged before the cap
-    assert fit.distortion == pytest.approx(float((F.normalize(tokens.reshape(-1, 64), dim=-1) - fit.centroids[fit.labels]).square().sum()))
+    assert fit.distortion == pytest.approx(float((unit - fit.centroids[fit.labels]).square().sum()))
 
 
 def test_kmeans_is_seeded() -> None:
