@@ -44,10 +44,11 @@ class HoliTomParams:
     """HoliTom hyper-parameters; defaults are the reference's environment-variable defaults.
 
     Attributes:
-        retain_ratio: target fraction of the ``T * N`` tokens to keep (``RETAIN_RATIO``, 0.10). The
-            authors evaluate 0.10 with ``tau`` 0.65 and larger budgets with 0.80.
+        retain_ratio: target fraction of the ``T * N`` tokens to keep (``RETAIN_RATIO``, 0.10); the count
+            kept differs a little (per-frame ``ceil``, per-window ``round``), e.g. 60 of 588 at 0.10.
         tau: cosine-similarity threshold above which a position counts as unchanged between two
-            consecutive frames (``T``, 0.8).
+            consecutive frames (``T``, 0.8; the README's example runs ``RETAIN_RATIO=0.15 T=0.80``,
+            lower thresholds such as 0.65 merge more aggressively at small budgets).
         beta: weight of the cluster centre when a DPC-kNN cluster is merged (``BETA``, 0.6).
         k: neighbours for the DPC-kNN density, capped by the number of clusters (``K``, 7).
         max_window: longest window the segmentation considers, in frames (``MAX_WINDOW_SIZE``, 1024).
