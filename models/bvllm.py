@@ -83,8 +83,8 @@ def select_frames(scores: torch.Tensor, num_frames: int, temperature: float | No
     Returns:
         :class:`FrameSelection` with ``min(L, T)`` frames.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_frames < 1 or scores.numel() == 0:
+        raise ValueError(f"need num_frames >= 1 and at least one frame, got {num_frames} and {scores.numel()}")
     if temperature is not None and temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     # A stable sort breaks ties by the earlier frame, so the selection is deterministic.

@@ -60,6 +60,13 @@ def test_budget_larger_than_video_keeps_every_frame():
     assert sel.indices.tolist() == [0, 1]
 
 
+def test_select_frames_rejects_empty_input_and_budget():
+    with pytest.raises(ValueError):
+        select_frames(torch.zeros(0), num_frames=4)
+    with pytest.raises(ValueError):
+        select_frames(torch.zeros(3), num_frames=0)
+
+
 def test_softmax_weights_follow_scores():
     scores = torch.tensor([0.2, 0.3, 0.25, 0.1])
     sel = select_frames(scores, num_frames=3, temperature=0.01)
