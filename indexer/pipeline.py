@@ -14,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from indexer.decode import DecodeError, SampledFrame, VideoInfo, center_crop, iter_sampled_frames, probe, sample_times
 from indexer.media import sha256_file
+from models.backbone import ClipBackbone
+from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
-from search.catalog import Catalog, SegmentRecord
+from models.summary import VideoSummary, concat, summarize
+from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.media_paths import PathNotAllowed, confine
 from search.settings import Settings
 from search.tables import Status
@@ -40,14 +44,29 @@ def space_key(backbone_key: str, encoder_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class PreparedFrame:
+    """A sampled frame ready for the ViT.
+
+    ``pixels`` is ``[3, S, S]`` normalised; ``weight`` is how many sampled frames it stands for
+    (more than 1 when static-frame dropping folded repeats into it); ``image`` is the resized,
+    uncropped RGB frame used for thumbnails.
+    """
+
+    time: float
+    weight: int
+    pixels: torch.Tensor
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
 class FrameGroup:
-    """Consecutive sampled frames that become one segment."""
+    """Consecutive frames that become one segment."""
 
     ordinal: int
-    frames: list[SampledFrame]
+    frames: list[PreparedFrame]
 
     @property
-    def middle(self) -> SampledFrame:
+    def middle(self) -> PreparedFrame:
         return self.frames[len(self.frames) // 2]
 
 
@@ -55,19 +74,61 @@ class FrameGroup:
 class EncodedVideo:
     info: VideoInfo
     segments: list[SegmentRecord]
-    frames: int
+    frames_sampled: int
+    frames_encoded: int
+    summary: VideoSummary | None
 
 
-def group_frames(frames: Iterable[SampledFrame], size: int) -> Iterator[FrameGroup]:
-    """Split a frame stream into consecutive groups of ``size`` (the last may be shorter)."""
-    batch: list[SampledFrame] = []
-    ordinal = 0
-    for frame in frames:
-        batch.append(frame)
+def prepare_frames(frames: Iterable[SampledFrame], backbone: ClipBackbone, chunk: int = 32) -> Iterator[PreparedFrame]:
+    """Centre-crop and normalise sampled frames for ``backbone``, ``chunk`` at a time."""
+    size = backbone.image_size
+    for batch in _chunks(frames, chunk):
+        pixels = backbone.pixels_from_frames(np.stack([center_crop(f.image, size) for f in batch]))
+        for f, p in zip(batch, pixels):
+            yield PreparedFrame(f.time, 1, p, f.image)
+
+
+def drop_repeated_frames(
+    frames: Iterable[PreparedFrame], backbone: ClipBackbone, threshold: float, chunk: int = 32
+) -> Iterator[PreparedFrame]:
+    """Stream form of B-VLLM-style static-frame dropping (``models.bvllm.drop_static_frames``):
+    a frame that repeats the last kept frame is folded into it (its weight grows) instead of
+    being encoded. Each chunk is judged together with the last kept frame as its anchor."""
+    anchor: PreparedFrame | None = None
+    for batch in _chunks(frames, chunk):
+        head = [anchor] if anchor is not None else []
+        pixels = torch.stack([f.pixels for f in head + batch])
+        times = torch.tensor([f.time for f in head + batch], dtype=torch.float64)
+        spans = drop_static_frames(backbone, pixels, times, threshold)
+        kept = []
+        for first, size in zip(spans.first.tolist(), spans.sizes.tolist()):
+            frame = (head + batch)[first]
+            kept.append(PreparedFrame(frame.time, frame.weight + size - 1, frame.pixels, frame.image))
+        if anchor is not None:  # the first span is the anchor's: it grew, it is not new
+            anchor = kept.pop(0)
+            if kept:
+                yield anchor
+        for frame in kept[:-1]:
+            yield frame
+        anchor = kept[-1] if kept else anchor
+    if anchor is not None:
+        yield anchor
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
-            yield FrameGroup(ordinal, batch)
-            ordinal, batch = ordinal + 1, []
+            yield batch
+            batch = []
     if batch:
+        yield batch
+
+
+def group_frames(frames: Iterable[PreparedFrame], size: int) -> Iterator[FrameGroup]:
+    """Split a frame stream into consecutive groups of ``size`` (the last may be shorter)."""
+    for ordinal, batch in enumerate(_chunks(frames, size)):
         yield FrameGroup(ordinal, batch)
 
 
@@ -83,14 +144,50 @@ def batch_groups(groups: Iterable[FrameGroup], batch_segments: int) -> Iterator[
         yield batch
 
 
-def save_thumbnail(frame: SampledFrame, path: Path) -> None:
-    """JPEG of ``frame`` scaled to ``THUMBNAIL_HEIGHT`` px high, written atomically."""
+def weighted_segment_embedding(frame_embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[T, E]`` normalised frame embeddings, ``[T]`` weights -> ``[E]`` normalised weighted mean.
+    With unit weights this is the encoder's own mean pooling."""
+    return F.normalize((frame_embeddings * weights[:, None]).sum(0), dim=-1)
+
+
+def save_thumbnail(image: np.ndarray, path: Path) -> None:
+    """JPEG of an RGB frame scaled to ``THUMBNAIL_HEIGHT`` px high, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(frame.image)
-    image.thumbnail((THUMBNAIL_HEIGHT * 4, THUMBNAIL_HEIGHT))
+    thumb = Image.fromarray(image)
+    thumb.thumbnail((THUMBNAIL_HEIGHT * 4, THUMBNAIL_HEIGHT))
     tmp = path.with_suffix(".tmp")
-    image.save(tmp, format="JPEG", quality=82)
+    thumb.save(tmp, format="JPEG", quality=82)
     tmp.replace(path)
+
+
+class SummaryBuilder:
+    """Collects patch tokens segment by segment and compresses them chunk by chunk (bounded memory)."""
+
+    def __init__(self, method: str, chunk_frames: int, params: dict):
+        self.method, self.chunk_frames, self.params = method, chunk_frames, params
+        self._tokens: list[torch.Tensor] = []
+        self._attention: list[torch.Tensor] = []
+        self._times: list[float] = []
+        self._parts: list[VideoSummary] = []
+
+    def add(self, patch_tokens: torch.Tensor, cls_attention: torch.Tensor, times: list[float]) -> None:
+        """One segment: ``patch_tokens [T, N, W]``, ``cls_attention [T, N]``, ``times`` of its T frames."""
+        self._tokens.append(patch_tokens)
+        self._attention.append(cls_attention)
+        self._times.extend(times)
+        if len(self._times) >= self.chunk_frames:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._times:
+            self._parts.append(
+                summarize(self.method, torch.cat(self._tokens), torch.cat(self._attention), self._times, **self.params)
+            )
+            self._tokens, self._attention, self._times = [], [], []
+
+    def build(self) -> VideoSummary | None:
+        self._flush()
+        return concat(self._parts) if self._parts else None
 
 
 class VideoIngestor:
@@ -137,18 +234,20 @@ class VideoIngestor:
             self.catalog.update_video(video.id, status=Status.failed, error=reason)
             self.catalog.finish_job(job_id, Status.failed, error=reason)
             raise
-        info = encoded.info
+        info, summary = encoded.info, encoded.summary
         self.catalog.replace_segments(
             video.id,
             encoded.segments,
             self.key,
+            summary=SummaryRecord(summary.method, summary.num_tokens, summary.to_bytes()) if summary else None,
             duration=info.duration,
             fps=info.fps,
             width=info.width,
             height=info.height,
-            frames_sampled=encoded.frames,
+            frames_sampled=encoded.frames_sampled,
         )
-        self.catalog.finish_job(job_id, Status.done, message=f"{len(encoded.segments)} segments")
+        message = f"{len(encoded.segments)} segments, {encoded.frames_encoded} of {encoded.frames_sampled} frames encoded"
+        self.catalog.finish_job(job_id, Status.done, message=message)
         log.info("video indexed", extra={"job": job_id, "video": video.id, "segments": len(encoded.segments)})
         return Status.done
 
@@ -166,30 +265,43 @@ class VideoIngestor:
         return report
 
     # ----- decoding + encoding ------------------------------------------------------------
+    def summary_builder(self) -> SummaryBuilder | None:
+        s = self.settings
+        if s.summary == "none":
+            return None
+        params = {"retain_ratio": s.summary_retain} if s.summary == "holitom" else {}
+        return SummaryBuilder(s.summary, s.summary_chunk_frames, params)
+
     def encode_video(self, path: Path, content_hash: str, progress: ProgressFn | None = None) -> EncodedVideo:
         """Decode, segment and encode ``path``; thumbnails are written, the catalog is not touched."""
         s = self.settings
+        backbone = self.encoder.backbone
         info = probe(path)
         expected = len(sample_times(info.duration, s.sample_fps, s.max_frames))
-        size = self.encoder.backbone.image_size
-        frames = iter_sampled_frames(path, s.sample_fps, s.max_frames, short_side=size, info=info)
+        sampled = iter_sampled_frames(path, s.sample_fps, s.max_frames, short_side=backbone.image_size, info=info)
+        frames = prepare_frames(sampled, backbone)
+        if s.frame_dedup > 0:
+            frames = drop_repeated_frames(frames, backbone, s.frame_dedup)
+        summary = self.summary_builder()
         records: list[SegmentRecord] = []
-        done = 0
+        done = encoded = 0
         for batch in batch_groups(group_frames(frames, s.segment_frames), s.batch_segments):
-            pixels = torch.stack(
-                [self.encoder.backbone.pixels_from_frames(np.stack([center_crop(f.image, size) for f in g.frames])) for g in batch]
-            )
-            encoding = self.encoder.encode(pixels)
-            embeddings = encoding.embeddings.cpu().numpy()
-            for group, vector in zip(batch, embeddings):
+            pixels = torch.stack([torch.stack([f.pixels for f in g.frames]) for g in batch])
+            encoding = self.encoder.encode(pixels, with_tokens=summary is not None)
+            for i, group in enumerate(batch):
+                weights = torch.tensor([f.weight for f in group.frames], dtype=encoding.frame_embeddings.dtype)
+                vector = weighted_segment_embedding(encoding.frame_embeddings[i], weights)
                 thumb = f"{content_hash[:2]}/{content_hash}/{group.ordinal:05d}.jpg"
-                save_thumbnail(group.middle, s.thumbnail_dir / thumb)
+                save_thumbnail(group.middle.image, s.thumbnail_dir / thumb)
                 records.append(
-                    SegmentRecord(group.ordinal, group.frames[0].time, 0.0, len(group.frames), thumb, vector)
+                    SegmentRecord(group.ordinal, group.frames[0].time, 0.0, len(group.frames), thumb, vector.cpu().numpy())
                 )
-                done += len(group.frames)
+                if summary is not None:
+                    summary.add(encoding.patch_tokens[i], encoding.cls_attention[i], [f.time for f in group.frames])
+                done += int(weights.sum())
+                encoded += len(group.frames)
             if progress is not None:
                 progress(min(done / expected, 0.999))
         ends = [r.start for r in records[1:]] + [max(info.duration, records[-1].start)]
         segments = [SegmentRecord(r.ordinal, r.start, e, r.frame_count, r.thumbnail, r.embedding) for r, e in zip(records, ends)]
-        return EncodedVideo(info=info, segments=segments, frames=done)
+        return EncodedVideo(info, segments, done, encoded, summary.build() if summary is not None else None)

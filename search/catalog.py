@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_session_factory
-from search.tables import Job, Segment, SegmentTombstone, Status, Video, utcnow
+from search.tables import Job, Segment, SegmentTombstone, Status, Video, VideoSummaryRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,15 @@ class SegmentRecord:
     frame_count: int
     thumbnail: str | None
     embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class SummaryRecord:
+    """A video's compressed token summary, serialised (``models.summary.VideoSummary.to_bytes``)."""
+
+    method: str
+    token_count: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -164,12 +173,23 @@ class Catalog:
             return [r.thumbnail for r in rows if r.thumbnail]
 
     # ----- segments ------------------------------------------------------------------------
-    def replace_segments(self, video_id: int, segments: Sequence[SegmentRecord], embedding_key: str, **video_values: object) -> list[int]:
-        """Atomically swap a video's segments for ``segments`` and mark the video done.
+    def replace_segments(
+        self,
+        video_id: int,
+        segments: Sequence[SegmentRecord],
+        embedding_key: str,
+        summary: SummaryRecord | None = None,
+        **video_values: object,
+    ) -> list[int]:
+        """Atomically swap a video's segments (and summary) for new ones and mark the video done.
 
         Old segments are tombstoned so index replicas drop them. Returns the new segment ids.
         """
         with self.session() as s:
+            s.execute(delete(VideoSummaryRow).where(VideoSummaryRow.video_id == video_id))
+            if summary is not None:
+                s.add(VideoSummaryRow(video_id=video_id, method=summary.method, embedding_key=embedding_key,
+                                      token_count=summary.token_count, data=summary.data))
             _serialize_segment_writes(s)
             old = s.scalars(select(Segment.id).where(Segment.video_id == video_id)).all()
             s.add_all(SegmentTombstone(segment_id=i) for i in old)
@@ -195,6 +215,19 @@ class Catalog:
             )
             s.flush()
             return [r.id for r in rows]
+
+    def summaries(self, video_ids: Sequence[int], embedding_key: str) -> dict[int, SummaryRecord]:
+        """Stored summaries of ``video_ids`` computed in embedding space ``embedding_key``."""
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(
+                select(VideoSummaryRow).where(
+                    VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.embedding_key == embedding_key,
+                )
+            ).all()
+        return {r.video_id: SummaryRecord(r.method, r.token_count, r.data) for r in rows}
 
     def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
         if not segment_ids:

@@ -43,7 +43,10 @@ class Settings:
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
     encoder: str = "full"
-    summary: str = "none"
+    summary: str = "none"  # compressed token summary per video, for reranking
+    summary_retain: float = 0.10  # HoliTom retain ratio
+    summary_chunk_frames: int = 256  # summaries are computed over chunks of this many frames
+    frame_dedup: float = 0.0  # B-VLLM-style static-frame dropping before the ViT; 0 = off, 0.15 recommended
     sample_fps: float = 1.0
     segment_frames: int = 12
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
@@ -66,6 +69,10 @@ class Settings:
             raise SettingsError(f"VIDSEEK_INDEX_TYPE must be one of {INDEX_TYPES}, got {self.index_type!r}")
         if self.sample_fps <= 0:
             raise SettingsError("VIDSEEK_SAMPLE_FPS must be > 0")
+        if not 0.0 < self.summary_retain <= 1.0:
+            raise SettingsError("VIDSEEK_SUMMARY_RETAIN must be in (0, 1]")
+        if self.frame_dedup < 0:
+            raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
         if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
             raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
 

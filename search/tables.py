@@ -121,3 +121,16 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VideoSummaryRow(Base):
+    """The compressed token summary of a video (``models.summary.VideoSummary.to_bytes``)."""
+
+    __tablename__ = "video_summaries"
+
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(32))
+    embedding_key: Mapped[str] = mapped_column(String(255))
+    token_count: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

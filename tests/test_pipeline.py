@@ -35,7 +35,7 @@ def segment_query(runtime: Runtime, path: Path, start: float, end: float) -> np.
 
 
 def test_grouping_into_segments_and_batches() -> None:
-    groups = list(group_frames(range(30), 12))  # type: ignore[arg-type]
+    groups = list(group_frames(range(30), 12))  # type: ignore[arg-type]  (any items group)
     assert [len(g.frames) for g in groups] == [12, 12, 6] and [g.ordinal for g in groups] == [0, 1, 2]
     batches = list(batch_groups(groups, 4))
     assert [[g.ordinal for g in b] for b in batches] == [[0, 1], [2]]  # equal frame counts per batch
@@ -161,3 +161,63 @@ def test_text_search_ranks_like_brute_force_cosine(runtime: Runtime, samples_dir
     assert [h.score for h in result.hits] == pytest.approx([best[v] for v in expected], abs=1e-5)
     assert len(result.hits) == len(list(samples_dir.glob("*.mp4")))
     assert set(result.timings_ms) == {"encode", "search", "group", "total"}
+
+
+def _still_then_moving(t: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """10 s of a still picture, then 6 s of a ball moving across it."""
+    img = np.zeros(yy.shape + (3,), np.uint8)
+    img[..., 1] = (xx * 0.6).astype(np.uint8)
+    if t >= 10:
+        cx = 40 + 40 * (t - 10)
+        img[(xx - cx) ** 2 + (yy - 120) ** 2 < 30**2] = (230, 40, 40)
+    return img
+
+
+def test_static_frames_are_dropped_before_the_vit(settings: Settings, tmp_path: Path) -> None:
+    from indexer.samples import write_video
+
+    media = tmp_path / "media"
+    path = write_video(media / "still.mp4", _still_then_moving, seconds=16)
+    runtime = build_runtime(settings.with_overrides(frame_dedup=0.15, segment_frames=4))
+    job = runtime.catalog.get_job(ingest(runtime, path))
+    assert job.status is Status.done
+    video = runtime.catalog.get_video(job.video_id)
+    assert video.frames_sampled == 16
+    segments = runtime.catalog.segments_of(video.id)
+    encoded = sum(s.frame_count for s in segments)
+    assert encoded <= 8, job.message  # the 10 still seconds collapse into one frame
+    assert f"{encoded} of 16 frames encoded" in job.message
+    assert segments[0].start == 0.0 and segments[-1].end == pytest.approx(16.0)
+    assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
+
+    # the first segment's embedding is the frame embeddings weighted by how many frames each stands for
+    size = runtime.backbone.image_size
+    frames = list(iter_sampled_frames(path, 1.0, short_side=size))
+    kept_times = [0.0] + [f.time for f in frames if f.time >= 10][: segments[0].frame_count - 1]
+    kept = [f for f in frames if f.time in kept_times]
+    pixels = runtime.backbone.pixels_from_frames(np.stack([center_crop(f.image, size) for f in kept]))
+    per_frame = runtime.backbone.encode_frames(pixels).embeddings
+    weights = torch.tensor([10.0] + [1.0] * (len(kept) - 1))
+    expected = torch.nn.functional.normalize((per_frame * weights[:, None]).sum(0), dim=0).numpy()
+    np.testing.assert_allclose(embedding_from_bytes(segments[0].embedding), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["holitom", "vqtoken"])
+def test_ingestion_stores_a_compressed_summary(settings: Settings, samples_dir: Path, method: str) -> None:
+    from models.summary import VideoSummary
+
+    runtime = build_runtime(settings.with_overrides(summary=method, summary_chunk_frames=12))
+    job = runtime.catalog.get_job(ingest(runtime, samples_dir / "three_scenes.mp4"))
+    stored = runtime.catalog.summaries([job.video_id], runtime.ingestor().key)
+    record = stored[job.video_id]
+    summary = VideoSummary.from_bytes(record.data)
+    assert record.method == summary.method == method and record.token_count == summary.num_tokens
+    assert summary.frame_times.tolist() == [float(t) for t in range(36)]  # three 12-frame chunks, joined
+    assert summary.tokens.shape[1] == runtime.backbone.width
+    assert int(summary.frame_end.max()) == 35
+    if method == "holitom":
+        assert summary.num_tokens <= 0.12 * 36 * 49
+    else:
+        assert summary.index_map.shape == (36, 49)
+    runtime.catalog.delete_video(job.video_id)
+    assert runtime.catalog.summaries([job.video_id], runtime.ingestor().key) == {}
