@@ -1,0 +1,227 @@
+"""Measuring helpers shared by the benchmarks: op counts, timing, peak tensor memory, tables.
+
+* :func:`count_macs` -- multiply-accumulates of a call, counted by ``torch.utils.flop_counter``
+  with formulas for the two CPU kernels it has none for (open_clip's fused attention and
+  CPU scaled-dot-product attention), reported as MACs (1 MAC = 2 FLOPs).
+* :func:`interleaved_timings` -- wall time of several calls, warmed up and repeated in
+  round-robin so that load from other processes falls on every call alike.
+* :func:`peak_tensor_bytes` -- high-water mark of the bytes torch's CPU allocator holds
+  during a call, over what it held before (from ``torch.profiler`` allocation events).
+* :func:`markdown_table` -- rows of dicts as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
+
+
+# ----- operation counts -------------------------------------------------------------------------
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``softmax(q k^T) v`` over ``q [B, H, L, d]``, ``k [B, H, S, d]``, ``v [B, H, S, dv]``
+    (``torch.utils.flop_counter`` counts the CUDA kernels of scaled-dot-product attention but
+    not the CPU one that ``F.scaled_dot_product_attention`` decomposes into)."""
+    b, h, length, d = query_shape
+    source, dv = key_shape[2], value_shape[3]
+    return 2 * b * h * length * source * (d + dv)
+
+
+def _native_mha_flops(
+    query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None, **kwargs
+) -> int:
+    """FLOPs of ``nn.MultiheadAttention``'s fused inference kernel (batch first): the q, k, v and
+    output projections plus ``q k^T`` and ``attention @ v``. Open_clip's blocks take this path in
+    inference mode and ``torch.utils.flop_counter`` has no formula for it."""
+    b, length, width = query_shape
+    source = key_shape[1]
+    projections = length * width * width + 2 * source * width * width + length * width * width
+    attention = 2 * length * source * width
+    return 2 * b * (projections + attention)
+
+
+def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of Euclidean distances between ``[..., P, D]`` and ``[..., R, D]``: ``P * R * D`` MACs
+    per batch, the cost of the ``x1 @ x2^T`` it is computed with (norms are left out)."""
+    *batch, p, d = x1_shape
+    return 2 * math.prod(batch) * p * x2_shape[-2] * d
+
+
+# FlopCounterMode decomposes composite ops and counts the kernels they reach; these are the
+# kernels that vidseek's models reach on CPU and that it has no formula for.
+MAC_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    aten._native_multi_head_attention: _native_mha_flops,
+    aten._euclidean_dist: _cdist_flops,  # torch.cdist above 25 points
+    aten._cdist_forward: _cdist_flops,  # torch.cdist up to 25 points
+}
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """Multiply-accumulates of one call.
+
+    Attributes:
+        total: all counted MACs.
+        by_op: MACs per aten op (``"aten.addmm"``...).
+    """
+
+    total: int
+    by_op: dict[str, int]
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.total / 1e9
+
+
+def count_macs(fn: Callable[[], Any]) -> tuple[Any, MacCount]:
+    """Run ``fn()`` under ``FlopCounterMode`` (plus :data:`MAC_FORMULAS`) and return its result and
+    the MACs of its matrix products, convolutions and attention. Element-wise work (layer norm,
+    softmax, GELU, the additions) is not counted, as in the usual FLOP counts of ViTs."""
+    with FlopCounterMode(display=False, custom_mapping=MAC_FORMULAS) as counter:
+        result = fn()
+    by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    return result, MacCount(total=counter.get_total_flops() // 2, by_op=by_op)
+
+
+# ----- time -------------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100, linear interpolation) of ``values``."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of the repeats of one call."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """(10th, 90th) percentile."""
+        return percentile(self.seconds, 10), percentile(self.seconds, 90)
+
+
+def interleaved_timings(calls: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time every call ``repeats`` times after ``warmup`` untimed runs each.
+
+    The calls take turns (round ``r`` runs each of them once) so that a burst of load from
+    another process is spread over all of them instead of spoiling one.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: Timing(tuple(values)) for name, values in samples.items()}
+
+
+# ----- memory -----------------------------------------------------------------------------------
+def _walk(nodes) -> Iterator:
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)
+
+
+def peak_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn()`` once and return its result and the peak of the bytes that torch's CPU
+    allocator held during the call on top of what it held before.
+
+    Every tensor allocation and free during the call is recorded by ``torch.profiler``
+    (``profile_memory=True``); the peak is the maximum of their running sum. This is what the
+    call's tensors need -- weights and inputs allocated before are not in it -- and it does not
+    depend on whether the C allocator returns freed pages to the system, which makes the
+    process RSS a poor per-call measure. Memory that libraries allocate outside torch's
+    allocator (oneDNN or BLAS scratch space) is not seen.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    tree = prof.profiler.kineto_results.experimental_event_tree()
+    allocations = sorted(
+        (node for node in _walk(tree) if node.tag == _EventType.Allocation),
+        key=lambda node: node.start_time_ns,
+    )
+    held = peak = 0
+    for node in allocations:
+        held += node.extra_fields.alloc_size
+        peak = max(peak, held)
+    return result, peak
+
+
+def process_peak_rss_bytes() -> int | None:
+    """High-water mark of this process's resident memory (``VmHWM``), None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# ----- environment and output -------------------------------------------------------------------
+def machine_description() -> dict[str, Any]:
+    """CPU model, core count, torch threads and version, and the 1-minute load average now."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the row key it shows, its header, and a format for its values."""
+
+    key: str
+    header: str
+    fmt: str = "{}"
+
+
+def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as a Markdown pipe table; a missing or None value prints as ``-``."""
+
+    def cell(column: Column, row: Mapping[str, Any]) -> str:
+        value = row.get(column.key)
+        return "-" if value is None else column.fmt.format(value)
+
+    body = [[cell(c, r) for c in columns] for r in rows]
+    widths = [max(len(c.header), *(len(line[i]) for line in body)) for i, c in enumerate(columns)]
+    lines = [
+        "| " + " | ".join(c.header.ljust(w) for c, w in zip(columns, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(line, widths)) + " |" for line in body]
+    return "\n".join(lines)

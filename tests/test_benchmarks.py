@@ -1,0 +1,154 @@
+"""benchmarks/: op counting against the analytic ViT count, the measuring helpers, and a smoke run
+of the token-reduction benchmark on the tiny model (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.common import Column, count_macs, interleaved_timings, markdown_table, peak_tensor_bytes
+from benchmarks.token_reduction import (
+    MAIN_COLUMNS,
+    NO_MERGING,
+    SUMMARIES,
+    TEMPME_REFERENCE_GMACS,
+    FrameSet,
+    VitShape,
+    block_macs,
+    dedup_encode,
+    full_clip_loads,
+    load_frame_set,
+    main,
+    tempme_loads,
+    vit_macs,
+)
+from models.encoders import FullClipEncoder
+from models.tempme import TempMeConfig, TempMeEncoder, plan_layers
+
+# open_clip ViT-B-32: width 768, 12 heads, MLP 3072, 12 blocks, 7 x 7 patches of 3 x 32 x 32, proj 768 -> 512.
+VIT_B_32 = VitShape(width=768, heads=12, mlp_width=3072, depth=12, num_patches=49, patch_dim=3072, projection=768 * 512)
+
+
+def _pixels(segments: int, frames: int) -> torch.Tensor:
+    return torch.randn(segments, frames, 3, 224, 224, generator=torch.Generator().manual_seed(segments * 100 + frames))
+
+
+def test_analytic_count_reproduces_tempmes_reference_for_vit_b_32():
+    """TempMe reports 51.5 G MACs (full CLIP) and 33.3 G MACs (TempMe) for a 12-frame ViT-B/32
+    clip, transformer blocks only."""
+    full = sum(block_macs(VIT_B_32, load) for load in full_clip_loads(VIT_B_32, 12)) / 1e9
+    plans = plan_layers(TempMeConfig(), 12, 50, 12)
+    tempme = sum(block_macs(VIT_B_32, load) for load in tempme_loads(VIT_B_32, plans, 1, 12)) / 1e9
+    assert round(full, 1) == TEMPME_REFERENCE_GMACS["full"]
+    assert round(tempme, 1) == TEMPME_REFERENCE_GMACS["tempme"]
+    whole_full = vit_macs(VIT_B_32, 12, full_clip_loads(VIT_B_32, 12)).total
+    whole_tempme = vit_macs(VIT_B_32, 12, tempme_loads(VIT_B_32, plans, 1, 12)).total
+    assert whole_tempme / whole_full <= 0.66
+
+
+def test_counted_macs_equal_the_analytic_count_for_full_clip(tiny_backbone):
+    shape = VitShape.of(tiny_backbone)
+    pixels = _pixels(2, 3)
+    expected = vit_macs(shape, 6, full_clip_loads(shape, 6)).total
+    _, fused = count_macs(lambda: FullClipEncoder(tiny_backbone).encode(pixels))
+    _, by_block = count_macs(lambda: TempMeEncoder(tiny_backbone, NO_MERGING).encode(pixels))
+    assert fused.total == by_block.total == expected
+    assert "aten._native_multi_head_attention" in fused.by_op  # open_clip's fused path was counted
+
+
+@pytest.mark.parametrize("frames", [1, 6, 8, 12])
+def test_counted_macs_equal_the_analytic_count_for_tempme(tiny_backbone, frames: int):
+    shape = VitShape.of(tiny_backbone)
+    encoder = TempMeEncoder(tiny_backbone)
+    loads = tempme_loads(shape, encoder.plan(frames), 2, frames)
+    _, counted = count_macs(lambda: encoder.encode(_pixels(2, frames)))
+    analytic = vit_macs(shape, 2 * frames, loads)
+    assert counted.total == analytic.total
+    assert analytic.merging > 0
+
+
+@pytest.mark.parametrize("points", [10, 60])  # both torch.cdist kernels
+def test_cdist_is_counted(points: int):
+    x, y = torch.randn(3, points, 16), torch.randn(3, 7, 16)
+    _, counted = count_macs(lambda: torch.cdist(x, y))
+    assert counted.total == 3 * points * 7 * 16
+
+
+def test_peak_tensor_bytes_follows_allocations_and_frees():
+    def work() -> torch.Tensor:
+        a = torch.empty(1_000_000)  # 4 MB
+        b = torch.empty(2_000_000)  # 8 MB: 12 MB held
+        del a
+        c = torch.empty(500_000)  # 10 MB held
+        return b[:1] + c[:1]  # 4 more bytes
+
+    _, peak = peak_tensor_bytes(work)
+    assert peak == 12_000_000
+
+
+def test_interleaved_timings_take_turns():
+    order: list[str] = []
+    timings = interleaved_timings({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1)
+    assert order == ["a", "b"] * 3
+    assert [len(t.seconds) for t in timings.values()] == [2, 2]
+
+
+def test_markdown_table():
+    columns = [Column("name", "name"), Column("x", "value", "{:.2f}")]
+    table = markdown_table(columns, [{"name": "a", "x": 1.234}, {"name": "bb"}])
+    assert table.splitlines() == [
+        "| name | value |",
+        "|------|-------|",
+        "|    a |  1.23 |",
+        "|   bb |     - |",
+    ]
+
+
+def test_dedup_encode_folds_repeated_frames_into_the_kept_one(tiny_backbone):
+    encoder = FullClipEncoder(tiny_backbone)
+    distinct = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    pixels = torch.stack([distinct[0], distinct[0], distinct[0], distinct[1], distinct[2]])
+    result = dedup_encode(encoder, [(pixels, torch.arange(5.0))], threshold=0.15)
+    assert result.kept == 3
+    assert result.spans[0].kept.tolist() == [0, 3, 4]
+    reference = encoder.encode(pixels[None]).frame_embeddings[0]
+    torch.testing.assert_close(result.frame_embeddings[0], reference, atol=1e-5, rtol=0)
+
+
+def test_load_frame_set_deals_segments_to_videos(tiny_backbone, samples_dir):
+    videos = [samples_dir / "three_scenes.mp4", samples_dir / "red_ball.mp4"]
+    frames = load_frame_set(videos, tiny_backbone, segments=3, frames=4)
+    assert isinstance(frames, FrameSet)
+    assert frames.pixels.shape == (3, 4, 3, 224, 224)
+    assert frames.videos == ("three_scenes.mp4", "three_scenes.mp4", "red_ball.mp4")
+    assert frames.video_groups() == [slice(0, 2), slice(2, 3)]
+    three_scenes = frames.times[:2].flatten()
+    assert bool((three_scenes[1:] > three_scenes[:-1]).all()) and float(three_scenes[-1]) > 30  # spread over 36 s
+
+
+def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    report = main([
+        "--model", "vidseek-tiny-ViT", "--pretrained", "random", "--model-config-dir", str(tiny_config_dir),
+        "--segments", "1", "--repeats", "1", "--warmup", "0", "--json", str(out),
+    ])
+    methods = ["full", "tempme", "bvllm-dedup"] + [name for name, _, _ in SUMMARIES]
+    assert [r.method for r in report.rows] == methods
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method"))
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start : start + 2 + len(methods)]]
+    assert table[0] == [c.header for c in MAIN_COLUMNS]
+    assert [cells[0] for cells in table[2:]] == methods
+    assert all(len(cells) == len(MAIN_COLUMNS) for cells in table[2:])
+    assert lines[start + 2 + len(methods)] == ""  # nothing else in the table
+    rows = {r.method: r for r in report.rows}
+    assert rows["tempme"].tokens == 97 and rows["full"].tokens == 600
+    assert rows["full"].vit_gmacs == pytest.approx(rows["full"].vit_gmacs_analytic, rel=0)
+    assert rows["tempme"].vit_gmacs == pytest.approx(rows["tempme"].vit_gmacs_analytic, rel=0)
+    assert report.dedup and report.dedup[0].kept < report.dedup[0].frames  # the still stretch collapses
+    saved = json.loads(out.read_text())
+    assert [r["method"] for r in saved["rows"]] == methods
+    assert set(saved["rows"][0]) >= {c.key for c in MAIN_COLUMNS}
+    assert [t["what"] for t in saved["targets"]] == [t.what for t in report.targets]
