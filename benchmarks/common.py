@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
@@ -98,11 +97,6 @@ def count_macs(fn: Callable[[], Any]) -> tuple[Any, MacCount]:
 
 
 # ----- time -------------------------------------------------------------------------------------
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100, linear interpolation) of ``values``."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
 @dataclass(frozen=True)
 class Timing:
     """Wall-clock seconds of the repeats of one call."""
@@ -114,9 +108,9 @@ class Timing:
         return statistics.median(self.seconds)
 
     @property
-    def spread(self) -> tuple[float, float]:
-        """(10th, 90th) percentile."""
-        return percentile(self.seconds, 10), percentile(self.seconds, 90)
+    def best(self) -> float:
+        """The fastest repeat: closest to the call's own cost when other processes compete for the CPU."""
+        return min(self.seconds)
 
 
 def interleaved_timings(calls: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
