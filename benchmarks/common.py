@@ -4,7 +4,8 @@
   with formulas for the two CPU kernels it has none for (open_clip's fused attention and
   CPU scaled-dot-product attention), reported as MACs (1 MAC = 2 FLOPs).
 * :func:`interleaved_timings` -- wall time of several calls, warmed up and repeated in
-  round-robin so that load from other processes falls on every call alike.
+  round-robin so that load from other processes falls on every call alike, optionally each
+  started in a quiet moment (:func:`wait_for_quiet_cpu`).
 * :func:`peak_tensor_bytes` -- high-water mark of the bytes torch's CPU allocator holds
   during a call, over what it held before (from ``torch.profiler`` allocation events).
 * :func:`markdown_table` -- rows of dicts as a Markdown table.
@@ -98,10 +99,62 @@ def count_macs(fn: Callable[[], Any]) -> tuple[Any, MacCount]:
 
 # ----- time -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class CpuTimes:
+    """Cumulative jiffies of all CPUs from ``/proc/stat``: busy (user, nice, system, irq, softirq,
+    steal) and total."""
+
+    busy: int
+    total: int
+
+    @classmethod
+    def parse(cls, stat_line: str) -> CpuTimes:
+        """The aggregate ``cpu ...`` line of ``/proc/stat``."""
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat_line.split()[1:9])
+        busy = user + nice + system + irq + softirq + steal
+        return cls(busy=busy, total=busy + idle + iowait)
+
+    @classmethod
+    def now(cls) -> CpuTimes | None:
+        """Current counters, None where ``/proc/stat`` does not exist."""
+        try:
+            with open("/proc/stat") as stat:
+                return cls.parse(stat.readline())
+        except OSError:
+            return None
+
+
+def busy_share(before: CpuTimes, after: CpuTimes) -> float:
+    """Share of the machine's CPU time that was busy between two samples (0..1)."""
+    total = after.total - before.total
+    return (after.busy - before.busy) / total if total > 0 else 0.0
+
+
+def wait_for_quiet_cpu(max_busy: float, timeout: float, window: float = 1.0) -> float | None:
+    """Sleep ``window``-second windows until the machine was at most ``max_busy`` busy during one
+    (this process sleeps meanwhile, so that is other processes' load) or ``timeout`` seconds have
+    passed. Returns the last window's busy share, None where it cannot be measured.
+
+    On a shared machine another process's burst can halve a call's speed (two torch threads on
+    two cores wait for each other when one is preempted), so timed calls start in quiet moments
+    where there are any, and the busy share before each is recorded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = CpuTimes.now()
+        if before is None:
+            return None
+        time.sleep(window)
+        share = busy_share(before, CpuTimes.now())
+        if share <= max_busy or time.monotonic() >= deadline:
+            return share
+
+
+@dataclass(frozen=True)
 class Timing:
-    """Wall-clock seconds of the repeats of one call."""
+    """Wall-clock seconds of the repeats of one call, and the machine's busy share measured right
+    before each (None when not measured)."""
 
     seconds: tuple[float, ...]
+    busy_before: tuple[float | None, ...]
 
     @property
     def median(self) -> float:
@@ -113,11 +166,18 @@ class Timing:
         return min(self.seconds)
 
 
-def interleaved_timings(calls: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+def interleaved_timings(
+    calls: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    before_each: Callable[[], float | None] = lambda: None,
+) -> dict[str, Timing]:
     """Time every call ``repeats`` times after ``warmup`` untimed runs each.
 
     The calls take turns (round ``r`` runs each of them once) so that a burst of load from
-    another process is spread over all of them instead of spoiling one.
+    another process is spread over all of them instead of spoiling one. ``before_each`` runs
+    before every timed call, untimed (e.g. :func:`wait_for_quiet_cpu`); what it returns is kept
+    in :attr:`Timing.busy_before`.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -125,12 +185,14 @@ def interleaved_timings(calls: Mapping[str, Callable[[], Any]], repeats: int, wa
         for fn in calls.values():
             fn()
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    busy: dict[str, list[float | None]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
+            busy[name].append(before_each())
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {name: Timing(tuple(values)) for name, values in samples.items()}
+    return {name: Timing(tuple(samples[name]), tuple(busy[name])) for name in calls}
 
 
 # ----- memory -----------------------------------------------------------------------------------

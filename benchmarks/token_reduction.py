@@ -54,6 +54,7 @@ from benchmarks.common import (
     markdown_table,
     peak_tensor_bytes,
     process_peak_rss_bytes,
+    wait_for_quiet_cpu,
 )
 from indexer.decode import iter_sampled_frames, probe
 from indexer.pipeline import SummaryBuilder, prepare_frames
@@ -429,7 +430,8 @@ class Report:
     flop_check: dict[str, float]
     targets: list[Target]
     cos_between_segments: float | None
-    timings: dict[str, list[float]]
+    timings: dict[str, dict[str, list[float | None]]]
+    quiet_busy: float
     dedup: list[DedupRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -509,6 +511,11 @@ def render(report: Report) -> str:
     if report.cos_between_segments is not None:
         lines += ["", f"for scale: full CLIP's embeddings of different segments have mean cosine "
                   f"{report.cos_between_segments:.4f}"]
+    busy = [b for t in report.timings.values() for b in t["busy_before"] if b is not None]
+    if busy:
+        quiet = sum(b <= report.quiet_busy for b in busy)
+        lines += ["", f"timed calls started with the machine at most {report.quiet_busy:.0%} busy in the second "
+                  f"before: {quiet} of {len(busy)} (median busy share before a call {np.median(busy):.0%})"]
     if report.dedup:
         lines += ["", "static-frame dropping at the ingestion sampling rate:", "",
                   markdown_table(DEDUP_COLUMNS, [asdict(r) for r in report.dedup])]
@@ -565,7 +572,7 @@ def run(args: argparse.Namespace, command: str, workdir: Path) -> Report:
         peaks[name] = _mib(peak_tensor_bytes(
             lambda m=method, p=params: summarize_videos(m, p, full.encode(pixels, with_tokens=True), frame_set)
         )[1])
-    timings = interleaved_timings(calls, args.repeats, args.warmup)
+    timings = interleaved_timings(calls, args.repeats, args.warmup, quiet_start(args))
     seconds = {name: timing.median for name, timing in timings.items()}
     best = {name: timing.best for name, timing in timings.items()}
 
@@ -637,8 +644,16 @@ def run(args: argparse.Namespace, command: str, workdir: Path) -> Report:
         videos=[p.name for p in videos], machine_before=machine_before, machine_after=machine_description(),
         process_peak_rss_mib=None if rss is None else _mib(rss), rows=rows, flop_check=flop_check,
         targets=check_targets({r.method: r for r in rows}), cos_between_segments=_mean_cosine_between(reference),
-        timings={name: list(timing.seconds) for name, timing in timings.items()}, dedup=dedup_rows,
+        timings={name: asdict(timing) for name, timing in timings.items()}, dedup=dedup_rows,
+        quiet_busy=args.quiet_busy,
     )
+
+
+def quiet_start(args: argparse.Namespace) -> Callable[[], float | None]:
+    """What runs before each timed call: wait for a quiet machine (``--quiet-timeout`` > 0) or nothing."""
+    if args.quiet_timeout <= 0:
+        return lambda: None
+    return lambda: wait_for_quiet_cpu(args.quiet_busy, args.quiet_timeout)
 
 
 def check_targets(rows: dict[str, MethodRow]) -> list[Target]:
@@ -687,6 +702,7 @@ def dedup_row(encoder: FullClipEncoder, path: Path, args: argparse.Namespace) ->
         },
         args.repeats,
         args.warmup,
+        quiet_start(args),
     )
     reference = encoder.encode(pixels[None]).frame_embeddings[0]
     result = dedup_encode(encoder, [(pixels, times)], threshold)
@@ -728,6 +744,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-dedup-table", action="store_true", help="skip the ingestion-rate dedup table")
     parser.add_argument("--sample-fps", type=float, default=Settings().sample_fps, help="ingestion sampling rate "
                         "for the dedup table")
+    parser.add_argument("--quiet-busy", type=float, default=0.15, help="start each timed call after a second "
+                        "in which the machine was at most this busy (share of all CPUs) ...")
+    parser.add_argument("--quiet-timeout", type=float, default=30.0, help="... or after this many seconds of "
+                        "waiting (0: do not wait)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.segments < 1 or args.frames < 1:

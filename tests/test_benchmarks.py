@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 
-from benchmarks.common import Column, count_macs, interleaved_timings, markdown_table, peak_tensor_bytes
+from benchmarks.common import (
+    Column,
+    CpuTimes,
+    busy_share,
+    count_macs,
+    interleaved_timings,
+    markdown_table,
+    peak_tensor_bytes,
+)
 from benchmarks.token_reduction import (
     MAIN_COLUMNS,
     NO_MERGING,
@@ -90,9 +98,19 @@ def test_peak_tensor_bytes_follows_allocations_and_frees():
 
 def test_interleaved_timings_take_turns():
     order: list[str] = []
-    timings = interleaved_timings({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1)
-    assert order == ["a", "b"] * 3
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    busy = iter([0.1, 0.2, 0.3, 0.4])
+    timings = interleaved_timings(calls, repeats=2, warmup=1, before_each=lambda: order.append("wait") or next(busy))
+    assert order == ["a", "b"] + ["wait", "a", "wait", "b"] * 2  # no waiting before warm-up runs
     assert [len(t.seconds) for t in timings.values()] == [2, 2]
+    assert timings["a"].busy_before == (0.1, 0.3) and timings["b"].busy_before == (0.2, 0.4)
+
+
+def test_busy_share_from_proc_stat_lines():
+    before = CpuTimes.parse("cpu  100 0 50 800 50 0 0 0 0 0")
+    after = CpuTimes.parse("cpu  160 0 70 890 70 0 0 10 0 0")  # +90 busy of +200
+    assert (before.busy, before.total) == (150, 1000)
+    assert busy_share(before, after) == pytest.approx(0.45)
 
 
 def test_markdown_table():
@@ -132,7 +150,7 @@ def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     report = main([
         "--model", "vidseek-tiny-ViT", "--pretrained", "random", "--model-config-dir", str(tiny_config_dir),
-        "--segments", "1", "--repeats", "1", "--warmup", "0", "--json", str(out),
+        "--segments", "1", "--repeats", "1", "--warmup", "0", "--quiet-timeout", "0", "--json", str(out),
     ])
     methods = ["full", "tempme", "bvllm-dedup"] + [name for name, _, _ in SUMMARIES]
     assert [r.method for r in report.rows] == methods
