@@ -7,7 +7,7 @@ schedule -- frames/s of the whole call on this CPU, the peak tensor memory of th
 cosine of the segment embeddings to full CLIP's::
 
     PYTHONPATH=. python -m benchmarks.token_reduction --model ViT-B-32 --pretrained random \\
-        --segments 4 --frames 12 --repeats 5 --json perf.json
+        --segments 4 --frames 12 --repeats 7 --json perf.json
 
 Methods (``models/``):
 
@@ -24,6 +24,19 @@ Methods (``models/``):
 
 A second table runs static-frame dropping per video at the ingestion sampling rate
 (``--sample-fps``), where it matters: frames kept, signature cost, speed-up, cosine.
+
+How it measures (helpers in :mod:`benchmarks.common`):
+
+* MACs: ``FlopCounterMode`` plus formulas for the CPU kernels it misses (open_clip's fused
+  attention, CPU scaled-dot-product attention, ``cdist``); matrix products, convolutions and
+  attention only. Full CLIP is counted on open_clip's fused path and block by block
+  (:mod:`models.vit_blocks`, via TempMe with merging off), next to the analytic count
+  (``tests/test_benchmarks.py`` checks that all three agree exactly).
+* Time: ``--threads`` torch threads, one warm-up per call, then ``--repeats`` rounds in which the
+  calls take turns, each started once the machine has been quiet for a second (``--quiet-busy``,
+  at most ``--quiet-timeout`` seconds of waiting); the median and the fastest repeat are given.
+* Memory: the high-water mark of torch's CPU allocator during one call, from profiler
+  allocation events, above what was allocated before the call.
 
 With random weights (``--pretrained random``) costs and token counts are those of the real model,
 but cosines only say that nothing is broken: they are no measure of retrieval quality.
