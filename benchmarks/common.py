@@ -5,7 +5,8 @@
   CPU scaled-dot-product attention), reported as MACs (1 MAC = 2 FLOPs).
 * :func:`interleaved_timings` -- wall time of several calls, warmed up and repeated in
   round-robin so that load from other processes falls on every call alike, optionally each
-  started in a quiet moment (:func:`wait_for_quiet_cpu`).
+  started in a quiet moment (:func:`wait_for_quiet_cpu`), with the share of the CPUs that other
+  processes used during each repeat.
 * :func:`peak_tensor_bytes` -- high-water mark of the bytes torch's CPU allocator holds
   during a call, over what it held before (from ``torch.profiler`` allocation events).
 * :func:`markdown_table` -- rows of dicts as a Markdown table.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,76 +123,80 @@ class CpuTimes:
             return None
 
 
-def busy_share(before: CpuTimes, after: CpuTimes) -> float:
-    """Share of the machine's CPU time that was busy between two samples (0..1)."""
-    total = after.total - before.total
-    return (after.busy - before.busy) / total if total > 0 else 0.0
+def others_busy_share(before: CpuTimes, after: CpuTimes, own_cpu_seconds: float) -> float:
+    """Share of all CPUs' time between two samples that other processes kept busy: the machine's
+    busy time minus ``own_cpu_seconds``, the CPU time this process used meanwhile (0..1)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = (after.total - before.total) / tick
+    if total <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (after.busy - before.busy) / tick - own_cpu_seconds) / total)
 
 
-def wait_for_quiet_cpu(max_busy: float, timeout: float, window: float = 1.0) -> float | None:
-    """Sleep ``window``-second windows until the machine was at most ``max_busy`` busy during one
-    (this process sleeps meanwhile, so that is other processes' load) or ``timeout`` seconds have
-    passed. Returns the last window's busy share, None where it cannot be measured.
+def timed_call(fn: Callable[[], Any]) -> tuple[float, float | None]:
+    """Run ``fn()``; return its wall-clock seconds and the share of the CPUs that other processes
+    used meanwhile (None where ``/proc/stat`` does not exist)."""
+    before, own = CpuTimes.now(), time.process_time()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    own, after = time.process_time() - own, CpuTimes.now()
+    return seconds, None if before is None or after is None else others_busy_share(before, after, own)
 
-    On a shared machine another process's burst can halve a call's speed (two torch threads on
-    two cores wait for each other when one is preempted), so timed calls start in quiet moments
-    where there are any, and the busy share before each is recorded."""
+
+def wait_for_quiet_cpu(max_busy: float, timeout: float, window: float = 1.0) -> None:
+    """Sleep ``window``-second windows until other processes kept at most ``max_busy`` of the CPUs
+    busy during one, or until ``timeout`` seconds have passed (at once where ``/proc/stat`` does
+    not exist).
+
+    On a shared machine another process's burst can halve a call's speed or worse (with two
+    torch threads on two cores, every parallel op waits for the thread that was preempted), so
+    timed calls should start in quiet moments where there are any."""
     deadline = time.monotonic() + timeout
     while True:
-        before = CpuTimes.now()
-        if before is None:
-            return None
-        time.sleep(window)
-        share = busy_share(before, CpuTimes.now())
-        if share <= max_busy or time.monotonic() >= deadline:
-            return share
+        _, share = timed_call(lambda: time.sleep(window))
+        if share is None or share <= max_busy or time.monotonic() >= deadline:
+            return
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall-clock seconds of the repeats of one call, and the machine's busy share measured right
-    before each (None when not measured)."""
+    """Wall-clock seconds of the repeats of one call, and the share of the CPUs that other
+    processes used during each (None when not measured)."""
 
     seconds: tuple[float, ...]
-    busy_before: tuple[float | None, ...]
+    others_busy: tuple[float | None, ...]
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def best(self) -> float:
-        """The fastest repeat: closest to the call's own cost when other processes compete for the CPU."""
-        return min(self.seconds)
+    def undisturbed(self, max_others_busy: float) -> tuple[float, ...]:
+        """Seconds of the repeats during which other processes used at most ``max_others_busy``
+        of the CPUs (unmeasured ones count as undisturbed); all repeats when there is none."""
+        kept = tuple(s for s, b in zip(self.seconds, self.others_busy) if b is None or b <= max_others_busy)
+        return kept or self.seconds
 
 
 def interleaved_timings(
     calls: Mapping[str, Callable[[], Any]],
     repeats: int,
     warmup: int = 1,
-    before_each: Callable[[], float | None] = lambda: None,
+    before_each: Callable[[], Any] = lambda: None,
 ) -> dict[str, Timing]:
     """Time every call ``repeats`` times after ``warmup`` untimed runs each.
 
     The calls take turns (round ``r`` runs each of them once) so that a burst of load from
-    another process is spread over all of them instead of spoiling one. ``before_each`` runs
-    before every timed call, untimed (e.g. :func:`wait_for_quiet_cpu`); what it returns is kept
-    in :attr:`Timing.busy_before`.
+    another process is spread over all of them instead of spoiling one. ``before_each`` runs,
+    untimed, before every timed call (e.g. :func:`wait_for_quiet_cpu`).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
         for fn in calls.values():
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    busy: dict[str, list[float | None]] = {name: [] for name in calls}
+    samples: dict[str, list[tuple[float, float | None]]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            busy[name].append(before_each())
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: Timing(tuple(samples[name]), tuple(busy[name])) for name in calls}
+            before_each()
+            samples[name].append(timed_call(fn))
+    return {name: Timing(*map(tuple, zip(*values))) for name, values in samples.items()}
 
 
 # ----- memory -----------------------------------------------------------------------------------

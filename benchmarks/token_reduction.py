@@ -33,8 +33,10 @@ How it measures (helpers in :mod:`benchmarks.common`):
   (:mod:`models.vit_blocks`, via TempMe with merging off), next to the analytic count
   (``tests/test_benchmarks.py`` checks that all three agree exactly).
 * Time: ``--threads`` torch threads, one warm-up per call, then ``--repeats`` rounds in which the
-  calls take turns, each started once the machine has been quiet for a second (``--quiet-busy``,
-  at most ``--quiet-timeout`` seconds of waiting); the median and the fastest repeat are given.
+  calls take turns, each started once other processes have left the machine quiet for a second
+  (at most ``--quiet-busy`` of the CPUs, waiting at most ``--quiet-timeout`` seconds). Reported:
+  the median of the repeats that other processes did not disturb either (at most
+  ``--quiet-busy`` of the CPUs during the call; all repeats if none), and the fastest repeat.
 * Memory: the high-water mark of torch's CPU allocator during one call, from profiler
   allocation events, above what was allocated before the call.
 
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -61,6 +64,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import (
     Column,
+    Timing,
     count_macs,
     interleaved_timings,
     machine_description,
@@ -377,8 +381,8 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass
 class MethodRow:
     """One line of the main table. MACs are per segment; ``seconds`` is the median time of the
-    whole call over all segments, ``*_best`` use the fastest repeat instead; ``extra`` is the
-    signature (dedup) or the compression (summaries)."""
+    whole call over all segments (undisturbed repeats), ``*_best`` use the fastest repeat instead;
+    ``extra`` is the signature (dedup) or the compression (summaries)."""
 
     method: str
     unit: str
@@ -491,8 +495,8 @@ LEGEND = (
     "kept %: share of the input tokens: 1 + N per frame for encoders, the N patch tokens per frame for summaries.",
     "GMACs: per segment; 1 MAC = 2 FLOPs; GFLOPs = 2 x (ViT + extra); extra: the conv1 signature (bvllm-dedup) "
     "or the compression (summaries).",
-    "frames/s: the whole call, median of the repeats (summaries: encoding with tokens + compression, times "
-    "added); best: the fastest repeat, closer to the call's own cost when other processes load the CPU.",
+    "frames/s: the whole call, median of the repeats that other processes did not disturb (summaries: encoding "
+    "with tokens + compression, times added); best: the fastest repeat.",
     "peak MiB: torch tensor high-water during one call above what was held before it (weights, inputs excluded).",
     "cos seg: segment embedding vs full CLIP's (mean, min over segments); cos tokens: size-weighted mean of a "
     "summary's projected tokens vs the mean of all projected patch tokens, per video.",
@@ -524,11 +528,12 @@ def render(report: Report) -> str:
     if report.cos_between_segments is not None:
         lines += ["", f"for scale: full CLIP's embeddings of different segments have mean cosine "
                   f"{report.cos_between_segments:.4f}"]
-    busy = [b for t in report.timings.values() for b in t["busy_before"] if b is not None]
+    busy = [b for t in report.timings.values() for b in t["others_busy"] if b is not None]
     if busy:
         quiet = sum(b <= report.quiet_busy for b in busy)
-        lines += ["", f"timed calls started with the machine at most {report.quiet_busy:.0%} busy in the second "
-                  f"before: {quiet} of {len(busy)} (median busy share before a call {np.median(busy):.0%})"]
+        lines += ["", f"undisturbed timed calls of the main table (other processes used at most "
+                  f"{report.quiet_busy:.0%} of the CPUs meanwhile): {quiet} of {len(busy)}; median share used by "
+                  f"others {np.median(busy):.0%}"]
     if report.dedup:
         lines += ["", "static-frame dropping at the ingestion sampling rate:", "",
                   markdown_table(DEDUP_COLUMNS, [asdict(r) for r in report.dedup])]
@@ -586,8 +591,8 @@ def run(args: argparse.Namespace, command: str, workdir: Path) -> Report:
             lambda m=method, p=params: summarize_videos(m, p, full.encode(pixels, with_tokens=True), frame_set)
         )[1])
     timings = interleaved_timings(calls, args.repeats, args.warmup, quiet_start(args))
-    seconds = {name: timing.median for name, timing in timings.items()}
-    best = {name: timing.best for name, timing in timings.items()}
+    seconds = undisturbed_medians(timings, args.quiet_busy)
+    best = {name: min(timing.seconds) for name, timing in timings.items()}
 
     full_analytic = vit_macs(shape, total_frames, full_clip_loads(shape, total_frames)).total
     tempme_analytic = vit_macs(shape, total_frames, tempme_loads(shape, tempme.plan(t), s, t)).total
@@ -662,7 +667,12 @@ def run(args: argparse.Namespace, command: str, workdir: Path) -> Report:
     )
 
 
-def quiet_start(args: argparse.Namespace) -> Callable[[], float | None]:
+def undisturbed_medians(timings: dict[str, Timing], max_others_busy: float) -> dict[str, float]:
+    """Median seconds of each call over its repeats that other processes did not disturb."""
+    return {name: statistics.median(timing.undisturbed(max_others_busy)) for name, timing in timings.items()}
+
+
+def quiet_start(args: argparse.Namespace) -> Callable[[], None]:
     """What runs before each timed call: wait for a quiet machine (``--quiet-timeout`` > 0) or nothing."""
     if args.quiet_timeout <= 0:
         return lambda: None
@@ -717,6 +727,7 @@ def dedup_row(encoder: FullClipEncoder, path: Path, args: argparse.Namespace) ->
         args.warmup,
         quiet_start(args),
     )
+    seconds = undisturbed_medians(timings, args.quiet_busy)
     reference = encoder.encode(pixels[None]).frame_embeddings[0]
     result = dedup_encode(encoder, [(pixels, times)], threshold)
     starts = range(0, pixels.shape[0], args.frames)
@@ -728,11 +739,11 @@ def dedup_row(encoder: FullClipEncoder, path: Path, args: argparse.Namespace) ->
         video=f"{path.name} @ {args.sample_fps:g} fps",
         frames=pixels.shape[0],
         kept=result.kept,
-        signature_ms=1e3 * timings["signature"].median,
-        full_ms=1e3 * timings["full"].median,
-        dedup_ms=1e3 * timings["dedup"].median,
-        speedup=timings["full"].median / timings["dedup"].median,
-        speedup_best=timings["full"].best / timings["dedup"].best,
+        signature_ms=1e3 * seconds["signature"],
+        full_ms=1e3 * seconds["full"],
+        dedup_ms=1e3 * seconds["dedup"],
+        speedup=seconds["full"] / seconds["dedup"],
+        speedup_best=min(timings["full"].seconds) / min(timings["dedup"].seconds),
         cos_mean=float(cos.mean()),
         cos_min=float(cos.min()),
     )
@@ -745,7 +756,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-config-dir", type=Path, default=None, help="extra open_clip configs (*.json)")
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--frames", type=int, default=12, help="frames per segment")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per call (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per call (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per call first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--video", type=Path, action="append", help="video to take frames from (repeatable; "
@@ -757,14 +768,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-dedup-table", action="store_true", help="skip the ingestion-rate dedup table")
     parser.add_argument("--sample-fps", type=float, default=Settings().sample_fps, help="ingestion sampling rate "
                         "for the dedup table")
-    parser.add_argument("--quiet-busy", type=float, default=0.15, help="start each timed call after a second "
-                        "in which the machine was at most this busy (share of all CPUs) ...")
+    parser.add_argument("--quiet-busy", type=float, default=0.15, help="start each timed call after a second in "
+                        "which other processes used at most this share of the CPUs, and count it as undisturbed "
+                        "when they did not use more meanwhile ...")
     parser.add_argument("--quiet-timeout", type=float, default=30.0, help="... or after this many seconds of "
                         "waiting (0: do not wait)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.segments < 1 or args.frames < 1:
         parser.error("--segments and --frames must be >= 1")
+    missing = [str(p) for p in (args.video or []) + (args.dedup_video or []) if not p.is_file()]
+    if missing:
+        parser.error(f"no such video: {', '.join(missing)}")
     return args
 
 

@@ -4,6 +4,7 @@ of the token-reduction benchmark on the tiny model (no timing assertions)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,10 +12,11 @@ import torch
 from benchmarks.common import (
     Column,
     CpuTimes,
-    busy_share,
+    Timing,
     count_macs,
     interleaved_timings,
     markdown_table,
+    others_busy_share,
     peak_tensor_bytes,
 )
 from benchmarks.token_reduction import (
@@ -99,18 +101,25 @@ def test_peak_tensor_bytes_follows_allocations_and_frees():
 def test_interleaved_timings_take_turns():
     order: list[str] = []
     calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    busy = iter([0.1, 0.2, 0.3, 0.4])
-    timings = interleaved_timings(calls, repeats=2, warmup=1, before_each=lambda: order.append("wait") or next(busy))
+    timings = interleaved_timings(calls, repeats=2, warmup=1, before_each=lambda: order.append("wait"))
     assert order == ["a", "b"] + ["wait", "a", "wait", "b"] * 2  # no waiting before warm-up runs
     assert [len(t.seconds) for t in timings.values()] == [2, 2]
-    assert timings["a"].busy_before == (0.1, 0.3) and timings["b"].busy_before == (0.2, 0.4)
+    assert all(b is None or 0.0 <= b <= 1.0 for t in timings.values() for b in t.others_busy)
 
 
-def test_busy_share_from_proc_stat_lines():
+def test_undisturbed_repeats():
+    timing = Timing(seconds=(1.0, 5.0, 1.2, 3.0), others_busy=(0.0, 0.6, None, 0.2))
+    assert timing.undisturbed(0.15) == (1.0, 1.2)
+    assert Timing(seconds=(2.0, 3.0), others_busy=(0.5, 0.9)).undisturbed(0.15) == (2.0, 3.0)
+
+
+def test_others_busy_share_subtracts_this_process():
+    tick = os.sysconf("SC_CLK_TCK")
     before = CpuTimes.parse("cpu  100 0 50 800 50 0 0 0 0 0")
-    after = CpuTimes.parse("cpu  160 0 70 890 70 0 0 10 0 0")  # +90 busy of +200
+    after = CpuTimes.parse("cpu  160 0 70 890 70 0 0 10 0 0")  # +90 busy jiffies of +200
     assert (before.busy, before.total) == (150, 1000)
-    assert busy_share(before, after) == pytest.approx(0.45)
+    assert others_busy_share(before, after, own_cpu_seconds=0.0) == pytest.approx(0.45)
+    assert others_busy_share(before, after, own_cpu_seconds=60 / tick) == pytest.approx(0.15)
 
 
 def test_markdown_table():
