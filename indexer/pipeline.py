@@ -1,7 +1,8 @@
 """Ingestion of one video: decode -> sample -> segment -> encode -> catalog.
 
 The catalog is updated in one transaction at the end (segments swapped in, video marked
-done), so a job killed half-way leaves nothing half-written and can simply run again.
+done), so a job killed half-way leaves nothing half-written and can simply run again. While a
+job runs, its worker holds a lease on it, renewed by a heartbeat (``indexer.leases``).
 """
 
 from __future__ import annotations
@@ -10,25 +11,32 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from indexer.decode import DecodeError, SampledFrame, VideoInfo, center_crop, iter_sampled_frames, probe, sample_times
+from indexer.leases import JobHeartbeat, LeaseLost
 from indexer.media import sha256_file
 from models.backbone import ClipBackbone
 from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
-from search.media_paths import PathNotAllowed, confine
+from search.media_paths import MediaRejected, PathNotAllowed, confine
 from search.settings import Settings
-from search.tables import Status
+from search.tables import Job, Status, utcnow
 
 log = logging.getLogger(__name__)
+
+# Errors that mean "try again later" (the database or the network briefly unreachable), not
+# "this video is bad": a job hitting one is retried with backoff, never failed for it.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 ProgressFn = Callable[[float], None]
 THUMBNAIL_HEIGHT = 180
@@ -198,43 +206,52 @@ class VideoIngestor:
         self.key = embedding_key(encoder)
 
     # ----- one job ------------------------------------------------------------------------
-    def run_job(self, job_id: int, progress: ProgressFn | None = None) -> Status:
-        """Run job ``job_id`` to completion; returns the final job status.
+    def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str = "local") -> Status:
+        """Run job ``job_id`` to completion under ``worker``'s lease; returns the job's status.
 
         Bad input (not allowed, not a video, corrupt) fails the job and its video with the
-        reason; unexpected errors mark the job failed and propagate (so a task queue retries).
+        reason, at once. Transient errors (:data:`TRANSIENT_ERRORS`) propagate with nothing
+        recorded as failed, for the task queue to retry; other unexpected errors mark the job
+        failed and propagate.
+
+        Raises:
+            JobLeased: another live worker is running the job.
         """
-        job = self.catalog.start_job(job_id)
+        stale_before = utcnow() - timedelta(seconds=self.settings.job_stale_seconds)
+        job = self.catalog.start_job(job_id, worker, stale_before)
         if job is None:
-            return Status.done
+            current = self.catalog.get_job(job_id)
+            return current.status if current is not None else Status.failed
         try:
-            path = confine(job.path, self.settings.allowed_media_roots)
-            if not path.is_file():
-                raise DecodeError(f"{job.path} does not exist or is not a file")
-        except (PathNotAllowed, DecodeError) as exc:
-            self.catalog.finish_job(job_id, Status.failed, error=str(exc))
+            with JobHeartbeat(self.catalog, job_id, worker, self.settings.heartbeat_seconds) as lease:
+                return self._ingest(job, progress, lease)
+        except LeaseLost as exc:
+            log.warning("job abandoned", extra={"job": job_id, "reason": str(exc)})
+            return Status.running
+        except (PathNotAllowed, MediaRejected) as exc:
+            self._fail(job_id, str(exc))
+            log.warning("video rejected", extra={"job": job_id, "path": job.path, "reason": str(exc)})
             return Status.failed
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+            raise
+
+    def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
+        path = confine(job.path, self.settings.allowed_media_roots)
+        if not path.is_file():
+            raise DecodeError(f"{job.path} does not exist or is not a file")
         content_hash = sha256_file(path)
         video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)
-        self.catalog.update_job(job_id, video_id=video.id)
+        self.catalog.update_job(job.id, video_id=video.id)
         if video.status is Status.done and video.embedding_key == self.key:
-            self.catalog.finish_job(job_id, Status.done, message="already indexed")
+            self.catalog.finish_job(job.id, Status.done, message="already indexed")
             return Status.done
         self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
-        report = self._progress_reporter(job_id, progress)
-        try:
-            encoded = self.encode_video(path, content_hash, report)
-        except DecodeError as exc:
-            self.catalog.update_video(video.id, status=Status.failed, error=str(exc))
-            self.catalog.finish_job(job_id, Status.failed, error=str(exc))
-            log.warning("video rejected", extra={"job": job_id, "path": str(path), "reason": str(exc)})
-            return Status.failed
-        except Exception as exc:
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            self.catalog.update_video(video.id, status=Status.failed, error=reason)
-            self.catalog.finish_job(job_id, Status.failed, error=reason)
-            raise
+        encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info, summary = encoded.info, encoded.summary
+        lease.check()
         self.catalog.replace_segments(
             video.id,
             encoded.segments,
@@ -247,14 +264,22 @@ class VideoIngestor:
             frames_sampled=encoded.frames_sampled,
         )
         message = f"{len(encoded.segments)} segments, {encoded.frames_encoded} of {encoded.frames_sampled} frames encoded"
-        self.catalog.finish_job(job_id, Status.done, message=message)
-        log.info("video indexed", extra={"job": job_id, "video": video.id, "segments": len(encoded.segments)})
+        self.catalog.finish_job(job.id, Status.done, message=message)
+        log.info("video indexed", extra={"job": job.id, "video": video.id, "segments": len(encoded.segments)})
         return Status.done
 
-    def _progress_reporter(self, job_id: int, callback: ProgressFn | None) -> ProgressFn:
+    def _fail(self, job_id: int, reason: str) -> None:
+        """Mark the job failed with ``reason``, and its video too once it is known."""
+        self.catalog.finish_job(job_id, Status.failed, error=reason)
+        job = self.catalog.get_job(job_id)
+        if job is not None and job.video_id is not None:
+            self.catalog.update_video(job.video_id, status=Status.failed, error=reason)
+
+    def _progress_reporter(self, job_id: int, callback: ProgressFn | None, lease: JobHeartbeat) -> ProgressFn:
         last = [0.0]
 
         def report(fraction: float) -> None:
+            lease.check()
             if callback is not None:
                 callback(fraction)
             now = time.monotonic()

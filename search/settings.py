@@ -14,7 +14,7 @@ from typing import Mapping
 
 ENCODERS = ("full", "tempme")
 SUMMARIES = ("none", "holitom", "vqtoken")
-INDEX_TYPES = ("flat", "ivf", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 
 class SettingsError(ValueError):
@@ -55,9 +55,20 @@ class Settings:
     index_dir: Path | None = None  # None -> data_dir / "index"
     index_type: str = "flat"
     index_refresh_seconds: float = 2.0
+    index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
+    index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
+    index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
     search_candidates: int = 200
     api_key: str = ""
+    protect_reads: bool = False  # require the API key on read routes too (/healthz stays open)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () -> CORS off
     max_upload_mb: int = 2048
+    visibility_timeout: float = 3600.0  # seconds before the broker redelivers an unacknowledged task
+    heartbeat_seconds: float = 10.0  # how often a running job proves its worker is alive
+    job_stale_seconds: float = 60.0  # a running job without a heartbeat for this long is re-queued
+    job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
+    reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
+    task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -76,6 +87,14 @@ class Settings:
             raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
         if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
             raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
+        if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
+            raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
+        if self.heartbeat_seconds <= 0 or self.job_stale_seconds <= 2 * self.heartbeat_seconds:
+            raise SettingsError("VIDSEEK_JOB_STALE_SECONDS must exceed twice VIDSEEK_HEARTBEAT_SECONDS (> 0)")
+        if self.protect_reads and not self.api_key:
+            raise SettingsError("VIDSEEK_PROTECT_READS needs VIDSEEK_API_KEY (the key read routes will require)")
+        if self.job_max_attempts < 1 or self.task_max_retries < 0:
+            raise SettingsError("VIDSEEK_JOB_MAX_ATTEMPTS must be >= 1 and VIDSEEK_TASK_MAX_RETRIES >= 0")
 
     # ----- derived locations -------------------------------------------------------------
     @property
@@ -135,6 +154,10 @@ def _parse(name: str, annotation: object, raw: str) -> object:
     try:
         if kind.startswith("tuple[Path"):
             return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p)
+        if kind.startswith("tuple[str"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if kind == "bool":
+            return _parse_bool(raw)
         if "Path" in kind:
             return Path(raw).expanduser()
         if kind == "int":
@@ -144,3 +167,12 @@ def _parse(name: str, annotation: object, raw: str) -> object:
     except ValueError as exc:
         raise SettingsError(f"VIDSEEK_{name.upper()}={raw!r} is not a valid {kind}") from exc
     return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
