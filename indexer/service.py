@@ -2,7 +2,7 @@
 :class:`~search.settings.Settings`, and the Flask app on top (``indexer`` is the top layer,
 so this is where ``search`` gets its ingestion queue without importing ``indexer``).
 
-Production WSGI entry: ``gunicorn 'indexer.service:create_service_app()'``.
+Production WSGI entry: ``vidseek serve`` (gunicorn), or ``gunicorn 'indexer.service:create_service_app()'``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from search.logs import configure_logging
 from search.query import QueryService
 from search.segment_index import SegmentIndex
 from search.settings import Settings
+from search.vector_index import IndexOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ def settings_space_key(settings: Settings) -> str:
     if settings.encoder == "tempme" and settings.tempme_weights is not None:
         key += f"+tempme-{weights_identity(str(settings.tempme_weights))}"
     return space_key(key, settings.encoder)
+
+
+def open_index(settings: Settings, catalog: Catalog, key: str, dim: int) -> SegmentIndex:
+    """The FAISS index of embedding space ``key`` in ``settings``' index folder."""
+    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m)
+    return SegmentIndex(catalog, settings.resolved_index_dir, key, dim, options, settings.index_refresh_seconds)
 
 
 @dataclass
@@ -84,14 +91,7 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     catalog = open_catalog(settings)
     backbone = backbone or load_model(settings)
     encoder = load_encoder(settings, backbone)
-    index = SegmentIndex(
-        catalog,
-        settings.resolved_index_dir,
-        embedding_key(encoder),
-        backbone.embed_dim,
-        settings.index_type,
-        settings.index_refresh_seconds,
-    )
+    index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
 
     def encode_query(text: str):
         return backbone.encode_text([text])[0].cpu().numpy()
