@@ -130,11 +130,23 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 _WRITE_SECURITY = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+_ALWAYS_OPEN = ("/healthz",)
+
+
+def _protectable_reads(doc: dict[str, Any]) -> dict[str, Any]:
+    """Read operations take the key optionally, and need it with ``VIDSEEK_PROTECT_READS=1``."""
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            if path in _ALWAYS_OPEN or "security" in operation:
+                continue
+            operation["security"] = [{}, *_WRITE_SECURITY]
+            operation["responses"]["401"] = _error("missing or wrong API key (only with VIDSEEK_PROTECT_READS=1)")
+    return doc
 
 
 def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI document; ``version`` is the package version."""
-    return {
+    return _protectable_reads({
         "openapi": "3.1.0",
         "info": {
             "title": "vidseek",
@@ -162,8 +174,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "parameters": [
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
                         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "status", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["queued", "running", "done", "failed"]}},
                     ],
-                    "responses": {"200": _json("VideoList", "a page of videos"), "400": _error("bad paging arguments")},
+                    "responses": {"200": _json("VideoList", "a page of videos"),
+                                  "400": _error("bad paging arguments or status")},
                 },
                 "post": {
                     "operationId": "addVideo",
@@ -259,4 +274,4 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "BearerKey": {"type": "http", "scheme": "bearer"},
             },
         },
-    }
+    })

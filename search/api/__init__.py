@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from search.api import meta_routes, search_routes, ui_routes, video_routes
+from search.api.auth import install_access_control
 from search.api.context import ApiContext, install
 from search.api.errors import register_error_handlers
 
@@ -16,6 +17,7 @@ def create_app(context: ApiContext) -> Flask:
     app.json.sort_keys = False
     install(app, context)
     register_error_handlers(app)
+    install_access_control(app)
     for blueprint in (search_routes.bp, video_routes.bp, meta_routes.bp, ui_routes.bp):
         app.register_blueprint(blueprint)
     return app

@@ -102,3 +102,23 @@ form.addEventListener("submit", (ev) => {
 
 const initial = new URLSearchParams(location.search).get("q");
 if (initial) { input.value = initial; form.requestSubmit(); }
+
+// Videos that could not be indexed, with the reason (e.g. a corrupt file), below the results.
+async function showFailures() {
+  const resp = await fetch(`/api/videos?${new URLSearchParams({ status: "failed", limit: "20" })}`);
+  if (!resp.ok) return;
+  const body = await resp.json();
+  const box = document.getElementById("failures");
+  box.hidden = body.total === 0;
+  box.querySelector("summary").textContent =
+    `${body.total} video${body.total === 1 ? "" : "s"} could not be indexed`;
+  box.querySelector("ul").replaceChildren(...body.videos.map((v) => {
+    const li = document.createElement("li");
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    reason.textContent = v.error || "unknown reason";
+    li.append(`${v.title}: `, reason);
+    return li;
+  }));
+}
+showFailures().catch(() => {});
