@@ -19,7 +19,7 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def _id_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
 
 
 _MOMENT = {
@@ -173,7 +173,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "summary": "List videos in the catalog, newest first",
                     "parameters": [
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
-                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
                         {"name": "status", "in": "query", "required": False,
                          "schema": {"type": "string", "enum": ["queued", "running", "done", "failed"]}},
                     ],

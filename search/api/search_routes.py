@@ -10,6 +10,7 @@ from search.api.serialize import search_json
 from search.query import QueryError
 
 bp = Blueprint("search", __name__, url_prefix="/api")
+MAX_INT = 2**63 - 1  # query integers are bounded like the database's
 
 
 def int_arg(name: str, default: int) -> int:
@@ -17,9 +18,12 @@ def int_arg(name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ApiError(400, f"{name} must be an integer") from None
+    if abs(value) > MAX_INT:
+        raise ApiError(400, f"{name} is out of range")
+    return value
 
 
 @bp.get("/search")
