@@ -350,6 +350,16 @@ class Catalog:
             yield ids, np.stack([embedding_from_bytes(r.embedding) for r in rows])
             last = int(ids[-1])
 
+    def embeddings_of(self, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of those ``segment_ids`` that still exist: ``(ids int64 [n], float32 [n, D])``."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.id, Segment.embedding).where(Segment.id.in_([int(i) for i in segment_ids]))
+            ).all()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array([r.id for r in rows], np.int64), np.stack([embedding_from_bytes(r.embedding) for r in rows])
+
     def max_segment_id(self) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.max(Segment.id))) or 0)

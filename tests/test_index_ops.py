@@ -137,6 +137,13 @@ def test_rebuild_trains_ivfpq_on_a_sample_and_streams_the_rest(catalog: Catalog,
     hits = index.index.search(np.stack([vectors[i] for i in ids]), 10)[1]
     assert np.mean([i in row for i, row in zip(ids, hits)]) > 0.8
 
+    # searches re-score IVF-PQ's candidates exactly: true cosine scores, best first
+    query = vectors[ids[0]]
+    scores, found = index.search(query, 50)
+    assert found[0] == ids[0] and scores[0] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(scores, [vectors[i] @ query for i in found], atol=1e-6)
+    assert (np.diff(scores) <= 0).all()
+
 
 def test_snapshots_are_never_loaded_half_written(catalog: Catalog, tmp_path: Path) -> None:
     """One process saves snapshots over and over while another loads them: every load pairs an
