@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import ProgrammingError
 
 from indexer.samples import _stripes, write_video
 from search.catalog import Catalog
@@ -33,7 +34,7 @@ from tests.test_cli import free_port
 
 pytestmark = pytest.mark.services
 
-LONG_SECONDS = 151  # 13 segments of 12 one-second samples; takes the tiny model a few seconds
+LONG_SECONDS = 97  # 9 segments of 12 one-second samples; takes the tiny model a few seconds
 NODES = {"worker-a": "wa@", "worker-b": "wb@"}  # process name -> Celery node name prefix
 RELIABILITY_ENV = {  # short leases so that a dead worker is noticed within seconds
     "VIDSEEK_HEARTBEAT_SECONDS": "0.5",
@@ -125,6 +126,23 @@ def test_api_two_workers_and_beat_ingest_a_folder_and_survive_a_killed_worker(
         procs.start("worker-a", "worker", "--hostname", "wa@%h")
         procs.start("worker-b", "worker", "--hostname", "wb@%h")
         procs.start("beat", "beat")
+        ingest = subprocess.Popen([sys.executable, "-m", "indexer.cli", "ingest", str(media)], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        catalog = Catalog(fresh_postgres_url)
+
+        def long_job_midway() -> Job | None:
+            try:
+                with catalog.session() as s:
+                    job = s.scalar(select(Job).where(Job.path == str(long_video.resolve())))
+            except ProgrammingError:  # the processes have not created the schema yet
+                return None
+            return job if job is not None and job.status is Status.running and job.progress > 0 else None
+
+        job = wait_until(long_job_midway, 180, "the long video to be half-way through ingestion", poll=0.05)
+        victim = next(name for name, node in NODES.items() if job.worker.startswith(node))
+        survivor = next(name for name in NODES if name != victim)
+        procs.kill(victim)  # SIGKILL the worker and its pool process, mid-video
+
         base = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -135,21 +153,6 @@ def test_api_two_workers_and_beat_ingest_a_folder_and_survive_a_killed_worker(
                 return False
 
         wait_until(healthy, 120, "the API to answer /healthz")
-        ingest = subprocess.Popen([sys.executable, "-m", "indexer.cli", "ingest", str(media)], cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-        catalog = Catalog(fresh_postgres_url)
-
-        def long_job_midway() -> Job | None:
-            with catalog.session() as s:
-                job = s.scalar(select(Job).where(Job.path == str(long_video.resolve())))
-            return job if job is not None and job.status is Status.running and job.progress > 0 else None
-
-        job = wait_until(long_job_midway, 180, "the long video to be half-way through ingestion", poll=0.05)
-        victim = next(name for name, node in NODES.items() if job.worker.startswith(node))
-        survivor = next(name for name in NODES if name != victim)
-        procs.kill(victim)  # SIGKILL the worker and its pool process, mid-video
-
         out, err = ingest.communicate(timeout=240)
         assert ingest.returncode == 1, err  # the text file fails; everything else is indexed
         assert "indexed 7, already indexed 0, failed 1, rejected 0" in out, (out, err, procs.log(survivor))
