@@ -148,7 +148,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    settings = settings.with_overrides(broker_url="")  # the demo runs everything in this process
+    # the demo runs everything in this process, for a person at a terminal
+    settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
+    configure_logging(settings.log_level, settings.log_format)
     samples = ensure_samples(settings.samples_dir)
     banner = None
     try:
