@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,21 @@ class Catalog:
                 )
             ).all()
         return {r.video_id: SummaryRecord(r.method, r.token_count, r.data, r.space, r.embedding_key) for r in rows}
+
+    def summary_stamps(self, video_ids: Sequence[int], embedding_key: str, space: str = CLIP_SPACE) -> dict[int, datetime]:
+        """When each of these videos' summaries (as :meth:`summaries` selects them) was written -- a cheap
+        version tag for caches: re-ingestion writes a new row."""
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(VideoSummaryRow.video_id, VideoSummaryRow.created_at).where(
+                    VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.space == space,
+                    VideoSummaryRow.embedding_key == embedding_key,
+                )
+            ).all()
+        return {r.video_id: r.created_at for r in rows}
 
     def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
         if not segment_ids:

@@ -21,17 +21,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from models.rerankers.late import LateParams, coverage, late_interaction, project_summaries
-from models.rerankers.llava import InnerMergeParams, LlavaReranker, LlmUnavailableError, plan_batches
+from models.rerankers.late import (
+    Coverage,
+    LateParams,
+    coverage,
+    late_interaction_batch,
+    pack,
+    project_summaries,
+)
+from models.rerankers.llava import (
+    InnerMergeParams,
+    LlavaReranker,
+    LlmUnavailableError,
+    plan_batches,
+)
 from models.summary import VideoSummary
 from search.catalog import Catalog
 from search.settings import Settings
@@ -165,35 +179,73 @@ class RerankService:
         return RerankResult(order, outcome.scores, info, timings)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A video's summary ready for late interaction: projected tokens and frame coverage, query-independent."""
+
+    stamp: datetime
+    summary: VideoSummary
+    units: torch.Tensor
+    coverage: Coverage
+
+
 class LateReranker:
-    """Late interaction over the CLIP-space summaries (``models.rerankers.late``)."""
+    """Late interaction over the CLIP-space summaries (``models.rerankers.late``).
+
+    The query-independent work -- decoding a summary, projecting its tokens into the joint space,
+    its frame coverage -- is kept for the ``cache_size`` most recently used videos, keyed by the summary
+    row's write time, so a query only reads the versions of its candidates' summaries and the data of
+    those it has not seen.
+    """
 
     name = "late"
     same_scale = True
 
     def __init__(self, catalog: Catalog, space_key: str, project: Callable[[torch.Tensor], torch.Tensor],
-                 params: LateParams, last_frame_seconds: float):
+                 params: LateParams, last_frame_seconds: float, cache_size: int = 512):
         self.catalog, self.space_key, self.project = catalog, space_key, project
         self.params, self.last_frame_seconds = params, last_frame_seconds
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, _Prepared] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def prepared(self, video_ids: Sequence[int]) -> dict[int, _Prepared]:
+        """Prepared summaries of those of ``video_ids`` that have one (with tokens)."""
+        stamps = self.catalog.summary_stamps(video_ids, self.space_key, CLIP_SPACE)
+        with self._lock:
+            ready = {vid: p for vid in stamps if (p := self._cache.get(vid)) is not None and p.stamp == stamps[vid]}
+        missing = [vid for vid in stamps if vid not in ready]
+        if missing:
+            records = self.catalog.summaries(missing, self.space_key, CLIP_SPACE)
+            summaries = {vid: VideoSummary.from_bytes(r.data) for vid, r in records.items()}
+            summaries = {vid: s for vid, s in summaries.items() if s.num_tokens > 0 and vid in stamps}
+            units = project_summaries([s.tokens for s in summaries.values()], self.project)
+            for (vid, s), u in zip(summaries.items(), units):
+                ready[vid] = _Prepared(stamps[vid], s, u, coverage(s))
+        with self._lock:
+            for vid, p in ready.items():
+                self._cache[vid] = p
+                self._cache.move_to_end(vid)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return ready
 
     def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome:
         t0 = time.perf_counter()
-        records = self.catalog.summaries([c.video_id for c in candidates], self.space_key, CLIP_SPACE)
-        summaries = {vid: VideoSummary.from_bytes(r.data) for vid, r in records.items()}
-        summaries = {vid: s for vid, s in summaries.items() if s.num_tokens > 0}
+        ready = self.prepared([c.video_id for c in candidates])
         t1 = time.perf_counter()
-        ids = [c.video_id for c in candidates if c.video_id in summaries]
-        units = project_summaries([summaries[vid].tokens for vid in ids], self.project)
-        text = torch.as_tensor(vector, dtype=torch.float32)
-        first = {c.video_id: c.score for c in candidates}
         scores = {}
-        for vid, u in zip(ids, units):
-            s = summaries[vid]
-            r = late_interaction(u, s, text, first[vid], self.params, self.last_frame_seconds, coverage(s))
-            scores[vid] = Rescored(r.score, r.start, r.end)
+        chosen = [c for c in candidates if c.video_id in ready]
+        if chosen:
+            prepared = [ready[c.video_id] for c in chosen]
+            packed = pack([p.units for p in prepared], [p.summary for p in prepared], [p.coverage for p in prepared],
+                          self.last_frame_seconds)
+            text = torch.as_tensor(vector, dtype=torch.float32)
+            results = late_interaction_batch(packed, text, [c.score for c in chosen], self.params)
+            scores = {c.video_id: Rescored(r.score, r.start, r.end) for c, r in zip(chosen, results)}
         t2 = time.perf_counter()
         timings = {"load": round((t1 - t0) * 1e3, 3), "score": round((t2 - t1) * 1e3, 3)}
-        return RerankOutcome(scores, timings_ms=timings, details={"summary_tokens": sum(s.num_tokens for s in summaries.values())})
+        return RerankOutcome(scores, timings_ms=timings, details={"summary_tokens": sum(p.summary.num_tokens for p in ready.values())})
 
 
 class LazyLlm:

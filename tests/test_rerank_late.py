@@ -5,15 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.bvllm import select_frames
 from models.rerankers.late import (
     LateParams,
-    contiguous_run,
     coverage,
-    frame_range_seconds,
     frame_relevance,
     frames_of_tokens,
+    group_ranks,
     late_interaction,
+    late_interaction_batch,
+    pack,
     project_summaries,
+    run_around,
     tokens_in_frames,
 )
 from models.summary import NO_POSITION, VideoSummary, summarize
@@ -91,15 +94,27 @@ def test_tokens_in_frames_and_frames_of_tokens() -> None:
     assert frames_of_tokens(cov, torch.tensor([False, True, True])).tolist() == [False, False, True, False, False, True]
 
 
-def test_contiguous_run_and_frame_times() -> None:
-    mask = torch.tensor([True, False, True, True, True, False, True])
-    assert contiguous_run(mask, 3) == (2, 4)
-    assert contiguous_run(mask, 0) == (0, 0) and contiguous_run(mask, 6) == (6, 6)
-    with pytest.raises(ValueError):
-        contiguous_run(mask, 1)
-    times = torch.tensor([0.0, 1.0, 3.0, 4.0], dtype=torch.float64)  # frame 1 stands until 3.0 (dropped repeats)
-    assert frame_range_seconds(times, 1, 1, 0.5) == (1.0, 3.0)
-    assert frame_range_seconds(times, 2, 3, 0.5) == (3.0, 4.5)
+def test_group_ranks_rank_within_groups_ties_to_the_lower_index() -> None:
+    values = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.7, 0.7, -float("inf")])
+    group = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    assert group_ranks(values, group, 3).tolist() == [1, 0, 2, 2, 0, 1, 0]
+
+
+def test_run_around_stays_inside_its_group() -> None:
+    mask = torch.tensor([True, False, True, True, True, True, True, False])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # the run 2..6 crosses the group boundary at 4
+    first, last = run_around(mask, torch.tensor([3, 5]), group, 2)
+    assert first.tolist() == [2, 4] and last.tolist() == [3, 6]
+
+
+def test_pack_numbers_frames_and_tokens_globally_and_times_each_frame() -> None:
+    a = holitom_like([(0, 1), (2, 2)], [2, 1], frames=3)
+    b = vq_like(torch.tensor([[0, 1], [1, 1]]), 2)
+    packed = pack([unit(1, 0, 0, 0).expand(2, E), unit(0, 1, 0, 0).expand(2, E)], [a, b], [coverage(a), coverage(b)], 0.5)
+    assert packed.token_video.tolist() == [0, 0, 1, 1] and packed.frame_video.tolist() == [0, 0, 0, 1, 1]
+    assert torch.equal(dense(packed.coverage)[:3, :2], dense(coverage(a))) and torch.equal(dense(packed.coverage)[3:, 2:], dense(coverage(b)))
+    assert packed.frame_start.tolist() == [0.0, 2.0, 4.0, 0.0, 1.0]
+    assert packed.frame_end.tolist() == [2.0, 4.0, 4.5, 1.0, 1.5]  # a frame lasts until the next; the last 0.5 s
 
 
 def test_frame_selection_decides_which_tokens_count() -> None:
@@ -179,3 +194,23 @@ def test_late_interaction_finds_the_matching_stretch_of_a_real_holitom_summary(t
     r = late_interaction(units, s, text, 0.0, LateParams(num_frames=4), 1.0)
     assert set(r.frames.tolist()) <= set(range(10, 14))
     assert 10 <= r.start_frame <= r.end_frame <= 13 and r.late > 0.9
+
+
+def test_a_batch_scores_every_video_as_it_would_alone_and_selects_frames_like_bvllm() -> None:
+    g = torch.Generator().manual_seed(2)
+    summaries, units = [], []
+    for frames, method in [(12, "holitom"), (30, "vqtoken"), (5, "holitom"), (20, "holitom")]:
+        tokens, attention = torch.randn(frames, 9, 8, generator=g), torch.rand(frames, 9, generator=g)
+        params = {"retain_ratio": 0.3} if method == "holitom" else {"num_codes": 6}
+        s = summarize(method, tokens, attention, [2.0 * t for t in range(frames)], **params)
+        summaries.append(s)
+        units.append(F.normalize(torch.randn(s.num_tokens, E, generator=g), dim=-1))
+    text, params = unit(1, 1, 0, 0), LateParams(num_frames=4, moment_tokens=2)
+    packed = pack(units, summaries, [coverage(s) for s in summaries], 2.0)
+    batch = late_interaction_batch(packed, text, [0.1, 0.2, 0.3, 0.4], params)
+    for s, u, first, got in zip(summaries, units, [0.1, 0.2, 0.3, 0.4], batch):
+        alone = late_interaction(u, s, text, first, params, 2.0)
+        assert (got.score, got.late, got.start, got.end) == (alone.score, alone.late, alone.start, alone.end)
+        assert torch.equal(got.frames, alone.frames) and torch.equal(got.best_tokens, alone.best_tokens)
+        relevance = frame_relevance(coverage(s), u @ text)
+        assert torch.equal(got.frames, select_frames(relevance, params.num_frames).indices)

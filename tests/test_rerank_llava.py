@@ -159,7 +159,7 @@ def test_tokens_fed_and_prefill_flops_full_vs_holitom_vs_vqtoken(reranker: Llava
                                 ("vqtoken", reranker.visual_inputs(vq.tokens), False)]:
         out = reranker.score(QUERY, [tokens], merge=merge)
         assert out.prefill.tokens_fed.item() == text + tokens.shape[0]
-        flops[name] = count_flops(lambda: reranker.score(QUERY, [tokens], merge=merge))
+        flops[name] = count_flops(lambda t=tokens, m=merge: reranker.score(QUERY, [t], merge=m))
         assert flops[name] == analytic_prefill_flops(config, text, tokens.shape[0], reranker.inner if merge else None)
     assert flops["holitom+merge"] < flops["holitom"] < 0.5 * flops["full"] and flops["vqtoken"] < flops["holitom"]
 

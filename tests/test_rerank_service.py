@@ -2,16 +2,28 @@
 limit, and the evenly spaced frames ingestion hands to the video LLM."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from indexer.pipeline import PreparedFrame, UniformFramePicker
+from models.rerankers.late import LateParams
 from models.rerankers.llava import LlmUnavailableError, PrefillOutput, ScoreOutput
-from models.summary import VideoSummary
-from search.catalog import SummaryRecord
-from search.rerank_service import Candidate, LazyLlm, LlmReranker, RerankOutcome, Rescored, RerankService, rerank_order
+from models.summary import VideoSummary, summarize
+from search.catalog import Catalog, SegmentRecord, SummaryRecord
+from search.db import upgrade
+from search.rerank_service import (
+    Candidate,
+    LateReranker,
+    LazyLlm,
+    LlmReranker,
+    RerankOutcome,
+    RerankService,
+    Rescored,
+    rerank_order,
+)
 
 CANDIDATES = [Candidate(1, 0.9, 0, 10), Candidate(2, 0.8, 0, 10), Candidate(3, 0.7, 0, 10), Candidate(4, 0.6, 0, 10)]
 
@@ -145,3 +157,33 @@ def test_lazy_llm_turns_an_unusable_model_into_unavailable() -> None:
 
     with pytest.raises(LlmUnavailableError, match="merge layer"):
         LazyLlm(load).get()
+
+
+def test_late_reranker_caches_prepared_summaries_until_they_are_rewritten(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    upgrade(url)
+    catalog = Catalog(url)
+    video = catalog.get_or_create_video(Path("/m/v.mp4"), "a" * 64, 1)
+    segment = [SegmentRecord(0, 0.0, 4.0, 4, None, np.ones(4, np.float32) / 2)]
+
+    def store(tokens: torch.Tensor) -> None:
+        s = summarize("holitom", tokens, torch.rand(4, 9), [0.0, 1.0, 2.0, 3.0], retain_ratio=1.0)
+        catalog.replace_segments(video.id, segment, "space", summaries=[SummaryRecord(s.method, s.num_tokens, s.to_bytes())])
+
+    projected = []
+
+    def project(x: torch.Tensor) -> torch.Tensor:
+        projected.append(x.shape[0])
+        return x[:, :4]
+
+    late = LateReranker(catalog, "space", project, LateParams(weight=1.0), 1.0)
+    store(torch.zeros(4, 9, 8).index_fill_(2, torch.tensor([0]), 1.0))  # every token along axis 0
+    query = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    first = late.rescore("q", query, [Candidate(video.id, 0.5, 0, 4)])
+    again = late.rescore("q", query, [Candidate(video.id, 0.5, 0, 4)])
+    assert len(projected) == 1 and first.scores == again.scores and first.scores[video.id].score == pytest.approx(1.0)
+    store(torch.zeros(4, 9, 8).index_fill_(2, torch.tensor([1]), 1.0))  # re-ingested: now orthogonal to the query
+    rewritten = late.rescore("q", query, [Candidate(video.id, 0.5, 0, 4)])
+    assert len(projected) == 2 and rewritten.scores[video.id].score == pytest.approx(0.0, abs=1e-6)
+    assert late.rescore("q", query, [Candidate(999, 0.5, 0, 4)]).scores == {}
+    catalog.dispose()

@@ -8,14 +8,20 @@ does with one query vector (MaxSim), over tokens that were compressed at ingesti
 
 Which tokens count is decided B-VLLM-style (``models.bvllm``; Lu et al., github.com/zhuqiangLu/B-VLLM,
 ``BVLMMetaForCausalLM.vlm_attention``): the frames are scored against the text and the top
-``num_frames`` (B-VLLM's 16 temporal queries) are kept with :func:`models.bvllm.select_frames`; only
-tokens that cover a kept frame take part. B-VLLM scores frames with the frame CLS token; a summary has
-no CLS, so a frame's relevance is the size-weighted mean text similarity of the tokens covering it
-(:func:`frame_relevance`) -- linear in the tokens, so it costs one scatter per video.
+``num_frames`` (B-VLLM's 16 temporal queries) are kept by the rule of :func:`models.bvllm.select_frames`
+(deterministic top-L, ties to the earlier frame); only tokens that cover a kept frame take part. B-VLLM
+scores frames with the frame CLS token; a summary has no CLS, so a frame's relevance is the size-weighted
+mean text similarity of the tokens covering it (:func:`frame_relevance`) -- linear in the tokens, so it
+costs one scatter.
 
 The matched moment is refined from the tokens themselves: the best tokens' frame coverage (HoliTom
 frame ranges, or VQToken's index map) gives a run of frames around the best token's strongest
-selected frame, and that run's time range becomes the hit's start/end (:func:`refine_moment`).
+selected frame, and that run's time range becomes the hit's start/end.
+
+A query reranks up to ``rerank_k`` videos, so the candidates are packed end to end (:func:`pack`) and
+scored in one pass of tensor operations (:func:`late_interaction_batch`): per-video top-L and
+contiguous runs become ranks within groups (:func:`group_ranks`, :func:`run_around`). This is what
+keeps 50 candidates within a few milliseconds; :func:`late_interaction` is the batch of one.
 
 Everything here is training-free. The combination ``(1 - weight) * first_stage + weight * late`` is a
 plain convex mix of two cosines; its weight is not calibrated (no pretrained evaluation offline).
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.bvllm import BVLLM_NUM_FRAMES, select_frames
+from models.bvllm import BVLLM_NUM_FRAMES
 from models.summary import VideoSummary
 
 Projector = Callable[[torch.Tensor], torch.Tensor]  # hidden [..., W] -> joint space [..., E]
@@ -149,55 +155,102 @@ def frames_of_tokens(cov: Coverage, tokens: torch.Tensor) -> torch.Tensor:
     return covered
 
 
-def contiguous_run(mask: torch.Tensor, anchor: int) -> tuple[int, int]:
-    """The maximal run of ``True`` in ``mask`` ``[T]`` that contains ``anchor`` (itself ``True``):
-    inclusive ``(first, last)``."""
-    if not bool(mask[anchor]):
-        raise ValueError(f"frame {anchor} is not in the mask")
-    gaps = (~mask).nonzero().squeeze(1)
-    before, after = gaps[gaps < anchor], gaps[gaps > anchor]
-    first = int(before[-1]) + 1 if before.numel() else 0
-    last = int(after[0]) - 1 if after.numel() else mask.shape[0] - 1
+def group_ranks(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Rank of each value within its group, largest first (0 = best), ties to the lower index.
+
+    Args:
+        values: ``[n]``.
+        group: ``[n]`` long group of each value, in ``0..num_groups-1``.
+    Returns:
+        ``[n]`` long ranks.
+    """
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]  # by group, then value, then index
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = counts.cumsum(0) - counts
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(values.shape[0]) - starts[group[order]]
+    return ranks
+
+
+def run_around(mask: torch.Tensor, anchor: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maximal run of ``True`` in ``mask`` ``[n]`` around each group's ``anchor``, runs not crossing
+    group boundaries.
+
+    Args:
+        mask: ``[n]`` bool.
+        anchor: ``[G]`` long position inside each group, where ``mask`` is True.
+        group: ``[n]`` long, ascending (groups are contiguous).
+    Returns:
+        ``(first [G], last [G])`` inclusive positions.
+    """
+    index = torch.arange(mask.shape[0])
+    group_start = torch.ones_like(mask)
+    group_start[1:] = group[1:] != group[:-1]
+    after_gap = torch.ones_like(mask)
+    after_gap[1:] = ~mask[:-1]
+    run = (mask & (group_start | after_gap)).cumsum(0)  # run number of every masked position
+    inside = mask & (run == run[anchor][group])
+    first = torch.full((num_groups,), mask.shape[0]).scatter_reduce(0, group[inside], index[inside], reduce="amin")
+    last = torch.full((num_groups,), -1).scatter_reduce(0, group[inside], index[inside], reduce="amax")
     return first, last
 
 
-def frame_range_seconds(frame_times: torch.Tensor, first: int, last: int, last_frame_seconds: float) -> tuple[float, float]:
-    """Seconds of the inclusive frame range ``first..last``: a sampled frame lasts until the next one
-    (static-frame dropping may leave gaps), the video's last frame ``last_frame_seconds``."""
-    start = float(frame_times[first])
-    end = float(frame_times[last + 1]) if last + 1 < frame_times.shape[0] else float(frame_times[last]) + last_frame_seconds
-    return start, end
+@dataclass(frozen=True)
+class PackedSummaries:
+    """Several videos' summaries laid end to end, so a query scores all of them in one pass.
 
+    Tokens and frames are numbered globally (video ``v``'s start at ``token_offset[v]`` / ``frame_offset[v]``).
 
-def refine_moment(
-    cov: Coverage, token_scores: torch.Tensor, counted: torch.Tensor, selected: torch.Tensor, moment_tokens: int
-) -> tuple[torch.Tensor, int, int]:
-    """The frames of the best-matching tokens.
-
-    The ``moment_tokens`` best counted tokens (by ``token_scores``, ties to the lower index) are taken; the anchor is the
-    selected frame where the best of them stands for the most patch tokens (earliest on ties), and the
-    moment is the run of consecutive frames around it covered by any of these tokens -- a HoliTom token's
-    frame range, a VQToken code's frames from the index map, joined where the best tokens touch.
-
-    Args:
-        cov: the summary's :class:`Coverage`.
-        token_scores: ``[M]`` text similarity of every token.
-        counted: ``[M]`` bool, tokens that take part (at least one must).
-        selected: ``[T]`` bool, frames selected for the text.
-        moment_tokens: how many best tokens build the moment.
-    Returns:
-        ``(best_tokens [k]`` best first, ``first_frame, last_frame)``.
+    Attributes:
+        units: ``[sum M, E]`` L2-normalised joint-space tokens.
+        token_video: ``[sum M]`` long video of each token.
+        frame_video: ``[sum T]`` long video of each frame.
+        token_offset, frame_offset: ``[V]`` long first global token / frame of each video.
+        frame_start, frame_end: ``[sum T]`` float64 seconds each frame covers (until the next frame of its
+            video; the last one ``last_frame_seconds``).
+        coverage: the videos' :class:`Coverage` in global numbering.
     """
-    masked = token_scores.float().masked_fill(~counted, -torch.inf)
-    # stable: equal scores go to the lower token index, so the moment is deterministic
-    best = torch.sort(masked, descending=True, stable=True).indices[: min(moment_tokens, int(counted.sum()))]
-    of_best = cov.token == best[0]
-    strength = torch.zeros(cov.num_frames).index_add_(0, cov.frame[of_best], cov.weight[of_best])
-    anchor = int(strength.masked_fill(~selected, -1.0).argmax())
-    chosen = torch.zeros(cov.num_tokens, dtype=torch.bool)
-    chosen[best] = True
-    first, last = contiguous_run(frames_of_tokens(cov, chosen), anchor)
-    return best, first, last
+
+    units: torch.Tensor
+    token_video: torch.Tensor
+    frame_video: torch.Tensor
+    token_offset: torch.Tensor
+    frame_offset: torch.Tensor
+    frame_start: torch.Tensor
+    frame_end: torch.Tensor
+    coverage: Coverage
+
+    @property
+    def num_videos(self) -> int:
+        return int(self.token_offset.shape[0])
+
+
+def pack(units: Sequence[torch.Tensor], summaries: Sequence[VideoSummary], coverages: Sequence[Coverage],
+         last_frame_seconds: float) -> PackedSummaries:
+    """Lay ``V >= 1`` videos end to end: their joint-space tokens ``[M_v, E]`` (``M_v >= 1``), summaries and
+    coverages (:func:`coverage`); ``last_frame_seconds`` is how long a video's last sampled frame lasts."""
+    for u, s in zip(units, summaries):
+        if u.shape[0] != s.num_tokens or s.num_tokens == 0:
+            raise ValueError(f"need one unit per summary token (>= 1), got {u.shape[0]} for {s.num_tokens}")
+    videos = torch.arange(len(summaries))
+    m = torch.tensor([s.num_tokens for s in summaries])
+    t = torch.tensor([s.num_frames for s in summaries])
+    entries = torch.tensor([c.frame.shape[0] for c in coverages])
+    token_offset, frame_offset = m.cumsum(0) - m, t.cumsum(0) - t
+    frame_video = videos.repeat_interleave(t)
+    start = torch.cat([s.frame_times for s in summaries]).double()
+    last = torch.arange(start.shape[0]) == (frame_offset + t - 1)[frame_video]
+    end = torch.where(last, start + last_frame_seconds, start.roll(-1))
+    cov = Coverage(
+        frame=torch.cat([c.frame for c in coverages]) + frame_offset.repeat_interleave(entries),
+        token=torch.cat([c.token for c in coverages]) + token_offset.repeat_interleave(entries),
+        weight=torch.cat([c.weight for c in coverages]),
+        num_frames=int(t.sum()),
+        num_tokens=int(m.sum()),
+    )
+    return PackedSummaries(torch.cat(list(units)).float(), videos.repeat_interleave(m), frame_video, token_offset,
+                           frame_offset, start, end, cov)
 
 
 def project_summaries(tokens: Sequence[torch.Tensor], project: Projector) -> list[torch.Tensor]:
@@ -210,6 +263,64 @@ def project_summaries(tokens: Sequence[torch.Tensor], project: Projector) -> lis
     return list(units.split([t.shape[0] for t in tokens]))
 
 
+def late_interaction_batch(packed: PackedSummaries, text: torch.Tensor, first_stage: Sequence[float],
+                           params: LateParams) -> list[LateScore]:
+    """Rescore every packed video for one text.
+
+    Per video: tokens are scored against the text; frames are ranked by :func:`frame_relevance` and the
+    top ``num_frames`` kept (ties to the earlier frame, as :func:`models.bvllm.select_frames`); tokens
+    covering a kept frame count (never none: the best frame is covered); the late score is the best
+    counted token's (MaxSim). The moment: the ``moment_tokens`` best counted tokens (ties to the lower
+    index); the anchor is the kept frame where the best of them stands for the most patch tokens (earliest
+    on ties); the moment is the run of consecutive frames around it covered by any of these tokens -- a
+    HoliTom token's frame range, a VQToken code's frames from the index map, joined where they touch.
+
+    Args:
+        packed: the candidates (:func:`pack`).
+        text: ``[E]`` L2-normalised text embedding.
+        first_stage: each video's first-stage (segment cosine) score.
+        params: :class:`LateParams`.
+    """
+    v, cov = packed.num_videos, packed.coverage
+    scores = packed.units @ text.to(packed.units.dtype)
+    selected = group_ranks(frame_relevance(cov, scores), packed.frame_video, v) < params.num_frames
+    counted = tokens_in_frames(cov, selected)
+    token_rank = group_ranks(scores.masked_fill(~counted, -torch.inf), packed.token_video, v)
+    chosen = counted & (token_rank < params.moment_tokens)
+    best = torch.zeros(v, dtype=torch.long)
+    best[packed.token_video[token_rank == 0]] = (token_rank == 0).nonzero().squeeze(1)
+    of_best = token_rank[cov.token] == 0
+    strength = torch.zeros(cov.num_frames).index_add_(0, cov.frame[of_best], cov.weight[of_best])
+    anchor_mask = group_ranks(strength.masked_fill(~selected, -1.0), packed.frame_video, v) == 0
+    anchor = torch.zeros(v, dtype=torch.long)
+    anchor[packed.frame_video[anchor_mask]] = anchor_mask.nonzero().squeeze(1)
+    first, last = run_around(frames_of_tokens(cov, chosen), anchor, packed.frame_video, v)
+
+    late = scores[best].tolist()
+    frames = (selected.nonzero().squeeze(1) - packed.frame_offset[packed.frame_video[selected]]).split(
+        torch.bincount(packed.frame_video[selected], minlength=v).tolist())
+    picked = chosen.nonzero().squeeze(1)
+    picked = picked[torch.sort(token_rank[picked], stable=True).indices]
+    picked = picked[torch.sort(packed.token_video[picked], stable=True).indices]  # by video, best first
+    best_tokens = (picked - packed.token_offset[packed.token_video[picked]]).split(
+        torch.bincount(packed.token_video[picked], minlength=v).tolist())
+    starts, ends = packed.frame_start[first].tolist(), packed.frame_end[last].tolist()
+    first_local, last_local = (first - packed.frame_offset).tolist(), (last - packed.frame_offset).tolist()
+    return [
+        LateScore(
+            score=(1.0 - params.weight) * first_stage[i] + params.weight * late[i],
+            late=late[i],
+            frames=frames[i],
+            best_tokens=best_tokens[i],
+            start_frame=first_local[i],
+            end_frame=last_local[i],
+            start=starts[i],
+            end=ends[i],
+        )
+        for i in range(v)
+    ]
+
+
 def late_interaction(
     units: torch.Tensor,
     summary: VideoSummary,
@@ -217,38 +328,8 @@ def late_interaction(
     first_stage: float,
     params: LateParams,
     last_frame_seconds: float,
-    cov: Coverage | None = None,
 ) -> LateScore:
-    """Rescore one video for one text.
-
-    Args:
-        units: ``[M, E]`` the summary's tokens in the joint space, L2-normalised
-            (:func:`project_summaries`); ``M >= 1``.
-        summary: the summary they came from (sizes, frame ranges or index map, frame times).
-        text: ``[E]`` L2-normalised text embedding.
-        first_stage: the hit's first-stage (segment cosine) score.
-        params: :class:`LateParams`.
-        last_frame_seconds: how long the video's last sampled frame lasts (``1 / sample_fps``).
-        cov: the summary's :class:`Coverage` if already computed.
-    """
-    if units.shape[0] != summary.num_tokens or summary.num_tokens == 0:
-        raise ValueError(f"need one unit per summary token (>= 1), got {units.shape[0]} for {summary.num_tokens}")
-    cov = cov if cov is not None else coverage(summary)
-    token_scores = units @ text.to(units.dtype)
-    selection = select_frames(frame_relevance(cov, token_scores), params.num_frames)
-    selected = torch.zeros(cov.num_frames, dtype=torch.bool)
-    selected[selection.indices] = True
-    counted = tokens_in_frames(cov, selected)  # never empty: the best frame is covered by some token
-    best, first, last = refine_moment(cov, token_scores, counted, selected, params.moment_tokens)
-    late = float(token_scores[best[0]])
-    start, end = frame_range_seconds(summary.frame_times, first, last, last_frame_seconds)
-    return LateScore(
-        score=(1.0 - params.weight) * first_stage + params.weight * late,
-        late=late,
-        frames=selection.indices,
-        best_tokens=best,
-        start_frame=first,
-        end_frame=last,
-        start=start,
-        end=end,
-    )
+    """:func:`late_interaction_batch` for one video: ``units`` ``[M, E]`` its L2-normalised joint-space
+    tokens (:func:`project_summaries`), ``summary`` the summary they came from."""
+    packed = pack([units], [summary], [coverage(summary)], last_frame_seconds)
+    return late_interaction_batch(packed, text, [first_stage], params)[0]

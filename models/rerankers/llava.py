@@ -297,6 +297,7 @@ def prefill(language_model: nn.Module, batch: PromptBatch, inner: InnerMergePara
     mask = additive_mask(valid, hidden.dtype)
     rotary = language_model.rotary_emb(hidden, positions)
     lengths, kept = [], batch.visual_len
+    layer_input = hidden
     for index, layer in enumerate(layers):
         if inner is not None and index == inner.layer:
             attention = last_token_attention(layers[index - 1], layer_input, rotary, mask)
@@ -503,7 +504,10 @@ class LlavaReranker:
             LlmUnavailableError: anything that prevents loading (offline, missing files, wrong model).
         """
         try:
-            from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+            from transformers import (
+                AutoTokenizer,
+                LlavaOnevisionForConditionalGeneration,
+            )
 
             dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
             dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
