@@ -98,3 +98,22 @@ def test_job_lifecycle(catalog: Catalog) -> None:
     assert done.status is Status.done and done.progress == 1.0 and done.finished_at is not None
     assert catalog.start_job(job.id) is None  # a finished job is never run again
     assert catalog.start_job(10**9) is None
+
+
+def test_alembic_command_line_creates_the_schema(tmp_path: Path) -> None:
+    """`alembic upgrade head` from the repository root, as an operator runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "VIDSEEK_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert current_revision(url) is not None
+    cat = Catalog(url)
+    assert {"videos", "segments", "jobs"} <= set(inspect(cat.engine).get_table_names())
+    cat.dispose()
