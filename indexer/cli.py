@@ -13,12 +13,11 @@ from tqdm import tqdm
 
 from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
-from indexer.pipeline import VideoIngestor, space_key
+from indexer.pipeline import VideoIngestor
 from indexer.samples import ensure_samples
-from indexer.service import build_runtime, create_service_app, load_model, open_catalog
+from indexer.service import build_runtime, create_service_app, load_encoder, load_model, open_catalog, settings_space_key
 from indexer.tasks import LazyIngestor, make_celery
-from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, backbone_key, model_embed_dim, weights_identity
-from models.encoders import build_encoder
+from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
 from search.catalog import Catalog
 from search.db import current_revision, upgrade
 from search.logs import configure_logging
@@ -28,11 +27,6 @@ from search.settings import Settings, SettingsError
 from search.tables import Job, Status
 
 log = logging.getLogger("vidseek")
-
-
-def settings_space_key(settings: Settings) -> str:
-    """The embedding space ``settings`` produce, computed without loading the model."""
-    return space_key(backbone_key(settings.model, weights_identity(settings.pretrained)), settings.encoder)
 
 
 # ----- ingest ---------------------------------------------------------------------------------
@@ -105,7 +99,7 @@ def report(catalog: Catalog, jobs: Sequence[Job], skipped: int, rejected: Sequen
 def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, ingestor: VideoIngestor | None = None) -> int:
     catalog = open_catalog(settings)
     if settings.runs_in_process:
-        ingestor = ingestor or VideoIngestor(settings, catalog, build_encoder(settings.encoder, load_model(settings)))
+        ingestor = ingestor or VideoIngestor(settings, catalog, load_encoder(settings))
         jobs, skipped, rejected = plan_jobs(settings, catalog, paths, ingestor.key)
         run_jobs_in_process(ingestor, jobs)
     else:
@@ -144,7 +138,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     def factory() -> VideoIngestor:
         catalog = open_catalog(settings)
-        return VideoIngestor(settings, catalog, build_encoder(settings.encoder, load_model(settings)))
+        return VideoIngestor(settings, catalog, load_encoder(settings))
 
     app = make_celery(settings, LazyIngestor(factory))
     argv = ["worker", f"--concurrency={args.concurrency}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
@@ -155,7 +149,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    settings = settings.with_overrides(broker_url="")  # the demo runs everything in this process
+    # the demo runs everything in this process, for a person at a terminal
+    settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
+    configure_logging(settings.log_level, settings.log_format)
     samples = ensure_samples(settings.samples_dir)
     banner = None
     try:

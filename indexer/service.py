@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from indexer.pipeline import VideoIngestor, embedding_key
+from indexer.pipeline import VideoIngestor, embedding_key, space_key
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
-from models.backbone import ClipBackbone, load_backbone
+from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_identity
 from models.encoders import SegmentEncoder, build_encoder
 from search.api import create_app
 from search.api.context import ApiContext, IngestionQueue
@@ -36,6 +36,20 @@ def open_catalog(settings: Settings) -> Catalog:
 
 def load_model(settings: Settings) -> ClipBackbone:
     return load_backbone(settings.model, settings.pretrained, settings.device, settings.model_config_dir)
+
+
+def load_encoder(settings: Settings, backbone: ClipBackbone | None = None) -> SegmentEncoder:
+    """The segment encoder ``settings`` ask for, over ``backbone`` (loaded if not given)."""
+    return build_encoder(settings.encoder, backbone or load_model(settings), settings.tempme_weights)
+
+
+def settings_space_key(settings: Settings) -> str:
+    """The embedding space ``settings`` produce (as ``embedding_key(load_encoder(settings))``),
+    computed without loading the model."""
+    key = backbone_key(settings.model, weights_identity(settings.pretrained))
+    if settings.encoder == "tempme" and settings.tempme_weights is not None:
+        key += f"+tempme-{weights_identity(str(settings.tempme_weights))}"
+    return space_key(key, settings.encoder)
 
 
 @dataclass
@@ -69,7 +83,7 @@ class Runtime:
 def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
     catalog = open_catalog(settings)
     backbone = backbone or load_model(settings)
-    encoder = build_encoder(settings.encoder, backbone)
+    encoder = load_encoder(settings, backbone)
     index = SegmentIndex(
         catalog,
         settings.resolved_index_dir,

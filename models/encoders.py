@@ -7,6 +7,7 @@ the ViT. Both return a :class:`SegmentEncoding`, so ingestion does not care whic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -73,12 +74,13 @@ class FullClipEncoder:
         )
 
 
-def build_encoder(name: str, backbone: ClipBackbone) -> SegmentEncoder:
-    """The encoder called ``name`` (``VIDSEEK_ENCODER``) over ``backbone``."""
+def build_encoder(name: str, backbone: ClipBackbone, tempme_weights: Path | None = None) -> SegmentEncoder:
+    """The encoder called ``name`` (``VIDSEEK_ENCODER``) over ``backbone``; ``tempme_weights`` is an
+    optional trained TempMe checkpoint (LoRA + video positions, see ``models.tempme``)."""
     if name == "full":
         return FullClipEncoder(backbone)
     if name == "tempme":
         from models.tempme import TempMeEncoder
 
-        return TempMeEncoder(backbone)
+        return TempMeEncoder(backbone, weights=tempme_weights)
     raise ValueError(f"unknown encoder {name!r}")

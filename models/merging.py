@@ -63,9 +63,11 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 0) ->
     b_start = 1 - a_start
 
     with torch.no_grad():
+        # ToMe divides by the norm; F.normalize differs only in not dividing zero vectors by zero.
         m = F.normalize(metric[:, protected:], dim=-1)
         scores = m[:, a_start::2] @ m[:, b_start::2].transpose(-1, -2)  # [B, |A|, |B|]
         node_max, node_idx = scores.max(dim=-1)
+        # A stable sort only fixes the order of exact ties, which ToMe leaves to the backend.
         edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]  # [B, |A|, 1]
         unm_idx = edge_idx[:, r:].sort(dim=1).values  # unmerged A tokens keep their order
         src_idx = edge_idx[:, :r]

@@ -43,6 +43,7 @@ class Settings:
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
     encoder: str = "full"
+    tempme_weights: Path | None = None  # trained TempMe checkpoint (optional; training-free without)
     summary: str = "none"  # compressed token summary per video, for reranking
     summary_retain: float = 0.10  # HoliTom retain ratio
     summary_chunk_frames: int = 256  # summaries are computed over chunks of this many frames

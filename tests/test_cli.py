@@ -2,7 +2,6 @@
 search, index rebuild, db upgrade, and the demo command serving the UI."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -11,7 +10,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from search.settings import Settings
 from tests.conftest import REPO, settings_env

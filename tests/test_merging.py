@@ -119,3 +119,11 @@ def test_merge_properties(batch: int, length: int, protected: int, r: int, seed:
     torch.testing.assert_close(source.sum(dim=2), size[..., 0])
     torch.testing.assert_close(merged, (source @ x) / size)
     torch.testing.assert_close(merged[:, :protected], x[:, :protected])
+    if removed == 0:
+        torch.testing.assert_close(merged, x)
+        return
+    # Unmerged A tokens (A: unprotected tokens at even positions) follow, in their original order.
+    n_unmerged = len(range(protected % 2, length - protected, 2)) - removed
+    positions = torch.arange(length, dtype=torch.float32).view(1, length, 1).expand(batch, -1, -1)
+    kept = merge(positions, mode="amax")[:, protected : protected + n_unmerged, 0]
+    assert torch.all(kept.diff(dim=1) > 0) and torch.all(kept % 2 == 0)

@@ -221,3 +221,20 @@ def test_ingestion_stores_a_compressed_summary(settings: Settings, samples_dir: 
         assert summary.index_map.shape == (36, 49)
     runtime.catalog.delete_video(job.video_id)
     assert runtime.catalog.summaries([job.video_id], runtime.ingestor().key) == {}
+
+
+def test_settings_space_key_matches_the_loaded_encoder(settings: Settings, tmp_path: Path) -> None:
+    """The CLI computes the embedding space without loading the model; it must agree with the runtime."""
+    from indexer.pipeline import embedding_key
+    from indexer.service import load_encoder, settings_space_key
+    from models.tempme import TempMeEncoder
+    from tests.test_tempme import _checkpoint
+
+    for encoder in ("full", "tempme"):
+        s = settings.with_overrides(encoder=encoder)
+        assert settings_space_key(s) == embedding_key(load_encoder(s))
+    checkpoint = _checkpoint(load_encoder(settings).backbone, tmp_path / "tempme.pt", lora_b=0.0, position=0.0)
+    s = settings.with_overrides(encoder="tempme", tempme_weights=checkpoint)
+    encoder = load_encoder(s)
+    assert isinstance(encoder, TempMeEncoder) and settings_space_key(s) == embedding_key(encoder)
+    assert "+tempme-file-" in settings_space_key(s)
