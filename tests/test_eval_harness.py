@@ -33,6 +33,7 @@ from indexer.samples import captions
 from models.backbone import ClipBackbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import FullClipEncoder
+from models.tempme import TempMeEncoder
 from search.settings import Settings
 from tests.conftest import REPO, settings_env
 
@@ -116,7 +117,8 @@ def test_vidseek_eval_cli_on_the_sample_videos(
     out = tmp_path / "report"
     result = subprocess.run(
         [sys.executable, "-m", "indexer.cli", "eval", "--videos", str(samples_dir), "--annotations", str(annotations),
-         "--encoders", "full,full+bvllm-dedup", "--rerank", "none", "--out", str(out), "--work-dir", str(tmp_path)],
+         "--encoders", "full,full+bvllm-dedup,tempme,tempme+bvllm-dedup", "--rerank", "none",
+         "--out", str(out), "--work-dir", str(tmp_path)],
         cwd=REPO, env=settings_env(settings), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -125,8 +127,8 @@ def test_vidseek_eval_cli_on_the_sample_videos(
     report = json.loads((out / "report.json").read_text())
     assert report["annotations"] == {"path": str(annotations), "format": "msrvtt-csv", "videos": 6, "captions": 6}
     assert report["sampling"] == {"sample_fps": 1.0, "max_frames": 12, "segment_frames": 12}
-    full, dedup = report["configurations"]
-    assert [c["name"] for c in (full, dedup)] == ["full", "full+bvllm-dedup"]
+    full, dedup, tempme, tempme_dedup = report["configurations"]
+    assert [c["name"] for c in report["configurations"]] == ["full", "full+bvllm-dedup", "tempme", "tempme+bvllm-dedup"]
     assert list(tmp_path.glob("vidseek-eval-*")) == []  # the temporary catalogs are gone
 
     # The metrics are those of CLIP4Clip's meanP video embedding (one 12-frame segment per video).
@@ -148,6 +150,18 @@ def test_vidseek_eval_cli_on_the_sample_videos(
     assert d["tokens_per_video"] == d["frames_encoded"] * 50 / 6
     assert d["gflops_per_video"] == pytest.approx((d["frames_encoded"] * per_frame + 54 * conv) / 6 / 1e9, rel=1e-12)
     assert dedup["settings"] == {"encoder": "full", "frame_dedup": STATIC_CHANGE_THRESHOLD}
+
+    # TempMe: the same frames, fewer tokens and FLOPs; its count is one forward per video length.
+    t = tempme["efficiency"]
+    assert (t["frames_sampled"], t["frames_encoded"]) == (54, 54)
+    encoder = TempMeEncoder(tiny_backbone)
+    per_video = [count_flops(lambda: encoder.encode(torch.randn(1, n, 3, 224, 224)))[1] for n in (8, 8, 8, 10, 8, 12)]
+    assert t["gflops_per_video"] == pytest.approx(sum(per_video) / 6 / 1e9, rel=1e-12)
+    assert t["tokens_per_video"] < e["tokens_per_video"] and t["gflops_per_video"] < e["gflops_per_video"]
+    # Frame dropping happens before the encoder: the same frames reach TempMe as plain CLIP.
+    assert tempme_dedup["efficiency"]["frames_encoded"] == d["frames_encoded"]
+    for config in (tempme, tempme_dedup):
+        assert config["text_to_video"]["count"] == 6 and config["rsum"] >= 0
 
 
 def test_multi_sentence_set_and_a_custom_reranker(

@@ -38,10 +38,10 @@ from indexer.evaluation.annotations import Annotations
 from indexer.evaluation.flops import count_flops
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
-from indexer.service import load_model, open_catalog
+from indexer.service import load_encoder, load_model, open_catalog
 from models.backbone import ClipBackbone, weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
-from models.encoders import SegmentEncoder, SegmentEncoding, build_encoder
+from models.encoders import SegmentEncoder, SegmentEncoding
 from search.catalog import Catalog, embedding_from_bytes
 from search.settings import Settings, SettingsError
 from search.tables import Status
@@ -383,9 +383,9 @@ def run_configuration(request: EvalRequest, config: EncoderConfig) -> list[Confi
         try:
             backbone = load_model(settings)
             try:
-                encoder = MeteredEncoder(build_encoder(settings.encoder, backbone))
+                encoder = MeteredEncoder(load_encoder(settings, backbone))
             except (ImportError, ValueError) as exc:
-                raise EvalError(f"encoder {settings.encoder!r} is not available: {exc}") from exc
+                raise EvalError(f"configuration {config.name!r}: cannot build encoder {settings.encoder!r}: {exc}") from exc
             ingestor = VideoIngestor(settings, catalog, encoder)
             paths = list(dict.fromkeys(request.videos[v] for v in annotations.video_ids))
             with encoder.attached():
