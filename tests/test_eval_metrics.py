@@ -145,7 +145,10 @@ def test_msrvtt_csv_reads_video_id_and_sentence_columns(tmp_path: Path) -> None:
         writer.writerow(["ret1", "msr7961", "video7961", "a cat plays"])
     ann = load_annotations(path)
     assert ann.format == "msrvtt-csv"
-    assert [(c.video_id, c.text) for c in ann.captions] == [("video7960", "a man, then a woman, talk"), ("video7961", "a cat plays")]
+    assert [(c.video_id, c.text) for c in ann.captions] == [
+        ("video7960", "a man, then a woman, talk"),
+        ("video7961", "a cat plays"),
+    ]
     assert ann.video_ids == ("video7960", "video7961") and ann.caption_video_index() == [0, 1]
 
     bad = tmp_path / "bad.csv"
@@ -192,7 +195,8 @@ def test_paragraph_formats_join_a_videos_sentences(tmp_path: Path) -> None:
     assert [(c.video_id, c.text) for c in ann.captions] == [("a.mp4", "a girl jumps she lands"), ("b.mov", "a boat")]
 
     anet = tmp_path / "val_1.json"
-    anet.write_text(json.dumps({"v_abc": {"duration": 10.0, "timestamps": [[0, 5], [5, 10]], "sentences": ["A man cooks.", " He eats."]}}))
+    entry = {"duration": 10.0, "timestamps": [[0, 5], [5, 10]], "sentences": ["A man cooks.", " He eats."]}
+    anet.write_text(json.dumps({"v_abc": entry}))
     ann = load_annotations(anet)
     assert ann.format == "activitynet"
     assert [(c.video_id, c.text) for c in ann.captions] == [("abc", "A man cooks.  He eats.")]

@@ -69,7 +69,9 @@ def read_msrvtt_csv(path: Path) -> Annotations:
         reader = csv.DictReader(fh)
         missing = {"video_id", "sentence"} - set(reader.fieldnames or ())
         if missing:
-            raise AnnotationError(f"{path} needs a header with columns video_id and sentence (missing: {', '.join(sorted(missing))})")
+            raise AnnotationError(
+                f"{path} needs a header with columns video_id and sentence (missing: {', '.join(sorted(missing))})"
+            )
         captions = [Caption(row["video_id"].strip(), row["sentence"].strip()) for row in reader]
     return _annotations(captions, "msrvtt-csv", path)
 
@@ -96,8 +98,19 @@ def parse_didemo(data: list, path: Path) -> Annotations:
 
 
 def parse_activitynet(data: dict, path: Path) -> Annotations:
-    captions = [Caption(key[2:] if key.startswith("v_") else key, " ".join(item["sentences"])) for key, item in data.items()]
+    captions = [Caption(key.removeprefix("v_"), " ".join(item["sentences"])) for key, item in data.items()]
     return _annotations(captions, "activitynet", path)
+
+
+def json_format(data: object) -> str | None:
+    """Which of the JSON formats ``data`` has, or None."""
+    if isinstance(data, dict) and "sentences" in data:
+        return "msrvtt-json"
+    if isinstance(data, list) and data and all(isinstance(d, dict) and {"video", "description"} <= d.keys() for d in data):
+        return "didemo"
+    if isinstance(data, dict) and data and all(isinstance(d, dict) and "sentences" in d for d in data.values()):
+        return "activitynet"
+    return None
 
 
 def load_annotations(path: Path, split: str | None = None) -> Annotations:
@@ -109,24 +122,26 @@ def load_annotations(path: Path, split: str | None = None) -> Annotations:
     """
     if not path.is_file():
         raise AnnotationError(f"annotation file {path} does not exist")
+    data: object = None
     if path.suffix.lower() == ".csv":
-        annotations = read_msrvtt_csv(path)
+        fmt: str | None = "msrvtt-csv"
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise AnnotationError(f"{path} is neither a CSV (by extension) nor JSON: {exc}") from exc
-        if isinstance(data, dict) and "sentences" in data:
-            return parse_msrvtt_json(data, path, split)
-        if isinstance(data, list) and data and all(isinstance(d, dict) and "video" in d and "description" in d for d in data):
-            annotations = parse_didemo(data, path)
-        elif isinstance(data, dict) and data and all(isinstance(d, dict) and "sentences" in d for d in data.values()):
-            annotations = parse_activitynet(data, path)
-        else:
+        fmt = json_format(data)
+        if fmt is None:
             raise AnnotationError(f"{path}: unrecognised annotation JSON (expected one of {', '.join(FORMATS)})")
-    if split is not None:
-        raise AnnotationError(f"--split applies to MSR-VTT JSON annotations only, not {annotations.format}")
-    return annotations
+    if split is not None and fmt != "msrvtt-json":
+        raise AnnotationError(f"--split applies to MSR-VTT JSON annotations only, not {fmt}")
+    if fmt == "msrvtt-csv":
+        return read_msrvtt_csv(path)
+    if fmt == "msrvtt-json":
+        return parse_msrvtt_json(data, path, split)  # type: ignore[arg-type]
+    if fmt == "didemo":
+        return parse_didemo(data, path)  # type: ignore[arg-type]
+    return parse_activitynet(data, path)  # type: ignore[arg-type]
 
 
 def resolve_videos(video_ids: tuple[str, ...], folder: Path) -> dict[str, Path]:

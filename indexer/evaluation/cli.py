@@ -42,9 +42,11 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     p.add_argument("--split", default=None, help="MSR-VTT JSON only: keep videos of this split (e.g. test)")
     p.add_argument("--encoders", type=_names, default=["full"], help="e.g. full,tempme,tempme+bvllm-dedup (default: full)")
-    p.add_argument("--rerank", type=_names, default=["none"], help="rerankers to score each configuration with (default: none)")
-    p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames sampled per video, uniformly (default 12)")
-    p.add_argument("--segment-frames", type=int, default=None, help="frames per segment (default: --max-frames, one segment per video)")
+    p.add_argument("--rerank", type=_names, default=["none"], help="rerankers scoring every configuration (default: none)")
+    p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames per video, uniformly (default 12)")
+    p.add_argument(
+        "--segment-frames", type=int, default=None, help="frames per segment (default: --max-frames, one segment per video)"
+    )
     p.add_argument("--out", type=Path, default=Path("vidseek-eval"), help="folder for report.json and r1_vs_gflops.png")
     p.add_argument("--work-dir", type=Path, default=None, help="where the temporary catalogs go (default: system temp)")
     p.set_defaults(func=cmd_eval)

@@ -135,10 +135,10 @@ class Meter:
     tokens: int = 0
     flops: int = 0
 
-    def snapshot(self) -> "Meter":
+    def snapshot(self) -> Meter:
         return Meter(**{f.name: getattr(self, f.name) for f in fields(self)})
 
-    def minus(self, earlier: "Meter") -> "Meter":
+    def minus(self, earlier: Meter) -> Meter:
         return Meter(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
 
 
@@ -193,7 +193,9 @@ class MeteredEncoder:
         self.meter.flops += b * self._flops_per_segment[key]
         return out
 
-    def _count_patch_embedding(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def _count_patch_embedding(
+        self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> None:
         if self._inside:
             return
         if self._conv1_flops_per_frame is None:
@@ -207,7 +209,7 @@ class MeteredEncoder:
         self.meter.flops += inputs[0].shape[0] * self._conv1_flops_per_frame
 
     @contextmanager
-    def attached(self) -> Iterator["MeteredEncoder"]:
+    def attached(self) -> Iterator[MeteredEncoder]:
         """Count patch embeddings computed outside the encoder while inside this block."""
         handle = self.backbone.visual.conv1.register_forward_hook(self._count_patch_embedding)
         try:
@@ -320,7 +322,9 @@ def config_settings(request: EvalRequest, config: EncoderConfig, data_dir: Path)
     )
 
 
-def ingest_videos(ingestor: VideoIngestor, meter: MeteredEncoder, paths: Sequence[Path]) -> tuple[dict[Path, int], Efficiency]:
+def ingest_videos(
+    ingestor: VideoIngestor, meter: MeteredEncoder, paths: Sequence[Path]
+) -> tuple[dict[Path, int], Efficiency]:
     """Ingest ``paths`` one job at a time; returns each path's catalog video id and the cost.
 
     Raises:
@@ -367,9 +371,8 @@ def video_embeddings(catalog: Catalog, video_ids: Sequence[int]) -> np.ndarray:
         segments = catalog.segments_of(vid)
         if not segments:
             raise EvalError(f"catalog video {vid} has no segments")
-        rows.append(
-            pool_segments(np.stack([embedding_from_bytes(s.embedding) for s in segments]), np.array([s.end - s.start for s in segments]))
-        )
+        embeddings = np.stack([embedding_from_bytes(s.embedding) for s in segments])
+        rows.append(pool_segments(embeddings, np.array([s.end - s.start for s in segments])))
     return np.stack(rows)
 
 

@@ -131,13 +131,13 @@ def text_to_video_metrics(grouped: np.ndarray) -> RankMetrics:
     The rank of caption ``(v, l)`` is the position of column ``v`` when its row is sorted high
     to low; slots whose correct score is not finite (the ``-inf`` padding) are dropped.
 
-    Deviations, both on ties only: the reference sorts with ``torch.argsort`` (not stable, so
-    the order of tied scores is unspecified); here it is stable, a tied column with a lower
-    index ranks first. The median is torch's, the lower of the two middle entries.
+    One deviation, on ties only: the reference sorts with ``torch.argsort`` (not stable, so the
+    order of tied scores is unspecified); here the sort is stable, a tied column with a lower
+    index ranks first. The median is the reference's ``torch.median``: the lower of the two
+    middle entries.
     """
     grouped = np.asarray(grouped, dtype=np.float64)
-    v, slots, v2 = grouped.shape
-    if v != v2:
+    if grouped.ndim != 3 or grouped.shape[0] != grouped.shape[2]:
         raise ValueError(f"expected [V, L, V], got {grouped.shape}")
     rows = grouped.transpose(1, 0, 2)  # [L, V, V]: slot l of every video's captions
     order = np.argsort(-rows, axis=-1, kind="stable")

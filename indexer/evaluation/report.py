@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -38,8 +38,13 @@ def result_dict(result: ConfigResult) -> dict[str, object]:
 
 def run_dict(run: EvalRun) -> dict[str, object]:
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "annotations": {"path": str(run.annotations), "format": run.annotation_format, "videos": run.videos, "captions": run.captions},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "annotations": {
+            "path": str(run.annotations),
+            "format": run.annotation_format,
+            "videos": run.videos,
+            "captions": run.captions,
+        },
         "model": run.model,
         "weights": run.weights,
         "sampling": dict(run.sampling),
