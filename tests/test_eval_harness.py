@@ -128,6 +128,7 @@ def test_vidseek_eval_cli_on_the_sample_videos(
     report = json.loads((out / "report.json").read_text())
     assert report["annotations"] == {"path": str(annotations), "format": "msrvtt-csv", "videos": 6, "captions": 6}
     assert report["sampling"] == {"sample_fps": 1.0, "max_frames": 12, "segment_frames": 12}
+    assert report["weights"].startswith("file-") and report["tempme_weights"] is None
     full, dedup, tempme, tempme_dedup = report["configurations"]
     assert [c["name"] for c in report["configurations"]] == ["full", "full+bvllm-dedup", "tempme", "tempme+bvllm-dedup"]
     assert list(tmp_path.glob("vidseek-eval-*")) == []  # the temporary catalogs are gone

@@ -290,6 +290,7 @@ class EvalRun:
     captions: int
     model: str
     weights: str
+    tempme_weights: str | None  # identity of VIDSEEK_TEMPME_WEIGHTS, used by tempme configurations
     sampling: Mapping[str, float | int]
     results: list[ConfigResult] = field(default_factory=list)
 
@@ -424,6 +425,7 @@ def run_eval(request: EvalRequest) -> EvalRun:
         captions=len(request.annotations.captions),
         model=base.model,
         weights=weights_identity(base.pretrained),
+        tempme_weights=weights_identity(str(base.tempme_weights)) if base.tempme_weights else None,
         sampling={"sample_fps": base.sample_fps, "max_frames": base.max_frames, "segment_frames": base.segment_frames},
     )
     for config in request.encoders:

@@ -47,6 +47,7 @@ def run_dict(run: EvalRun) -> dict[str, object]:
         },
         "model": run.model,
         "weights": run.weights,
+        "tempme_weights": run.tempme_weights,
         "sampling": dict(run.sampling),
         "video_embedding": VIDEO_EMBEDDING,
         "flops": FLOPS_CONVENTION,
