@@ -71,7 +71,8 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from indexer.evaluation.report import format_table, plot_r1_vs_gflops, write_json  # matplotlib: only here
+    # imported here: matplotlib takes half a second to load, which other commands need not pay
+    from indexer.evaluation.report import format_table, plot_r1_vs_gflops, write_json
 
     print(format_table(run))
     report = write_json(run, args.out / "report.json")
