@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
 from indexer.pipeline import VideoIngestor
 from indexer.samples import ensure_samples
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="FAISS index maintenance")
     p.add_argument("action", choices=["rebuild"])
     p.set_defaults(func=cmd_index)
+    add_eval_parser(sub)
     return parser
 
 

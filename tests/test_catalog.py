@@ -144,3 +144,22 @@ def test_migration_0003_keeps_existing_summaries_as_clip_space(empty_database_ur
     assert cat.summaries([vid], "space-1") == {vid: SummaryRecord("holitom", 3, b"old", CLIP_SPACE, "space-1")}
     assert inspect(cat.engine).get_pk_constraint("video_summaries")["constrained_columns"] == ["video_id", "space"]
     cat.dispose()
+
+
+def test_alembic_command_line_creates_the_schema(tmp_path: Path) -> None:
+    """`alembic upgrade head` from the repository root, as an operator runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "VIDSEEK_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert current_revision(url) is not None
+    cat = Catalog(url)
+    assert {"videos", "segments", "jobs"} <= set(inspect(cat.engine).get_table_names())
+    cat.dispose()
