@@ -83,14 +83,18 @@ class Runtime:
         )
 
 
+def late_reranker(settings: Settings, catalog: Catalog, encoder: SegmentEncoder) -> LateReranker:
+    """Late interaction over the CLIP-space summaries that ``encoder`` wrote to ``catalog``."""
+    return LateReranker(catalog, embedding_key(encoder), encoder.backbone.project,
+                        LateParams(weight=settings.rerank_weight), last_frame_seconds=1.0 / settings.sample_fps)
+
+
 def build_reranking(
     settings: Settings, catalog: Catalog, backbone: ClipBackbone, encoder: SegmentEncoder, llm: LazyLlm | None
 ) -> RerankService:
     """The rerankers ``settings`` make available: late interaction always (videos without a CLIP-space
     summary just keep their first-stage score), the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
-    late = LateReranker(catalog, embedding_key(encoder), backbone.project, LateParams(weight=settings.rerank_weight),
-                        last_frame_seconds=1.0 / settings.sample_fps)
-    rerankers: dict[str, Reranker] = {"late": late}
+    rerankers: dict[str, Reranker] = {"late": late_reranker(settings, catalog, encoder)}
     unavailable = {}
     if llm is not None:
         key = llm_summary_key(settings.llm_reranker, settings.llm_summary)

@@ -38,11 +38,12 @@ from indexer.evaluation.annotations import Annotations
 from indexer.evaluation.flops import count_flops
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
-from indexer.service import load_encoder, load_model, open_catalog
+from indexer.service import late_reranker, load_encoder, load_model, open_catalog
 from models.backbone import ClipBackbone, weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import SegmentEncoder, SegmentEncoding
 from search.catalog import Catalog, embedding_from_bytes
+from search.rerank_service import Candidate
 from search.settings import Settings, SettingsError
 from search.tables import Status
 
@@ -106,15 +107,36 @@ class IngestedSet:
 
 # A reranker rescores the caption x video similarities ``[Q, V]`` of an ingested set.
 Reranker = Callable[[IngestedSet, np.ndarray], np.ndarray]
-RERANKERS: dict[str, Reranker] = {"none": lambda ingested, sim: sim}
-UNAVAILABLE_RERANKERS = {"late": "the late-interaction reranker (issue 4) is not part of this build yet"}
+# Rerankers that need a compressed token summary per video at ingestion.
+NEEDS_SUMMARY = frozenset({"late"})
+# Videos outside a caption's reranked top-k stay below every reranked one (scores are cosines).
+OUTSIDE_TOP_K = 10.0
+
+
+def late_rerank(ingested: IngestedSet, sim: np.ndarray) -> np.ndarray:
+    """The search's late-interaction reranker (``search.rerank_service.LateReranker``) applied per
+    caption to its top ``rerank_k`` videos, as ``GET /api/search?rerank=late`` does; the others keep
+    their first-stage order below them."""
+    s = ingested.settings
+    late = late_reranker(s, ingested.catalog, ingested.encoder)
+    texts = encode_texts(ingested.backbone, ingested.texts)
+    out = sim - OUTSIDE_TOP_K
+    for q, row in enumerate(sim):
+        top = np.argsort(-row, kind="stable")[: s.rerank_k]
+        # whole videos are scored here, so the first-stage moment (start, end) plays no part
+        candidates = [Candidate(ingested.video_ids[v], float(row[v]), 0.0, 0.0) for v in top]
+        rescored = late.rescore(ingested.texts[q], texts[q], candidates).scores
+        for v, c in zip(top, candidates):
+            out[q, v] = rescored[c.video_id].score if c.video_id in rescored else row[v]
+    return out
+
+
+RERANKERS: dict[str, Reranker] = {"none": lambda ingested, sim: sim, "late": late_rerank}
 
 
 def check_rerankers(names: Sequence[str]) -> None:
-    """Raise :class:`EvalError` for a reranker name that is unknown or not available."""
+    """Raise :class:`EvalError` for a reranker name that is unknown."""
     for name in names:
-        if name in UNAVAILABLE_RERANKERS:
-            raise EvalError(f"--rerank {name}: {UNAVAILABLE_RERANKERS[name]}")
         if name not in RERANKERS:
             raise EvalError(f"unknown reranker {name!r}; available: {', '.join(RERANKERS)}")
 
@@ -309,15 +331,19 @@ class EvalRequest:
 
 def config_settings(request: EvalRequest, config: EncoderConfig, data_dir: Path) -> Settings:
     """The Settings a configuration ingests with: ``request.base`` with the configuration's
-    overrides, an embedded SQLite catalog in ``data_dir``, in-process jobs, no summaries, and the
-    videos' folders as media roots."""
+    overrides, an embedded SQLite catalog in ``data_dir``, in-process jobs, the videos' folders as
+    media roots, and token summaries only when a requested reranker reads them (the base's method,
+    HoliTom if it has none)."""
     roots = tuple(dict.fromkeys(p.parent for p in request.videos.values()))
+    summary = "none"
+    if NEEDS_SUMMARY & set(request.rerankers):
+        summary = request.base.summary if request.base.summary != "none" else "holitom"
     return request.base.with_overrides(
         data_dir=data_dir,
         database_url="",
         broker_url="",
         index_dir=None,
-        summary="none",
+        summary=summary,
         media_roots=roots,
         **config.overrides,
     )
