@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
 from indexer.pipeline import VideoIngestor
 from indexer.reaper import run_beat
@@ -199,7 +200,9 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    settings = settings.with_overrides(broker_url="")  # the demo runs everything in this process
+    # the demo runs everything in this process, for a person at a terminal
+    settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
+    configure_logging(settings.log_level, settings.log_format)
     samples = ensure_samples(settings.samples_dir)
     banner = None
     try:
@@ -303,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["rebuild", "verify"])
     p.add_argument("--check", action="store_true", help="verify only: report differences, repair nothing (exit 1)")
     p.set_defaults(func=cmd_index)
+    add_eval_parser(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,10 +27,12 @@ from models.backbone import ClipBackbone
 from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
+from models.rerankers.llava import LlmUnavailableError
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.media_paths import MediaRejected, PathNotAllowed, confine
+from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
-from search.tables import Job, Status, utcnow
+from search.tables import LLM_SPACE, Job, Status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,16 @@ class FrameGroup:
 
 @dataclass(frozen=True)
 class EncodedVideo:
+    """``summary``: CLIP-space summary (``VIDSEEK_SUMMARY``); ``llm_summary``: the video LLM's
+    (``VIDSEEK_LLM_RERANKER``), with ``llm_note`` saying why it is missing when it could not be made."""
+
     info: VideoInfo
     segments: list[SegmentRecord]
     frames_sampled: int
     frames_encoded: int
     summary: VideoSummary | None
+    llm_summary: VideoSummary | None = None
+    llm_note: str | None = None
 
 
 def prepare_frames(frames: Iterable[SampledFrame], backbone: ClipBackbone, chunk: int = 32) -> Iterator[PreparedFrame]:
@@ -198,12 +205,44 @@ class SummaryBuilder:
         return concat(self._parts) if self._parts else None
 
 
-class VideoIngestor:
-    """Runs ingestion jobs against one catalog with one loaded encoder."""
+class UniformFramePicker:
+    """Picks, from a stream of prepared frames in time order, the frames shown at ``count`` instants
+    spread evenly over the video's sample times -- the uniform frame sampling LLaVA-OneVision uses for
+    video. A frame stands for the stream until the next one (static-frame dropping folds repeats into
+    the frame before them), so an instant is served by the last frame at or before it; several
+    instants may get the same frame."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder):
+    def __init__(self, times: Sequence[float], count: int):
+        index = np.linspace(0, len(times) - 1, min(count, len(times))).round().astype(int) if len(times) else []
+        self.targets = [times[i] for i in index]
+        self.picked: list[PreparedFrame] = []
+        self._last: PreparedFrame | None = None
+
+    def tap(self, frames: Iterable[PreparedFrame]) -> Iterator[PreparedFrame]:
+        """Pass ``frames`` through, remembering the ones picked."""
+        for frame in frames:
+            while self._last is not None and len(self.picked) < len(self.targets) and self.targets[len(self.picked)] < frame.time:
+                self.picked.append(self._last)
+            self._last = frame
+            yield frame
+
+    def frames(self) -> list[PreparedFrame]:
+        """The picked frames, once the stream is exhausted (instants after the last frame get it)."""
+        if self._last is not None:
+            self.picked.extend([self._last] * (len(self.targets) - len(self.picked)))
+        return self.picked
+
+
+class VideoIngestor:
+    """Runs ingestion jobs against one catalog with one loaded encoder (and, when
+    ``VIDSEEK_LLM_RERANKER`` is set, the video LLM that summarises videos for the llm reranker)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None):
         self.settings, self.catalog, self.encoder = settings, catalog, encoder
         self.key = embedding_key(encoder)
+        if llm is None and settings.llm_reranker:
+            llm = LazyLlm.from_settings(settings)
+        self.llm = llm
 
     # ----- one job ------------------------------------------------------------------------
     def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str = "local") -> Status:
@@ -250,13 +289,13 @@ class VideoIngestor:
             return Status.done
         self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
-        info, summary = encoded.info, encoded.summary
+        info = encoded.info
         lease.check()
         self.catalog.replace_segments(
             video.id,
             encoded.segments,
             self.key,
-            summary=SummaryRecord(summary.method, summary.num_tokens, summary.to_bytes()) if summary else None,
+            summaries=self.summary_records(encoded),
             duration=info.duration,
             fps=info.fps,
             width=info.width,
@@ -264,6 +303,8 @@ class VideoIngestor:
             frames_sampled=encoded.frames_sampled,
         )
         message = f"{len(encoded.segments)} segments, {encoded.frames_encoded} of {encoded.frames_sampled} frames encoded"
+        if encoded.llm_note:
+            message += f"; {encoded.llm_note}"
         self.catalog.finish_job(job.id, Status.done, message=message)
         log.info("video indexed", extra={"job": job.id, "video": video.id, "segments": len(encoded.segments)})
         return Status.done
@@ -289,6 +330,16 @@ class VideoIngestor:
 
         return report
 
+    def summary_records(self, encoded: EncodedVideo) -> list[SummaryRecord]:
+        records = []
+        if encoded.summary is not None:
+            records.append(SummaryRecord(encoded.summary.method, encoded.summary.num_tokens, encoded.summary.to_bytes()))
+        if encoded.llm_summary is not None:
+            s = encoded.llm_summary
+            key = llm_summary_key(self.settings.llm_reranker, self.settings.llm_summary)
+            records.append(SummaryRecord(s.method, s.num_tokens, s.to_bytes(), LLM_SPACE, key))
+        return records
+
     # ----- decoding + encoding ------------------------------------------------------------
     def summary_builder(self) -> SummaryBuilder | None:
         s = self.settings
@@ -302,11 +353,15 @@ class VideoIngestor:
         s = self.settings
         backbone = self.encoder.backbone
         info = probe(path)
-        expected = len(sample_times(info.duration, s.sample_fps, s.max_frames))
+        times = sample_times(info.duration, s.sample_fps, s.max_frames)
+        expected = len(times)
         sampled = iter_sampled_frames(path, s.sample_fps, s.max_frames, short_side=backbone.image_size, info=info)
         frames = prepare_frames(sampled, backbone)
         if s.frame_dedup > 0:
             frames = drop_repeated_frames(frames, backbone, s.frame_dedup)
+        picker = UniformFramePicker(times, s.llm_frames) if self.llm is not None else None
+        if picker is not None:
+            frames = picker.tap(frames)
         summary = self.summary_builder()
         records: list[SegmentRecord] = []
         done = encoded = 0
@@ -329,4 +384,18 @@ class VideoIngestor:
                 progress(min(done / expected, 0.999))
         ends = [r.start for r in records[1:]] + [max(info.duration, records[-1].start)]
         segments = [SegmentRecord(r.ordinal, r.start, e, r.frame_count, r.thumbnail, r.embedding) for r, e in zip(records, ends)]
-        return EncodedVideo(info, segments, done, encoded, summary.build() if summary is not None else None)
+        llm_summary, llm_note = self.llm_summary(picker.frames()) if picker is not None else (None, None)
+        return EncodedVideo(info, segments, done, encoded, summary.build() if summary is not None else None, llm_summary, llm_note)
+
+    def llm_summary(self, frames: list[PreparedFrame]) -> tuple[VideoSummary | None, str | None]:
+        """The video LLM's summary of ``frames`` (HoliTom's outer-LLM step or VQToken in its visual space),
+        or why there is none: a video LLM that cannot be loaded must not stop search ingestion."""
+        s = self.settings
+        try:
+            model = self.llm.get()
+        except LlmUnavailableError as exc:
+            log.warning("no LLM summary: %s", exc)
+            return None, f"no LLM summary ({exc})"
+        params = {"retain_ratio": s.summary_retain} if s.llm_summary == "holitom" else {}
+        images = np.stack([f.image for f in frames])
+        return model.summarize(images, [f.time for f in frames], s.llm_summary, **params), None

@@ -48,10 +48,11 @@ def reap_stale_jobs(catalog: Catalog, settings: Settings, enqueue: Callable[[int
                 log.error("job failed: its workers kept dying", extra={"job": job.id, "attempts": job.attempts})
             continue
         enqueue(job.id)
+        report.requeued.append(job.id)
+        log.warning("stale job re-queued", extra={"job": job.id, "dead_worker": job.worker})
+        # Shown until a worker takes the job; a no-op if one already has (or the old one came back).
         note = f"re-queued: worker {job.worker} stopped responding (attempt {job.attempts} of {settings.job_max_attempts})"
-        if catalog.release_stale_job(job, stale_before, Status.queued, note):
-            report.requeued.append(job.id)
-            log.warning("stale job re-queued", extra={"job": job.id, "dead_worker": job.worker})
+        catalog.release_stale_job(job, stale_before, Status.queued, note)
     return report
 
 

@@ -86,7 +86,9 @@ def make_celery(settings: Settings, ingestor: LazyIngestor | None = None) -> Cel
         worker_hijack_root_logger=False,
     )
 
-    @app.task(name=INGEST_TASK, bind=True, max_retries=settings.task_max_retries)
+    # shared=False: the task belongs to this app only. Celery's default registers it with every
+    # app finalized later in the process, which could hand a worker another app's (ingestor-less) task.
+    @app.task(name=INGEST_TASK, bind=True, max_retries=settings.task_max_retries, shared=False)
     def ingest_video(task: Task, job_id: int) -> str:
         if ingestor is None:
             raise RuntimeError("this Celery app was built without an ingestor (producer only)")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_session_factory
-from search.tables import Job, Segment, SegmentTombstone, Status, Video, VideoSummaryRow, utcnow
+from search.tables import CLIP_SPACE, Job, Segment, SegmentTombstone, Status, Video, VideoSummaryRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,17 @@ class SegmentRecord:
 
 @dataclass(frozen=True)
 class SummaryRecord:
-    """A video's compressed token summary, serialised (``models.summary.VideoSummary.to_bytes``)."""
+    """A video's compressed token summary, serialised (``models.summary.VideoSummary.to_bytes``).
+
+    ``space`` names the token space (``clip`` or ``llm``, one summary per video and space);
+    ``embedding_key`` identifies the model within it (None when written: the segments' key).
+    """
 
     method: str
     token_count: int
     data: bytes
+    space: str = CLIP_SPACE
+    embedding_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,18 +266,23 @@ class Catalog:
         video_id: int,
         segments: Sequence[SegmentRecord],
         embedding_key: str,
-        summary: SummaryRecord | None = None,
+        summaries: Sequence[SummaryRecord] = (),
         **video_values: object,
     ) -> list[int]:
-        """Atomically swap a video's segments (and summary) for new ones and mark the video done.
+        """Atomically swap a video's segments and summaries (at most one per space) for new ones and
+        mark the video done. A summary without an ``embedding_key`` gets the segments' key.
 
         Old segments are tombstoned so index replicas drop them. Returns the new segment ids.
         """
+        if len({r.space for r in summaries}) != len(summaries):
+            raise ValueError("at most one summary per space")
         with self.session() as s:
             s.execute(delete(VideoSummaryRow).where(VideoSummaryRow.video_id == video_id))
-            if summary is not None:
-                s.add(VideoSummaryRow(video_id=video_id, method=summary.method, embedding_key=embedding_key,
-                                      token_count=summary.token_count, data=summary.data))
+            s.add_all(
+                VideoSummaryRow(video_id=video_id, space=r.space, method=r.method, embedding_key=r.embedding_key or embedding_key,
+                                token_count=r.token_count, data=r.data)
+                for r in summaries
+            )
             _serialize_segment_writes(s)
             old = s.scalars(select(Segment.id).where(Segment.video_id == video_id)).all()
             s.add_all(SegmentTombstone(segment_id=i) for i in old)
@@ -298,18 +309,34 @@ class Catalog:
             s.flush()
             return [r.id for r in rows]
 
-    def summaries(self, video_ids: Sequence[int], embedding_key: str) -> dict[int, SummaryRecord]:
-        """Stored summaries of ``video_ids`` computed in embedding space ``embedding_key``."""
+    def summaries(self, video_ids: Sequence[int], embedding_key: str, space: str = CLIP_SPACE) -> dict[int, SummaryRecord]:
+        """Stored summaries of ``video_ids`` in token space ``space`` computed by model ``embedding_key``."""
         if not video_ids:
             return {}
         with self.session() as s:
             rows = s.scalars(
                 select(VideoSummaryRow).where(
                     VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.space == space,
                     VideoSummaryRow.embedding_key == embedding_key,
                 )
             ).all()
-        return {r.video_id: SummaryRecord(r.method, r.token_count, r.data) for r in rows}
+        return {r.video_id: SummaryRecord(r.method, r.token_count, r.data, r.space, r.embedding_key) for r in rows}
+
+    def summary_stamps(self, video_ids: Sequence[int], embedding_key: str, space: str = CLIP_SPACE) -> dict[int, datetime]:
+        """When each of these videos' summaries (as :meth:`summaries` selects them) was written -- a cheap
+        version tag for caches: re-ingestion writes a new row."""
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(VideoSummaryRow.video_id, VideoSummaryRow.created_at).where(
+                    VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.space == space,
+                    VideoSummaryRow.embedding_key == embedding_key,
+                )
+            ).all()
+        return {r.video_id: r.created_at for r in rows}
 
     def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
         if not segment_ids:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from search.query import MAX_K, MAX_QUERY_CHARS
+from search.settings import RERANKERS
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -49,28 +50,50 @@ _SCHEMAS: dict[str, Any] = {
     "Moment": _MOMENT,
     "Hit": {
         "type": "object",
-        "required": ["video_id", "title", "score", "segment_id", "start", "end", "stream_url", "moments"],
+        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "segment_id", "start", "end",
+                     "segment_start", "segment_end", "stream_url", "moments"],
         "properties": {
             "video_id": {"type": "integer"},
             "title": {"type": "string"},
-            "score": {"type": "number"},
+            "score": {"type": "number", "description": "what the hits are ordered by: rerank_score when set, else first_stage_score"},
+            "first_stage_score": {"type": "number", "description": "cosine similarity of the query and the best segment"},
+            "rerank_score": {"type": ["number", "null"],
+                             "description": "late: mix of first-stage and token scores; llm: P(yes); null when not rescored"},
             "segment_id": {"type": "integer"},
-            "start": {"type": "number"},
+            "start": {"type": "number", "description": "seconds; the moment refined by the reranker when it refined it"},
             "end": {"type": "number"},
+            "segment_start": {"type": "number", "description": "the first-stage segment's start, seconds"},
+            "segment_end": {"type": "number"},
             "thumbnail_url": {"type": ["string", "null"]},
             "stream_url": {"type": "string"},
             "video_url": {"type": "string"},
             "moments": {"type": "array", "items": {"$ref": "#/components/schemas/Moment"}, "maxItems": 3},
         },
     },
+    "Rerank": {
+        "type": "object",
+        "required": ["method", "fallback"],
+        "properties": {
+            "method": {"type": "string", "enum": list(RERANKERS)},
+            "candidates": {"type": "integer", "description": "first-stage videos handed to the reranker (at most rerank_k)"},
+            "rescored": {"type": "integer"},
+            "without_summary": {"type": "array", "items": {"type": "integer"},
+                                "description": "videos with no stored summary: they kept their first-stage score"},
+            "fallback": {"type": "boolean", "description": "the reranker could not run; first-stage order kept"},
+            "reason": {"type": ["string", "null"]},
+            "details": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
     "SearchResult": {
         "type": "object",
-        "required": ["query", "hits", "timings_ms"],
+        "required": ["query", "hits", "rerank", "timings_ms"],
         "properties": {
             "query": {"type": "string"},
             "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
             "candidates": {"type": "integer"},
-            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+            "rerank": {"$ref": "#/components/schemas/Rerank"},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
+                           "description": "per stage: encode, search, group, rerank (+ rerank_load, rerank_score), total"},
         },
     },
     "Video": {
@@ -163,8 +186,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                          "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
                         {"name": "k", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}},
+                        {"name": "rerank", "in": "query", "required": False, "schema": {"type": "string", "enum": list(RERANKERS)},
+                         "description": "rescore the top VIDSEEK_RERANK_K videos from their stored summaries "
+                                        "(default VIDSEEK_RERANK)"},
                     ],
-                    "responses": {"200": _json("SearchResult", "ranked videos"), "400": _error("empty or invalid query")},
+                    "responses": {"200": _json("SearchResult", "ranked videos"),
+                                  "400": _error("empty or invalid query, unknown reranker")},
                 }
             },
             "/api/videos": {

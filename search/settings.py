@@ -14,6 +14,8 @@ from typing import Mapping
 
 ENCODERS = ("full", "tempme")
 SUMMARIES = ("none", "holitom", "vqtoken")
+RERANKERS = ("none", "late", "llm")
+LLM_SUMMARIES = ("holitom", "vqtoken")
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 
@@ -47,6 +49,16 @@ class Settings:
     summary: str = "none"  # compressed token summary per video, for reranking
     summary_retain: float = 0.10  # HoliTom retain ratio
     summary_chunk_frames: int = 256  # summaries are computed over chunks of this many frames
+    rerank: str = "auto"  # none | late | llm; auto = late when VIDSEEK_SUMMARY is set, else none
+    rerank_k: int = 50  # first-stage video hits a reranker rescores
+    rerank_timeout: float = 10.0  # seconds the llm reranker may take per request before the fallback
+    rerank_weight: float = 0.5  # share of the late-interaction score in the late reranker's combined score
+    llm_reranker: str = ""  # LLaVA-OneVision model id or local directory; "" = no llm reranker
+    llm_summary: str = "holitom"  # how the LLM-space summary is compressed at ingestion (holitom | vqtoken)
+    llm_frames: int = 32  # frames per video given to the video LLM, evenly spaced
+    llm_inner_layer: int = 18  # HoliTom inner-LLM merge layer k
+    llm_inner_ratio: float = 0.5  # HoliTom inner-LLM merge ratio r
+    llm_batch_tokens: int = 8192  # padded tokens per LLM batch
     frame_dedup: float = 0.0  # B-VLLM-style static-frame dropping before the ViT; 0 = off, 0.15 recommended
     sample_fps: float = 1.0
     segment_frames: int = 12
@@ -83,6 +95,20 @@ class Settings:
             raise SettingsError("VIDSEEK_SAMPLE_FPS must be > 0")
         if not 0.0 < self.summary_retain <= 1.0:
             raise SettingsError("VIDSEEK_SUMMARY_RETAIN must be in (0, 1]")
+        if self.rerank not in ("auto", *RERANKERS):
+            raise SettingsError(f"VIDSEEK_RERANK must be auto or one of {RERANKERS}, got {self.rerank!r}")
+        if self.rerank == "llm" and not self.llm_reranker:
+            raise SettingsError("VIDSEEK_RERANK=llm needs VIDSEEK_LLM_RERANKER (a model id or local directory)")
+        if self.rerank_k < 1 or self.rerank_timeout <= 0:
+            raise SettingsError("VIDSEEK_RERANK_K must be >= 1 and VIDSEEK_RERANK_TIMEOUT > 0")
+        if not 0.0 <= self.rerank_weight <= 1.0:
+            raise SettingsError("VIDSEEK_RERANK_WEIGHT must be in [0, 1]")
+        if self.llm_summary not in LLM_SUMMARIES:
+            raise SettingsError(f"VIDSEEK_LLM_SUMMARY must be one of {LLM_SUMMARIES}, got {self.llm_summary!r}")
+        if self.llm_frames < 1 or self.llm_inner_layer < 1 or self.llm_batch_tokens < 1:
+            raise SettingsError("VIDSEEK_LLM_FRAMES, VIDSEEK_LLM_INNER_LAYER and VIDSEEK_LLM_BATCH_TOKENS must be >= 1")
+        if not 0.0 <= self.llm_inner_ratio < 1.0:
+            raise SettingsError("VIDSEEK_LLM_INNER_RATIO must be in [0, 1)")
         if self.frame_dedup < 0:
             raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
         if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
@@ -127,6 +153,14 @@ class Settings:
         plus vidseek's own upload and sample folders."""
         roots = self.media_roots or (Path.cwd(),)
         return tuple(dict.fromkeys(p.resolve() for p in (*roots, self.upload_dir, self.samples_dir)))
+
+    @property
+    def default_rerank(self) -> str:
+        """The reranker used when a request names none: ``VIDSEEK_RERANK``, or with ``auto`` late
+        interaction when ingestion stores summaries and none otherwise."""
+        if self.rerank != "auto":
+            return self.rerank
+        return "late" if self.summary != "none" else "none"
 
     @property
     def runs_in_process(self) -> bool:

@@ -126,12 +126,18 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+CLIP_SPACE = "clip"  # summary tokens in the CLIP ViT's hidden space (late-interaction reranking)
+LLM_SPACE = "llm"  # summary tokens in a video LLM's visual input space (llm reranking)
+
+
 class VideoSummaryRow(Base):
-    """The compressed token summary of a video (``models.summary.VideoSummary.to_bytes``)."""
+    """A compressed token summary of a video (``models.summary.VideoSummary.to_bytes``), one per
+    token space: ``clip`` (the CLIP ViT's) and ``llm`` (the video LLM reranker's)."""
 
     __tablename__ = "video_summaries"
 
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(16), primary_key=True, default=CLIP_SPACE)
     method: Mapped[str] = mapped_column(String(32))
     embedding_key: Mapped[str] = mapped_column(String(255))
     token_count: Mapped[int] = mapped_column(Integer)

@@ -1,4 +1,4 @@
-"""``GET /api/search``: text -> ranked videos with their matched moments."""
+"""``GET /api/search``: text -> ranked videos with their matched moments (``rerank=none|late|llm``)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def int_arg(name: str, default: int) -> int:
 @bp.get("/search")
 def search_videos():
     query = request.args.get("q", "")
+    rerank = request.args.get("rerank") or None  # absent or empty: the configured default
     try:
-        result = ctx().queries.search(query, int_arg("k", 10))
+        result = ctx().queries.search(query, int_arg("k", 10), rerank)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     return jsonify(search_json(result))
