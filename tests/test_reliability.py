@@ -126,8 +126,8 @@ class CuttableProxy:
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def url(self, database_url: str) -> str:
-        return database_url.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+    def url(self, direct_url: str) -> str:
+        return direct_url.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
 
     def cut(self) -> None:
         self.up.clear()
@@ -181,26 +181,26 @@ def test_jobs_survive_a_database_outage_with_backoff_retries(
     flaky = settings.with_overrides(database_url=proxy.url(postgres_url), broker_url=redis_url,
                                     task_queue=f"test-{uuid.uuid4().hex[:8]}")
     upgrade(postgres_url)
-    catalog = Catalog(postgres_url)  # the test's own view, not through the proxy
+    direct = Catalog(postgres_url)  # the test's own view, not through the proxy
     encoder = load_encoder(flaky)
     app = make_celery(flaky, LazyIngestor(lambda: VideoIngestor(flaky, Catalog(flaky.database_url), encoder)))
     caplog.set_level(logging.WARNING, logger="indexer.tasks")
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
-            job = catalog.create_job(samples_dir / "blue_square.mp4")
+            job = direct.create_job(samples_dir / "blue_square.mp4")
             proxy.cut()
             CeleryQueue(app).enqueue(job.id)
             time.sleep(2.5)  # the first attempt meets the outage
             proxy.restore()
-            assert wait_for(catalog, job.id, timeout=90) is Status.done
+            assert wait_for(direct, job.id, timeout=90) is Status.done
     finally:
         proxy.close()
     retries = [r for r in caplog.records if r.getMessage() == "transient error, retrying"]
     assert retries and retries[0].job == job.id and "OperationalError" in retries[0].error
-    done = catalog.get_job(job.id)
+    done = direct.get_job(job.id)
     assert done.attempts == 1 and done.error is None  # no attempt was wasted or marked failed
-    assert [s.ordinal for s in catalog.segments_of(done.video_id)] == [0]
-    catalog.dispose()
+    assert [s.ordinal for s in direct.segments_of(done.video_id)] == [0]
+    direct.dispose()
 
 
 def test_api_answers_503_and_fails_the_job_when_the_broker_is_down(settings: Settings, samples_dir: Path) -> None:
