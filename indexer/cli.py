@@ -1,27 +1,38 @@
-"""``vidseek`` command line: ingest, serve, worker, demo, search, db, index."""
+"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, db, index."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
+from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
 from indexer.pipeline import VideoIngestor
+from indexer.reaper import run_beat
 from indexer.samples import ensure_samples
-from indexer.service import build_runtime, create_service_app, load_encoder, load_model, open_catalog, settings_space_key
-from indexer.tasks import LazyIngestor, make_celery
+from indexer.service import (
+    build_runtime,
+    create_service_app,
+    load_encoder,
+    load_model,
+    open_catalog,
+    open_index,
+    settings_space_key,
+)
+from indexer.tasks import INGEST_TASK, CeleryQueue, LazyIngestor, make_celery
 from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
 from search.catalog import Catalog
 from search.db import current_revision, upgrade
 from search.logs import configure_logging
-from search.media_paths import PathNotAllowed, confine
-from search.segment_index import SegmentIndex
+from search.media_paths import MediaRejected, PathNotAllowed, confine, require_utf8_name
 from search.settings import Settings, SettingsError
 from search.tables import Job, Status
 
@@ -43,6 +54,11 @@ def plan_jobs(settings: Settings, catalog: Catalog, paths: Sequence[Path], key: 
             continue
         if not resolved.is_file():
             rejected.append(f"{path}: no such file")
+            continue
+        try:
+            require_utf8_name(resolved)
+        except MediaRejected as exc:
+            rejected.append(str(exc))
             continue
         video = catalog.find_video_by_hash(sha256_file(resolved))
         if video is not None and video.status is Status.done and video.embedding_key == key:
@@ -105,7 +121,7 @@ def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, i
         jobs, skipped, rejected = plan_jobs(settings, catalog, paths, settings_space_key(settings))
         app = make_celery(settings)
         for job in jobs:
-            app.send_task("vidseek.ingest_video", args=[job.id])
+            app.send_task(INGEST_TASK, args=[job.id])
         print(f"queued {len(jobs)} jobs on {settings.broker_url}")
         if not wait:
             return 0
@@ -119,6 +135,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 # ----- serving --------------------------------------------------------------------------------
 def serve(app, host: str, port: int) -> None:
+    """The development server (one process, threads): for ``vidseek demo``."""
     from werkzeug.serving import run_simple
 
     print(f"vidseek is serving on http://{host}:{port}/  (Ctrl+C to stop)")
@@ -126,7 +143,27 @@ def serve(app, host: str, port: int) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    serve(create_service_app(settings), args.host, args.port)
+    """gunicorn with ``--workers`` processes of ``--threads`` threads each. Every process builds
+    its own runtime (model and FAISS index, refreshed from the catalog); the app is not preloaded
+    in the master because forking after torch has started its thread pools can hang."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", args.timeout)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("errorlog", "-")
+
+        def load(self):
+            return create_service_app(settings)
+
+    print(f"vidseek is serving on http://{args.host}:{args.port}/ with {args.workers} processes × {args.threads} threads")
+    Server().run()
     return 0
 
 
@@ -147,8 +184,25 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-queue jobs whose worker died (see ``indexer.reaper``) until SIGTERM or Ctrl+C."""
+    if settings.runs_in_process:
+        print("VIDSEEK_BROKER_URL is not set: beat re-queues jobs through a broker", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    queue = CeleryQueue(make_celery(settings))
+    try:
+        run_beat(open_catalog(settings), settings, queue.enqueue, stop)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    settings = settings.with_overrides(broker_url="")  # the demo runs everything in this process
+    # the demo runs everything in this process, for a person at a terminal
+    settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
+    configure_logging(settings.log_level, settings.log_format)
     samples = ensure_samples(settings.samples_dir)
     banner = None
     try:
@@ -191,16 +245,24 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     catalog = open_catalog(settings)
-    index = SegmentIndex(
-        catalog,
-        settings.resolved_index_dir,
-        settings_space_key(settings),
-        model_embed_dim(settings.model, settings.model_config_dir),
-        settings.index_type,
-    )
-    report = index.rebuild()
-    print(f"index rebuilt from the catalog: {report.total} segments in {settings.resolved_index_dir}")
-    return 0
+    dim = model_embed_dim(settings.model, settings.model_config_dir)
+    index = open_index(settings, catalog, settings_space_key(settings), dim)
+    folder = settings.resolved_index_dir
+    if args.action == "rebuild":
+        report = index.rebuild()
+        print(f"index rebuilt from the catalog: {report.total} segments in {folder}")
+        return 0
+    checked = index.verify(repair=not args.check)
+    print(f"catalog {checked.catalog} segments, index {checked.indexed} entries: missing {checked.missing}, "
+          f"extra {checked.extra}, duplicated {checked.duplicated}, mismatched {checked.mismatched}")
+    if checked.consistent:
+        print(f"the index in {folder} matches the catalog")
+        return 0
+    if checked.repaired:
+        print(f"repaired: the index in {folder} now matches the catalog (restart API replicas to load it)")
+        return 0
+    print("the index does not match the catalog (run without --check to repair it)", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,17 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", dest="wait", action="store_false", help="with a broker: queue and return")
     p.set_defaults(func=cmd_ingest)
 
-    for name, func, help_text in (("serve", cmd_serve, "serve the web UI and REST API"),
+    for name, func, help_text in (("serve", cmd_serve, "serve the web UI and REST API with gunicorn"),
                                   ("demo", cmd_demo, "ingest the sample videos and serve the UI")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
         p.set_defaults(func=func)
+        if name == "serve":
+            p.add_argument("--workers", type=int, default=2, help="processes, each with its own model and index")
+            p.add_argument("--threads", type=int, default=4, help="request threads per process")
+            p.add_argument("--timeout", type=int, default=120, help="seconds before a stuck process is restarted")
 
     p = sub.add_parser("worker", help="run a Celery ingestion worker")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--hostname", default=None)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="re-queue jobs whose worker died (run one or more next to the workers)")
+    p.set_defaults(func=cmd_beat)
 
     p = sub.add_parser("search", help="query from the command line")
     p.add_argument("query")
@@ -233,9 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "current"])
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("index", help="FAISS index maintenance")
-    p.add_argument("action", choices=["rebuild"])
+    p = sub.add_parser("index", help="FAISS index maintenance: rebuild it, or verify it against the catalog")
+    p.add_argument("action", choices=["rebuild", "verify"])
+    p.add_argument("--check", action="store_true", help="verify only: report differences, repair nothing (exit 1)")
     p.set_defaults(func=cmd_index)
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,34 +1,44 @@
 """Ingestion of one video: decode -> sample -> segment -> encode -> catalog.
 
 The catalog is updated in one transaction at the end (segments swapped in, video marked
-done), so a job killed half-way leaves nothing half-written and can simply run again.
+done), so a job killed half-way leaves nothing half-written and can simply run again. While a
+job runs, its worker holds a lease on it, renewed by a heartbeat (``indexer.leases``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from indexer.decode import DecodeError, SampledFrame, VideoInfo, center_crop, iter_sampled_frames, probe, sample_times
+from indexer.leases import JobHeartbeat, LeaseLost
 from indexer.media import sha256_file
 from models.backbone import ClipBackbone
 from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
+from models.rerankers.llava import LlmUnavailableError
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
-from search.media_paths import PathNotAllowed, confine
+from search.media_paths import MediaRejected, PathNotAllowed, confine
+from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
-from search.tables import Status
+from search.tables import LLM_SPACE, Job, Status, utcnow
 
 log = logging.getLogger(__name__)
+
+# Errors that mean "try again later" (the database or the network briefly unreachable), not
+# "this video is bad": a job hitting one is retried with backoff, never failed for it.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 ProgressFn = Callable[[float], None]
 THUMBNAIL_HEIGHT = 180
@@ -72,11 +82,16 @@ class FrameGroup:
 
 @dataclass(frozen=True)
 class EncodedVideo:
+    """``summary``: CLIP-space summary (``VIDSEEK_SUMMARY``); ``llm_summary``: the video LLM's
+    (``VIDSEEK_LLM_RERANKER``), with ``llm_note`` saying why it is missing when it could not be made."""
+
     info: VideoInfo
     segments: list[SegmentRecord]
     frames_sampled: int
     frames_encoded: int
     summary: VideoSummary | None
+    llm_summary: VideoSummary | None = None
+    llm_note: str | None = None
 
 
 def prepare_frames(frames: Iterable[SampledFrame], backbone: ClipBackbone, chunk: int = 32) -> Iterator[PreparedFrame]:
@@ -190,56 +205,97 @@ class SummaryBuilder:
         return concat(self._parts) if self._parts else None
 
 
-class VideoIngestor:
-    """Runs ingestion jobs against one catalog with one loaded encoder."""
+class UniformFramePicker:
+    """Picks, from a stream of prepared frames in time order, the frames shown at ``count`` instants
+    spread evenly over the video's sample times -- the uniform frame sampling LLaVA-OneVision uses for
+    video. A frame stands for the stream until the next one (static-frame dropping folds repeats into
+    the frame before them), so an instant is served by the last frame at or before it; several
+    instants may get the same frame."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder):
+    def __init__(self, times: Sequence[float], count: int):
+        index = np.linspace(0, len(times) - 1, min(count, len(times))).round().astype(int) if len(times) else []
+        self.targets = [times[i] for i in index]
+        self.picked: list[PreparedFrame] = []
+        self._last: PreparedFrame | None = None
+
+    def tap(self, frames: Iterable[PreparedFrame]) -> Iterator[PreparedFrame]:
+        """Pass ``frames`` through, remembering the ones picked."""
+        for frame in frames:
+            while self._last is not None and len(self.picked) < len(self.targets) and self.targets[len(self.picked)] < frame.time:
+                self.picked.append(self._last)
+            self._last = frame
+            yield frame
+
+    def frames(self) -> list[PreparedFrame]:
+        """The picked frames, once the stream is exhausted (instants after the last frame get it)."""
+        if self._last is not None:
+            self.picked.extend([self._last] * (len(self.targets) - len(self.picked)))
+        return self.picked
+
+
+class VideoIngestor:
+    """Runs ingestion jobs against one catalog with one loaded encoder (and, when
+    ``VIDSEEK_LLM_RERANKER`` is set, the video LLM that summarises videos for the llm reranker)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None):
         self.settings, self.catalog, self.encoder = settings, catalog, encoder
         self.key = embedding_key(encoder)
+        if llm is None and settings.llm_reranker:
+            llm = LazyLlm.from_settings(settings)
+        self.llm = llm
 
     # ----- one job ------------------------------------------------------------------------
-    def run_job(self, job_id: int, progress: ProgressFn | None = None) -> Status:
-        """Run job ``job_id`` to completion; returns the final job status.
+    def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str = "local") -> Status:
+        """Run job ``job_id`` to completion under ``worker``'s lease; returns the job's status.
 
         Bad input (not allowed, not a video, corrupt) fails the job and its video with the
-        reason; unexpected errors mark the job failed and propagate (so a task queue retries).
+        reason, at once. Transient errors (:data:`TRANSIENT_ERRORS`) propagate with nothing
+        recorded as failed, for the task queue to retry; other unexpected errors mark the job
+        failed and propagate.
+
+        Raises:
+            JobLeased: another live worker is running the job.
         """
-        job = self.catalog.start_job(job_id)
+        stale_before = utcnow() - timedelta(seconds=self.settings.job_stale_seconds)
+        job = self.catalog.start_job(job_id, worker, stale_before)
         if job is None:
-            return Status.done
+            current = self.catalog.get_job(job_id)
+            return current.status if current is not None else Status.failed
         try:
-            path = confine(job.path, self.settings.allowed_media_roots)
-            if not path.is_file():
-                raise DecodeError(f"{job.path} does not exist or is not a file")
-        except (PathNotAllowed, DecodeError) as exc:
-            self.catalog.finish_job(job_id, Status.failed, error=str(exc))
+            with JobHeartbeat(self.catalog, job_id, worker, self.settings.heartbeat_seconds) as lease:
+                return self._ingest(job, progress, lease)
+        except LeaseLost as exc:
+            log.warning("job abandoned", extra={"job": job_id, "reason": str(exc)})
+            return Status.running
+        except (PathNotAllowed, MediaRejected) as exc:
+            self._fail(job_id, str(exc))
+            log.warning("video rejected", extra={"job": job_id, "path": job.path, "reason": str(exc)})
             return Status.failed
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
+            raise
+
+    def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
+        path = confine(job.path, self.settings.allowed_media_roots)
+        if not path.is_file():
+            raise DecodeError(f"{job.path} does not exist or is not a file")
         content_hash = sha256_file(path)
         video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)
-        self.catalog.update_job(job_id, video_id=video.id)
+        self.catalog.update_job(job.id, video_id=video.id)
         if video.status is Status.done and video.embedding_key == self.key:
-            self.catalog.finish_job(job_id, Status.done, message="already indexed")
+            self.catalog.finish_job(job.id, Status.done, message="already indexed")
             return Status.done
         self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
-        report = self._progress_reporter(job_id, progress)
-        try:
-            encoded = self.encode_video(path, content_hash, report)
-        except DecodeError as exc:
-            self.catalog.update_video(video.id, status=Status.failed, error=str(exc))
-            self.catalog.finish_job(job_id, Status.failed, error=str(exc))
-            log.warning("video rejected", extra={"job": job_id, "path": str(path), "reason": str(exc)})
-            return Status.failed
-        except Exception as exc:
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            self.catalog.update_video(video.id, status=Status.failed, error=reason)
-            self.catalog.finish_job(job_id, Status.failed, error=reason)
-            raise
-        info, summary = encoded.info, encoded.summary
+        encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
+        info = encoded.info
+        lease.check()
         self.catalog.replace_segments(
             video.id,
             encoded.segments,
             self.key,
-            summary=SummaryRecord(summary.method, summary.num_tokens, summary.to_bytes()) if summary else None,
+            summaries=self.summary_records(encoded),
             duration=info.duration,
             fps=info.fps,
             width=info.width,
@@ -247,14 +303,24 @@ class VideoIngestor:
             frames_sampled=encoded.frames_sampled,
         )
         message = f"{len(encoded.segments)} segments, {encoded.frames_encoded} of {encoded.frames_sampled} frames encoded"
-        self.catalog.finish_job(job_id, Status.done, message=message)
-        log.info("video indexed", extra={"job": job_id, "video": video.id, "segments": len(encoded.segments)})
+        if encoded.llm_note:
+            message += f"; {encoded.llm_note}"
+        self.catalog.finish_job(job.id, Status.done, message=message)
+        log.info("video indexed", extra={"job": job.id, "video": video.id, "segments": len(encoded.segments)})
         return Status.done
 
-    def _progress_reporter(self, job_id: int, callback: ProgressFn | None) -> ProgressFn:
+    def _fail(self, job_id: int, reason: str) -> None:
+        """Mark the job failed with ``reason``, and its video too once it is known."""
+        self.catalog.finish_job(job_id, Status.failed, error=reason)
+        job = self.catalog.get_job(job_id)
+        if job is not None and job.video_id is not None:
+            self.catalog.update_video(job.video_id, status=Status.failed, error=reason)
+
+    def _progress_reporter(self, job_id: int, callback: ProgressFn | None, lease: JobHeartbeat) -> ProgressFn:
         last = [0.0]
 
         def report(fraction: float) -> None:
+            lease.check()
             if callback is not None:
                 callback(fraction)
             now = time.monotonic()
@@ -263,6 +329,16 @@ class VideoIngestor:
                 self.catalog.update_job(job_id, progress=round(min(fraction, 1.0), 4))
 
         return report
+
+    def summary_records(self, encoded: EncodedVideo) -> list[SummaryRecord]:
+        records = []
+        if encoded.summary is not None:
+            records.append(SummaryRecord(encoded.summary.method, encoded.summary.num_tokens, encoded.summary.to_bytes()))
+        if encoded.llm_summary is not None:
+            s = encoded.llm_summary
+            key = llm_summary_key(self.settings.llm_reranker, self.settings.llm_summary)
+            records.append(SummaryRecord(s.method, s.num_tokens, s.to_bytes(), LLM_SPACE, key))
+        return records
 
     # ----- decoding + encoding ------------------------------------------------------------
     def summary_builder(self) -> SummaryBuilder | None:
@@ -277,11 +353,15 @@ class VideoIngestor:
         s = self.settings
         backbone = self.encoder.backbone
         info = probe(path)
-        expected = len(sample_times(info.duration, s.sample_fps, s.max_frames))
+        times = sample_times(info.duration, s.sample_fps, s.max_frames)
+        expected = len(times)
         sampled = iter_sampled_frames(path, s.sample_fps, s.max_frames, short_side=backbone.image_size, info=info)
         frames = prepare_frames(sampled, backbone)
         if s.frame_dedup > 0:
             frames = drop_repeated_frames(frames, backbone, s.frame_dedup)
+        picker = UniformFramePicker(times, s.llm_frames) if self.llm is not None else None
+        if picker is not None:
+            frames = picker.tap(frames)
         summary = self.summary_builder()
         records: list[SegmentRecord] = []
         done = encoded = 0
@@ -304,4 +384,18 @@ class VideoIngestor:
                 progress(min(done / expected, 0.999))
         ends = [r.start for r in records[1:]] + [max(info.duration, records[-1].start)]
         segments = [SegmentRecord(r.ordinal, r.start, e, r.frame_count, r.thumbnail, r.embedding) for r, e in zip(records, ends)]
-        return EncodedVideo(info, segments, done, encoded, summary.build() if summary is not None else None)
+        llm_summary, llm_note = self.llm_summary(picker.frames()) if picker is not None else (None, None)
+        return EncodedVideo(info, segments, done, encoded, summary.build() if summary is not None else None, llm_summary, llm_note)
+
+    def llm_summary(self, frames: list[PreparedFrame]) -> tuple[VideoSummary | None, str | None]:
+        """The video LLM's summary of ``frames`` (HoliTom's outer-LLM step or VQToken in its visual space),
+        or why there is none: a video LLM that cannot be loaded must not stop search ingestion."""
+        s = self.settings
+        try:
+            model = self.llm.get()
+        except LlmUnavailableError as exc:
+            log.warning("no LLM summary: %s", exc)
+            return None, f"no LLM summary ({exc})"
+        params = {"retain_ratio": s.summary_retain} if s.llm_summary == "holitom" else {}
+        images = np.stack([f.image for f in frames])
+        return model.summarize(images, [f.time for f in frames], s.llm_summary, **params), None

@@ -2,7 +2,7 @@
 :class:`~search.settings.Settings`, and the Flask app on top (``indexer`` is the top layer,
 so this is where ``search`` gets its ingestion queue without importing ``indexer``).
 
-Production WSGI entry: ``gunicorn 'indexer.service:create_service_app()'``.
+Production WSGI entry: ``vidseek serve`` (gunicorn), or ``gunicorn 'indexer.service:create_service_app()'``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from indexer.pipeline import VideoIngestor, embedding_key, space_key
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
 from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_identity
 from models.encoders import SegmentEncoder, build_encoder
+from models.rerankers.late import LateParams
 from search.api import create_app
 from search.api.context import ApiContext, IngestionQueue
 from search.catalog import Catalog
 from search.db import upgrade
 from search.logs import configure_logging
 from search.query import QueryService
+from search.rerank_service import LateReranker, LazyLlm, LlmReranker, Reranker, RerankService, llm_summary_key
 from search.segment_index import SegmentIndex
 from search.settings import Settings
+from search.vector_index import IndexOptions
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,12 @@ def settings_space_key(settings: Settings) -> str:
     return space_key(key, settings.encoder)
 
 
+def open_index(settings: Settings, catalog: Catalog, key: str, dim: int) -> SegmentIndex:
+    """The FAISS index of embedding space ``key`` in ``settings``' index folder."""
+    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m)
+    return SegmentIndex(catalog, settings.resolved_index_dir, key, dim, options, settings.index_refresh_seconds)
+
+
 @dataclass
 class Runtime:
     """Everything a vidseek process needs, built once."""
@@ -64,9 +73,10 @@ class Runtime:
     queries: QueryService
     queue: IngestionQueue
     banner: str | None = None
+    llm: LazyLlm | None = None  # the video LLM (VIDSEEK_LLM_RERANKER), shared by ingestion and reranking
 
     def ingestor(self) -> VideoIngestor:
-        return VideoIngestor(self.settings, self.catalog, self.encoder)
+        return VideoIngestor(self.settings, self.catalog, self.encoder, self.llm)
 
     def api_context(self) -> ApiContext:
         return ApiContext(
@@ -80,29 +90,45 @@ class Runtime:
         )
 
 
+def late_reranker(settings: Settings, catalog: Catalog, encoder: SegmentEncoder) -> LateReranker:
+    """Late interaction over the CLIP-space summaries that ``encoder`` wrote to ``catalog``."""
+    return LateReranker(catalog, embedding_key(encoder), encoder.backbone.project,
+                        LateParams(weight=settings.rerank_weight), last_frame_seconds=1.0 / settings.sample_fps)
+
+
+def build_reranking(
+    settings: Settings, catalog: Catalog, backbone: ClipBackbone, encoder: SegmentEncoder, llm: LazyLlm | None
+) -> RerankService:
+    """The rerankers ``settings`` make available: late interaction always (videos without a CLIP-space
+    summary just keep their first-stage score), the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
+    rerankers: dict[str, Reranker] = {"late": late_reranker(settings, catalog, encoder)}
+    unavailable = {}
+    if llm is not None:
+        key = llm_summary_key(settings.llm_reranker, settings.llm_summary)
+        rerankers["llm"] = LlmReranker(catalog, key, llm, settings.rerank_timeout, settings.llm_batch_tokens)
+    else:
+        unavailable["llm"] = "no video LLM is configured (set VIDSEEK_LLM_RERANKER)"
+    return RerankService(rerankers, settings.default_rerank, settings.rerank_k, unavailable)
+
+
 def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
     catalog = open_catalog(settings)
     backbone = backbone or load_model(settings)
     encoder = load_encoder(settings, backbone)
-    index = SegmentIndex(
-        catalog,
-        settings.resolved_index_dir,
-        embedding_key(encoder),
-        backbone.embed_dim,
-        settings.index_type,
-        settings.index_refresh_seconds,
-    )
+    index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
 
     def encode_query(text: str):
         return backbone.encode_text([text])[0].cpu().numpy()
 
-    queries = QueryService(catalog, index, encode_query, settings.search_candidates)
+    llm = LazyLlm.from_settings(settings) if settings.llm_reranker else None
+    reranking = build_reranking(settings, catalog, backbone, encoder, llm)
+    queries = QueryService(catalog, index, encode_query, settings.search_candidates, reranking)
     queue: IngestionQueue
     if settings.runs_in_process:
-        queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder)))
+        queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm)))
     else:
         queue = CeleryQueue(make_celery(settings))
-    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner)
+    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner, llm)
 
 
 def create_service_app(settings: Settings | None = None) -> Flask:

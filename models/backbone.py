@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,47 @@ def _file_fingerprint(path: Path) -> str:
     return f"file-{digest.hexdigest()[:16]}"
 
 
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make Hugging Face Hub calls use the local cache only, for the duration of the block."""
+    previous = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = previous
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _create_with_pretrained_tag(model_name: str, tag: str, device: torch.device) -> open_clip.CLIP:
+    """open_clip model with weights ``tag``: from the local cache if there, else downloaded once.
+
+    Without network access this fails at once (instead of after the hub client's retries) with
+    a message saying how to use a local checkpoint.
+    """
+    try:
+        with _hub_offline():
+            return open_clip.create_model(model_name, pretrained=tag, device=device)
+    except Exception:  # not cached: download below
+        pass
+    if not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights {model_name}/{tag}: they are not in the local cache and "
+            f"huggingface.co cannot be reached (no network?). {OFFLINE_HINT}"
+        )
+    try:
+        return open_clip.create_model(model_name, pretrained=tag, device=device)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"could not fetch pretrained weights {model_name}/{tag} ({exc}). {OFFLINE_HINT}") from exc
+
+
 def weights_identity(pretrained: str) -> str:
     """Stable name of the weights ``pretrained`` designates (a tag, a file fingerprint, or random)."""
     path = Path(pretrained).expanduser()
@@ -224,11 +268,6 @@ def load_backbone(
                 f"VIDSEEK_PRETRAINED={pretrained!r} is neither a file nor a pretrained tag of {model_name} "
                 f"(tags: {', '.join(known_tags) or 'none'}). {OFFLINE_HINT}"
             )
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, device=dev)
-        except Exception as exc:
-            raise WeightsUnavailableError(
-                f"could not fetch pretrained weights {model_name}/{pretrained} ({exc}). {OFFLINE_HINT}"
-            ) from exc
+        model = _create_with_pretrained_tag(model_name, pretrained, dev)
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipBackbone(model, tokenizer, model_name, weights_identity(pretrained), dev)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_session_factory
-from search.tables import Job, Segment, SegmentTombstone, Status, Video, VideoSummaryRow, utcnow
+from search.tables import CLIP_SPACE, Job, Segment, SegmentTombstone, Status, Video, VideoSummaryRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,17 @@ class SegmentRecord:
 
 @dataclass(frozen=True)
 class SummaryRecord:
-    """A video's compressed token summary, serialised (``models.summary.VideoSummary.to_bytes``)."""
+    """A video's compressed token summary, serialised (``models.summary.VideoSummary.to_bytes``).
+
+    ``space`` names the token space (``clip`` or ``llm``, one summary per video and space);
+    ``embedding_key`` identifies the model within it (None when written: the segments' key).
+    """
 
     method: str
     token_count: int
     data: bytes
+    space: str = CLIP_SPACE
+    embedding_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,24 @@ class SegmentMeta:
     thumbnail: str | None
 
 
+class JobLeased(RuntimeError):
+    """The job is running on another worker whose heartbeat is fresh."""
+
+    def __init__(self, job_id: int, worker: str | None):
+        super().__init__(f"job {job_id} is running on {worker}")
+        self.job_id, self.worker = job_id, worker
+
+
+@dataclass(frozen=True)
+class StaleJob:
+    """A running job whose worker stopped sending heartbeats."""
+
+    id: int
+    video_id: int | None
+    worker: str | None
+    attempts: int
+
+
 # Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
 # visible in id order: index replicas then never skip an id below their watermark.
 _SEGMENT_WRITE_LOCK = 7_270_001
@@ -56,6 +81,11 @@ _SEGMENT_WRITE_LOCK = 7_270_001
 def _serialize_segment_writes(s: Session) -> None:
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SEGMENT_WRITE_LOCK})
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; vidseek stores UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 def embedding_to_bytes(vector: np.ndarray) -> bytes:
@@ -100,15 +130,71 @@ class Catalog:
         with self.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(**values))
 
-    def start_job(self, job_id: int) -> Job | None:
-        """Mark a job running (counting the attempt); None if it does not exist or is already done."""
+    def start_job(self, job_id: int, worker: str = "local", stale_before: datetime | None = None) -> Job | None:
+        """Lease job ``job_id`` to ``worker``: mark it running, count the attempt, stamp a heartbeat.
+
+        Returns None when there is nothing to run (no such job, or it is done or failed: both
+        final). A job running on another worker is taken over only if its heartbeat is older
+        than ``stale_before`` (that worker died); otherwise :class:`JobLeased` is raised.
+        """
         with self.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
-            if job is None or job.status is Status.done:
+            if job is None or job.status in (Status.done, Status.failed):
                 return None
-            job.status, job.started_at, job.error = Status.running, utcnow(), None
+            if job.status is Status.running and job.worker != worker and stale_before is not None:
+                beat = job.heartbeat_at or job.started_at
+                if beat is not None and _aware(beat) >= stale_before:
+                    raise JobLeased(job_id, job.worker)
+            now = utcnow()
+            job.status, job.started_at, job.error, job.worker, job.heartbeat_at = Status.running, now, None, worker, now
             job.attempts += 1
             return job
+
+    def heartbeat(self, job_id: int, worker: str) -> bool:
+        """Renew ``worker``'s lease on a running job; False when the lease was lost (the job was
+        re-queued or taken over, so the worker should stop)."""
+        with self.session() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.status == Status.running)
+                .values(heartbeat_at=utcnow())
+            )
+            return result.rowcount == 1
+
+    def requeue_job(self, job_id: int, message: str) -> None:
+        """Put a job back in the queue (lease cleared) to be retried, saying why."""
+        self.update_job(job_id, status=Status.queued, worker=None, heartbeat_at=None, message=message)
+
+    def stale_jobs(self, stale_before: datetime) -> list[StaleJob]:
+        """Running jobs whose last heartbeat is older than ``stale_before``."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Job.id, Job.video_id, Job.worker, Job.attempts).where(
+                    Job.status == Status.running,
+                    or_(Job.heartbeat_at < stale_before, Job.heartbeat_at.is_(None) & (Job.started_at < stale_before)),
+                )
+            ).all()
+        return [StaleJob(r.id, r.video_id, r.worker, r.attempts) for r in rows]
+
+    def release_stale_job(self, job: StaleJob, stale_before: datetime, status: Status, reason: str) -> bool:
+        """Move a stale running job to ``status`` (queued to run again, or failed with ``reason``)
+        unless it changed since it was found stale (a heartbeat arrived, another reaper got it).
+        Returns whether this call released it."""
+        values: dict[str, object] = {"status": status, "worker": None, "heartbeat_at": None}
+        if status is Status.failed:
+            values.update(error=reason, finished_at=utcnow())
+        else:
+            values.update(message=reason)
+        with self.session() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == Status.running, Job.attempts == job.attempts,
+                       or_(Job.heartbeat_at < stale_before, Job.heartbeat_at.is_(None)))
+                .values(**values)
+            )
+            if result.rowcount == 1 and status is Status.failed and job.video_id is not None:
+                s.execute(update(Video).where(Video.id == job.video_id).values(status=Status.failed, error=reason))
+            return result.rowcount == 1
 
     def finish_job(self, job_id: int, status: Status, message: str | None = None, error: str | None = None) -> None:
         values: dict[str, object] = {"status": status, "finished_at": utcnow(), "message": message, "error": error}
@@ -125,10 +211,12 @@ class Catalog:
         with self.session() as s:
             return s.scalar(select(Video).where(Video.content_hash == content_hash))
 
-    def list_videos(self, limit: int = 50, offset: int = 0) -> tuple[list[Video], int]:
+    def list_videos(self, limit: int = 50, offset: int = 0, status: Status | None = None) -> tuple[list[Video], int]:
+        """A page of videos, newest first (only those in ``status`` if given), and their total."""
+        where = [Video.status == status] if status is not None else []
         with self.session() as s:
-            total = s.scalar(select(func.count(Video.id))) or 0
-            rows = s.scalars(select(Video).order_by(Video.id.desc()).limit(limit).offset(offset)).all()
+            total = s.scalar(select(func.count(Video.id)).where(*where)) or 0
+            rows = s.scalars(select(Video).where(*where).order_by(Video.id.desc()).limit(limit).offset(offset)).all()
             return list(rows), total
 
     def get_or_create_video(self, path: Path, content_hash: str, size_bytes: int) -> Video:
@@ -178,18 +266,23 @@ class Catalog:
         video_id: int,
         segments: Sequence[SegmentRecord],
         embedding_key: str,
-        summary: SummaryRecord | None = None,
+        summaries: Sequence[SummaryRecord] = (),
         **video_values: object,
     ) -> list[int]:
-        """Atomically swap a video's segments (and summary) for new ones and mark the video done.
+        """Atomically swap a video's segments and summaries (at most one per space) for new ones and
+        mark the video done. A summary without an ``embedding_key`` gets the segments' key.
 
         Old segments are tombstoned so index replicas drop them. Returns the new segment ids.
         """
+        if len({r.space for r in summaries}) != len(summaries):
+            raise ValueError("at most one summary per space")
         with self.session() as s:
             s.execute(delete(VideoSummaryRow).where(VideoSummaryRow.video_id == video_id))
-            if summary is not None:
-                s.add(VideoSummaryRow(video_id=video_id, method=summary.method, embedding_key=embedding_key,
-                                      token_count=summary.token_count, data=summary.data))
+            s.add_all(
+                VideoSummaryRow(video_id=video_id, space=r.space, method=r.method, embedding_key=r.embedding_key or embedding_key,
+                                token_count=r.token_count, data=r.data)
+                for r in summaries
+            )
             _serialize_segment_writes(s)
             old = s.scalars(select(Segment.id).where(Segment.video_id == video_id)).all()
             s.add_all(SegmentTombstone(segment_id=i) for i in old)
@@ -216,18 +309,34 @@ class Catalog:
             s.flush()
             return [r.id for r in rows]
 
-    def summaries(self, video_ids: Sequence[int], embedding_key: str) -> dict[int, SummaryRecord]:
-        """Stored summaries of ``video_ids`` computed in embedding space ``embedding_key``."""
+    def summaries(self, video_ids: Sequence[int], embedding_key: str, space: str = CLIP_SPACE) -> dict[int, SummaryRecord]:
+        """Stored summaries of ``video_ids`` in token space ``space`` computed by model ``embedding_key``."""
         if not video_ids:
             return {}
         with self.session() as s:
             rows = s.scalars(
                 select(VideoSummaryRow).where(
                     VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.space == space,
                     VideoSummaryRow.embedding_key == embedding_key,
                 )
             ).all()
-        return {r.video_id: SummaryRecord(r.method, r.token_count, r.data) for r in rows}
+        return {r.video_id: SummaryRecord(r.method, r.token_count, r.data, r.space, r.embedding_key) for r in rows}
+
+    def summary_stamps(self, video_ids: Sequence[int], embedding_key: str, space: str = CLIP_SPACE) -> dict[int, datetime]:
+        """When each of these videos' summaries (as :meth:`summaries` selects them) was written -- a cheap
+        version tag for caches: re-ingestion writes a new row."""
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(VideoSummaryRow.video_id, VideoSummaryRow.created_at).where(
+                    VideoSummaryRow.video_id.in_([int(i) for i in video_ids]),
+                    VideoSummaryRow.space == space,
+                    VideoSummaryRow.embedding_key == embedding_key,
+                )
+            ).all()
+        return {r.video_id: r.created_at for r in rows}
 
     def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
         if not segment_ids:
@@ -267,6 +376,16 @@ class Catalog:
             ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
             yield ids, np.stack([embedding_from_bytes(r.embedding) for r in rows])
             last = int(ids[-1])
+
+    def embeddings_of(self, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of those ``segment_ids`` that still exist: ``(ids int64 [n], float32 [n, D])``."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.id, Segment.embedding).where(Segment.id.in_([int(i) for i in segment_ids]))
+            ).all()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array([r.id for r in rows], np.int64), np.stack([embedding_from_bytes(r.embedding) for r in rows])
 
     def max_segment_id(self) -> int:
         with self.session() as s:

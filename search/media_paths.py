@@ -36,5 +36,18 @@ def confine(path: str | Path, roots: tuple[Path, ...]) -> Path:
     raise PathNotAllowed(f"{path} is outside the media roots ({', '.join(str(r) for r in roots)})")
 
 
+def require_utf8_name(path: Path) -> None:
+    """Raise :class:`MediaRejected` if ``path`` is not valid UTF-8.
+
+    Linux file names are bytes; Python represents undecodable ones with surrogate escapes,
+    which no database text column can store, so such files are refused with a clear reason.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise MediaRejected(f"{shown}: the file name is not valid UTF-8; rename the file") from None
+
+
 def is_video_name(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS

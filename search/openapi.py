@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from search.query import MAX_K, MAX_QUERY_CHARS
+from search.settings import RERANKERS
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def _id_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
 
 
 _MOMENT = {
@@ -49,28 +50,50 @@ _SCHEMAS: dict[str, Any] = {
     "Moment": _MOMENT,
     "Hit": {
         "type": "object",
-        "required": ["video_id", "title", "score", "segment_id", "start", "end", "stream_url", "moments"],
+        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "segment_id", "start", "end",
+                     "segment_start", "segment_end", "stream_url", "moments"],
         "properties": {
             "video_id": {"type": "integer"},
             "title": {"type": "string"},
-            "score": {"type": "number"},
+            "score": {"type": "number", "description": "what the hits are ordered by: rerank_score when set, else first_stage_score"},
+            "first_stage_score": {"type": "number", "description": "cosine similarity of the query and the best segment"},
+            "rerank_score": {"type": ["number", "null"],
+                             "description": "late: mix of first-stage and token scores; llm: P(yes); null when not rescored"},
             "segment_id": {"type": "integer"},
-            "start": {"type": "number"},
+            "start": {"type": "number", "description": "seconds; the moment refined by the reranker when it refined it"},
             "end": {"type": "number"},
+            "segment_start": {"type": "number", "description": "the first-stage segment's start, seconds"},
+            "segment_end": {"type": "number"},
             "thumbnail_url": {"type": ["string", "null"]},
             "stream_url": {"type": "string"},
             "video_url": {"type": "string"},
             "moments": {"type": "array", "items": {"$ref": "#/components/schemas/Moment"}, "maxItems": 3},
         },
     },
+    "Rerank": {
+        "type": "object",
+        "required": ["method", "fallback"],
+        "properties": {
+            "method": {"type": "string", "enum": list(RERANKERS)},
+            "candidates": {"type": "integer", "description": "first-stage videos handed to the reranker (at most rerank_k)"},
+            "rescored": {"type": "integer"},
+            "without_summary": {"type": "array", "items": {"type": "integer"},
+                                "description": "videos with no stored summary: they kept their first-stage score"},
+            "fallback": {"type": "boolean", "description": "the reranker could not run; first-stage order kept"},
+            "reason": {"type": ["string", "null"]},
+            "details": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
     "SearchResult": {
         "type": "object",
-        "required": ["query", "hits", "timings_ms"],
+        "required": ["query", "hits", "rerank", "timings_ms"],
         "properties": {
             "query": {"type": "string"},
             "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
             "candidates": {"type": "integer"},
-            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+            "rerank": {"$ref": "#/components/schemas/Rerank"},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
+                           "description": "per stage: encode, search, group, rerank (+ rerank_load, rerank_score), total"},
         },
     },
     "Video": {
@@ -130,11 +153,23 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 _WRITE_SECURITY = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+_ALWAYS_OPEN = ("/healthz",)
+
+
+def _protectable_reads(doc: dict[str, Any]) -> dict[str, Any]:
+    """Read operations take the key optionally, and need it with ``VIDSEEK_PROTECT_READS=1``."""
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            if path in _ALWAYS_OPEN or "security" in operation:
+                continue
+            operation["security"] = [{}, *_WRITE_SECURITY]
+            operation["responses"]["401"] = _error("missing or wrong API key (only with VIDSEEK_PROTECT_READS=1)")
+    return doc
 
 
 def openapi_document(version: str) -> dict[str, Any]:
     """The OpenAPI document; ``version`` is the package version."""
-    return {
+    return _protectable_reads({
         "openapi": "3.1.0",
         "info": {
             "title": "vidseek",
@@ -151,8 +186,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                          "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
                         {"name": "k", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}},
+                        {"name": "rerank", "in": "query", "required": False, "schema": {"type": "string", "enum": list(RERANKERS)},
+                         "description": "rescore the top VIDSEEK_RERANK_K videos from their stored summaries "
+                                        "(default VIDSEEK_RERANK)"},
                     ],
-                    "responses": {"200": _json("SearchResult", "ranked videos"), "400": _error("empty or invalid query")},
+                    "responses": {"200": _json("SearchResult", "ranked videos"),
+                                  "400": _error("empty or invalid query, unknown reranker")},
                 }
             },
             "/api/videos": {
@@ -161,9 +200,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "summary": "List videos in the catalog, newest first",
                     "parameters": [
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
-                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
+                        {"name": "status", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["queued", "running", "done", "failed"]}},
                     ],
-                    "responses": {"200": _json("VideoList", "a page of videos"), "400": _error("bad paging arguments")},
+                    "responses": {"200": _json("VideoList", "a page of videos"),
+                                  "400": _error("bad paging arguments or status")},
                 },
                 "post": {
                     "operationId": "addVideo",
@@ -259,4 +301,4 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "BearerKey": {"type": "http", "scheme": "bearer"},
             },
         },
-    }
+    })

@@ -1,16 +1,19 @@
-"""Text query -> ranked videos, each with the moment (segment time range) that matched best."""
+"""Text query -> ranked videos, each with the moment (segment time range) that matched best,
+optionally reranked from the videos' stored token summaries (``search.rerank_service``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
 from search.catalog import Catalog, SegmentMeta
+from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
+from search.settings import RERANKERS
 
 TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
 
@@ -34,13 +37,25 @@ class Moment:
 
 @dataclass(frozen=True)
 class VideoHit:
-    """One video in the results: ``moment`` is its best segment, ``more`` up to 3 further ones."""
+    """One video in the results: ``moment`` is its best segment (``moment.score`` is the first-stage
+    score), ``more`` up to 3 further ones; ``score`` is what the results are ordered by -- the rerank
+    score when ``rerank`` holds a reranker's verdict, else the first-stage score."""
 
     video_id: int
     title: str
     score: float
     moment: Moment
     more: list[Moment] = field(default_factory=list)
+    rerank: Rescored | None = None
+
+    @property
+    def start(self) -> float:
+        """Start of the matched moment: the reranker's refined one when it gave one, else the segment's."""
+        return self.rerank.start if self.rerank is not None and self.rerank.start is not None else self.moment.start
+
+    @property
+    def end(self) -> float:
+        return self.rerank.end if self.rerank is not None and self.rerank.end is not None else self.moment.end
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class SearchResult:
     hits: list[VideoHit]
     candidates: int
     timings_ms: dict[str, float]
+    rerank: RerankInfo = field(default_factory=lambda: RerankInfo("none"))
 
 
 def validate_query(query: str, k: int) -> str:
@@ -78,22 +94,34 @@ def group_by_video(
     return list(per_video.items())[:k]
 
 
-class QueryService:
-    """Answers text queries over a :class:`SegmentIndex` and the catalog."""
+def validate_rerank(name: str) -> str:
+    if name not in RERANKERS:
+        raise QueryError(f"rerank must be one of {', '.join(RERANKERS)}; got {name!r}")
+    return name
 
-    def __init__(self, catalog: Catalog, index: SegmentIndex, encode_text: TextEncoder, candidates: int = 200):
+
+class QueryService:
+    """Answers text queries over a :class:`SegmentIndex` and the catalog, reranking the top hits with
+    ``reranking`` (none configured: only ``rerank=none`` does anything)."""
+
+    def __init__(self, catalog: Catalog, index: SegmentIndex, encode_text: TextEncoder, candidates: int = 200,
+                 reranking: RerankService | None = None):
         self.catalog, self.index, self.candidates = catalog, index, candidates
+        self.reranking = reranking or RerankService({}, "none", 1)
         self._encode = lru_cache(maxsize=1024)(encode_text)
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
+    def search(self, query: str, k: int = 10, rerank: str | None = None) -> SearchResult:
+        """Top ``k`` videos for ``query``; ``rerank`` names the reranker (None: the configured default)."""
         text = validate_query(query, k)
+        method = validate_rerank(rerank if rerank is not None else self.reranking.default)
+        depth = k if method == "none" else max(k, self.reranking.k)
         t0 = time.perf_counter()
         vector = self._encode(text)
         t1 = time.perf_counter()
-        scores, ids = self.index.search(vector, max(self.candidates, k * (EXTRA_MOMENTS + 1)))
+        scores, ids = self.index.search(vector, max(self.candidates, depth * (EXTRA_MOMENTS + 1)))
         t2 = time.perf_counter()
         meta = self.catalog.segment_meta(ids.tolist())
-        grouped = group_by_video(scores, ids, meta, k)
+        grouped = group_by_video(scores, ids, meta, depth)
         titles = self.catalog.video_titles([vid for vid, _ in grouped])
         hits = [
             VideoHit(vid, titles.get(vid, str(vid)), moments[0].score, moments[0], moments[1:])
@@ -101,5 +129,17 @@ class QueryService:
             if vid in titles
         ]
         t3 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return SearchResult(text, hits, len(ids), {name: round(ms, 3) for name, ms in timings.items()})
+        timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t2) * 1e3}
+        info = RerankInfo(method)
+        if method != "none":
+            candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
+            result = self.reranking.rerank(method, text, vector, candidates)
+            hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
+            timings.update(result.timings_ms)
+            info = result.info
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return SearchResult(text, hits[:k], len(ids), {name: round(ms, 3) for name, ms in timings.items()}, info)
+
+    @staticmethod
+    def _rescored(hit: VideoHit, verdict: Rescored | None) -> VideoHit:
+        return hit if verdict is None else replace(hit, score=verdict.score, rerank=verdict)

@@ -4,8 +4,14 @@ Each process that answers queries holds a :class:`SegmentIndex`. It starts from 
 saved snapshot in ``VIDSEEK_INDEX_DIR`` (if it was built for the same embedding space) and
 catches up from the catalog: segments with ids above its watermark are added, tombstones
 above its tombstone watermark are removed. Catalog writers commit segment ids in order (see
-``search.catalog``), so a watermark never skips one. Snapshots are written atomically under a
-file lock, at most every ``save_interval`` seconds, so several API replicas can share a folder.
+``search.catalog``), so a watermark never skips one. Snapshots are written atomically under an
+exclusive file lock, at most every ``save_interval`` seconds, and read under a shared one, so
+several API replicas can share a folder and none ever loads an index file with the state file
+of another snapshot. Query processes are the only writers of the index; ingestion workers only
+write the catalog.
+
+:meth:`SegmentIndex.verify` compares the index with the catalog (ids, duplicates, vectors) and
+repairs it (``vidseek index verify``).
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from search.catalog import Catalog
-from search.vector_index import IndexState, VectorIndex
+from search.vector_index import TRAINED_KINDS, IndexOptions, IndexState, VectorIndex
 
 log = logging.getLogger(__name__)
+
+
+MAX_TRAINING_SAMPLE = 1_000_000
+VECTOR_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,23 @@ class SyncReport:
     added: int
     removed: int
     total: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """How the index differs from the catalog (segments of its embedding space up to its watermark)."""
+
+    catalog: int  # segments in the catalog
+    indexed: int  # entries in the index
+    missing: int  # in the catalog, not in the index
+    extra: int  # in the index, not in the catalog (deleted, or never there)
+    duplicated: int  # ids stored more than once
+    mismatched: int  # stored vector differs from the catalog's (not checked for IVF-PQ, which is lossy)
+    repaired: bool
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing or self.extra or self.duplicated or self.mismatched)
 
 
 class SegmentIndex:
@@ -43,23 +70,26 @@ class SegmentIndex:
         folder: Path,
         embedding_key: str,
         dim: int,
-        kind: str = "flat",
+        kind: str | IndexOptions = "flat",
         refresh_seconds: float = 2.0,
         save_interval: float = 60.0,
     ):
         self.catalog, self.folder = catalog, folder
+        self.options = kind if isinstance(kind, IndexOptions) else IndexOptions(kind)
         self.refresh_seconds, self.save_interval = refresh_seconds, save_interval
         self._lock = threading.Lock()
         self._last_refresh = -float("inf")
         self._last_save = time.monotonic()
         self._dirty = False
-        loaded = VectorIndex.load(folder)
-        if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == (embedding_key, dim, kind):
+        with _folder_lock(folder, shared=True):
+            loaded = VectorIndex.load(folder, self.options)
+        wanted = (embedding_key, dim, self.options.kind)
+        if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted:
             self.index, self.state = loaded
             log.info("index snapshot loaded", extra={"segments": len(self.index), "folder": str(folder)})
         else:
-            self.index = VectorIndex(dim, kind)
-            self.state = IndexState(embedding_key, dim, kind, 0, catalog.max_tombstone_id())
+            self.index = VectorIndex(dim, self.options)
+            self.state = IndexState(embedding_key, dim, self.options.kind, 0, catalog.max_tombstone_id())
 
     def __len__(self) -> int:
         return len(self.index)
@@ -86,27 +116,92 @@ class SegmentIndex:
             return SyncReport(added, len(deleted), len(self.index))
 
     def rebuild(self) -> SyncReport:
-        """Throw the index away and rebuild it from every catalog segment of this embedding space."""
+        """Throw the index away and rebuild it from every catalog segment of this embedding space,
+        streaming (IVF kinds first train on a uniform sample of up to ``MAX_TRAINING_SAMPLE``)."""
         with self._lock:
             tomb = self.catalog.max_tombstone_id()
-            chunks = list(self.catalog.iter_embeddings(self.state.embedding_key, 0))
-            fresh = VectorIndex(self.state.dim, self.state.kind)
-            if chunks:
-                ids = np.concatenate([c[0] for c in chunks])
-                fresh.add(ids, np.concatenate([c[1] for c in chunks]))
-                self.state.segment_watermark = int(ids.max())
-            else:
-                self.state.segment_watermark = 0
+            fresh = VectorIndex(self.state.dim, self.options)
+            count = self.catalog.count_segments(self.state.embedding_key)
+            if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
+                fresh.train(self._training_sample(count))
+            watermark = 0
+            for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+                fresh.add(ids, vectors)
+                watermark = int(ids[-1])
+            self.state.segment_watermark = watermark
             self.state.tombstone_watermark = tomb
             self.index = fresh
             self._save_locked()
             return SyncReport(len(fresh), 0, len(fresh))
 
+    def _training_sample(self, count: int) -> np.ndarray:
+        """Every ``step``-th catalog vector of this space: about ``64·nlist`` of them, within
+        ``[train_at, MAX_TRAINING_SAMPLE]``. Returns float32 ``[n, dim]``."""
+        wanted = min(count, MAX_TRAINING_SAMPLE, max(self.options.train_at, 64 * self.options.nlist_for(count)))
+        step = max(1, count // wanted)
+        parts, seen = [], 0
+        for _, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+            offset = (-seen) % step
+            parts.append(vectors[offset::step])
+            seen += len(vectors)
+        return np.concatenate(parts)
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Compare the index, caught up with the catalog, against the catalog's segments up to
+        the watermark; with ``repair``, fix every difference and save a snapshot.
+
+        Ids above the watermark are not compared (the next refresh adds them).
+        """
+        self.refresh(force=True)
+        with self._lock:
+            held, counts = np.unique(self.index.ids(), return_counts=True)
+            duplicated = held[counts > 1]
+            lossy = self.options.kind == "ivfpq"
+            catalog_ids, fix_ids, fix_vectors = [], [], []
+            missing = mismatched = 0
+            for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+                keep = ids <= self.state.segment_watermark
+                ids, vectors = ids[keep], vectors[keep]
+                catalog_ids.append(ids)
+                present = np.isin(ids, held)
+                bad = ~present | np.isin(ids, duplicated)
+                missing += int((~present).sum())
+                if not lossy and present.any():
+                    stored = self.index.vectors(ids[present])
+                    differs = np.abs(stored - vectors[present]).max(axis=1) > VECTOR_TOLERANCE
+                    mismatched += int(differs.sum())
+                    bad[np.flatnonzero(present)[differs]] = True
+                fix_ids.append(ids[bad])
+                fix_vectors.append(vectors[bad])
+            in_catalog = np.concatenate(catalog_ids) if catalog_ids else np.zeros(0, np.int64)
+            extra = np.setdiff1d(held, in_catalog)
+            report = VerifyReport(len(in_catalog), int(counts.sum()), missing, len(extra), len(duplicated),
+                                  mismatched, repaired=False)
+            if not repair or report.consistent:
+                return report
+            readd = np.concatenate(fix_ids)
+            self.index.remove(np.concatenate([extra, readd]))
+            self.index.add(readd, np.concatenate(fix_vectors))
+            self._save_locked()
+            log.warning("index repaired", extra={"missing": missing, "extra": len(extra),
+                                                  "duplicated": len(duplicated), "mismatched": mismatched})
+            return replace(report, repaired=True)
+
     def search(self, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Refresh if due, then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``."""
+        """Refresh if due, then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``.
+
+        IVF-PQ compares the query with compressed vectors, so its scores are approximate and its
+        order is rough (in ``benchmarks/index_memory.py``, a third of the exact top 10 is in its top
+        10, but 99% in its top 200): its candidates are re-scored exactly with their catalog vectors.
+        """
         self.refresh()
         scores, ids = self.index.search(query[None, :], n)
-        return scores[0], ids[0]
+        if self.options.kind != "ivfpq" or not len(ids[0]):
+            return scores[0], ids[0]
+        found, vectors = self.catalog.embeddings_of(ids[0])
+        exact = vectors @ query.astype(np.float32) if len(found) else np.zeros(0, np.float32)
+        order = np.argsort(-exact, kind="stable")
+        return exact[order], found[order]
 
     def save(self) -> None:
         with self._lock:
@@ -120,10 +215,11 @@ class SegmentIndex:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path, shared: bool = False) -> Iterator[None]:
+    """``flock`` on ``folder/.lock``: exclusive for writing a snapshot, shared for reading one."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with (folder / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -14,7 +14,9 @@ from typing import Mapping
 
 ENCODERS = ("full", "tempme")
 SUMMARIES = ("none", "holitom", "vqtoken")
-INDEX_TYPES = ("flat", "ivf", "hnsw")
+RERANKERS = ("none", "late", "llm")
+LLM_SUMMARIES = ("holitom", "vqtoken")
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 
 class SettingsError(ValueError):
@@ -47,6 +49,16 @@ class Settings:
     summary: str = "none"  # compressed token summary per video, for reranking
     summary_retain: float = 0.10  # HoliTom retain ratio
     summary_chunk_frames: int = 256  # summaries are computed over chunks of this many frames
+    rerank: str = "auto"  # none | late | llm; auto = late when VIDSEEK_SUMMARY is set, else none
+    rerank_k: int = 50  # first-stage video hits a reranker rescores
+    rerank_timeout: float = 10.0  # seconds the llm reranker may take per request before the fallback
+    rerank_weight: float = 0.5  # share of the late-interaction score in the late reranker's combined score
+    llm_reranker: str = ""  # LLaVA-OneVision model id or local directory; "" = no llm reranker
+    llm_summary: str = "holitom"  # how the LLM-space summary is compressed at ingestion (holitom | vqtoken)
+    llm_frames: int = 32  # frames per video given to the video LLM, evenly spaced
+    llm_inner_layer: int = 18  # HoliTom inner-LLM merge layer k
+    llm_inner_ratio: float = 0.5  # HoliTom inner-LLM merge ratio r
+    llm_batch_tokens: int = 8192  # padded tokens per LLM batch
     frame_dedup: float = 0.0  # B-VLLM-style static-frame dropping before the ViT; 0 = off, 0.15 recommended
     sample_fps: float = 1.0
     segment_frames: int = 12
@@ -55,9 +67,20 @@ class Settings:
     index_dir: Path | None = None  # None -> data_dir / "index"
     index_type: str = "flat"
     index_refresh_seconds: float = 2.0
+    index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
+    index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
+    index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
     search_candidates: int = 200
     api_key: str = ""
+    protect_reads: bool = False  # require the API key on read routes too (/healthz stays open)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () -> CORS off
     max_upload_mb: int = 2048
+    visibility_timeout: float = 3600.0  # seconds before the broker redelivers an unacknowledged task
+    heartbeat_seconds: float = 10.0  # how often a running job proves its worker is alive
+    job_stale_seconds: float = 60.0  # a running job without a heartbeat for this long is re-queued
+    job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
+    reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
+    task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -72,10 +95,32 @@ class Settings:
             raise SettingsError("VIDSEEK_SAMPLE_FPS must be > 0")
         if not 0.0 < self.summary_retain <= 1.0:
             raise SettingsError("VIDSEEK_SUMMARY_RETAIN must be in (0, 1]")
+        if self.rerank not in ("auto", *RERANKERS):
+            raise SettingsError(f"VIDSEEK_RERANK must be auto or one of {RERANKERS}, got {self.rerank!r}")
+        if self.rerank == "llm" and not self.llm_reranker:
+            raise SettingsError("VIDSEEK_RERANK=llm needs VIDSEEK_LLM_RERANKER (a model id or local directory)")
+        if self.rerank_k < 1 or self.rerank_timeout <= 0:
+            raise SettingsError("VIDSEEK_RERANK_K must be >= 1 and VIDSEEK_RERANK_TIMEOUT > 0")
+        if not 0.0 <= self.rerank_weight <= 1.0:
+            raise SettingsError("VIDSEEK_RERANK_WEIGHT must be in [0, 1]")
+        if self.llm_summary not in LLM_SUMMARIES:
+            raise SettingsError(f"VIDSEEK_LLM_SUMMARY must be one of {LLM_SUMMARIES}, got {self.llm_summary!r}")
+        if self.llm_frames < 1 or self.llm_inner_layer < 1 or self.llm_batch_tokens < 1:
+            raise SettingsError("VIDSEEK_LLM_FRAMES, VIDSEEK_LLM_INNER_LAYER and VIDSEEK_LLM_BATCH_TOKENS must be >= 1")
+        if not 0.0 <= self.llm_inner_ratio < 1.0:
+            raise SettingsError("VIDSEEK_LLM_INNER_RATIO must be in [0, 1)")
         if self.frame_dedup < 0:
             raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
         if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
             raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
+        if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
+            raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
+        if self.heartbeat_seconds <= 0 or self.job_stale_seconds <= 2 * self.heartbeat_seconds:
+            raise SettingsError("VIDSEEK_JOB_STALE_SECONDS must exceed twice VIDSEEK_HEARTBEAT_SECONDS (> 0)")
+        if self.protect_reads and not self.api_key:
+            raise SettingsError("VIDSEEK_PROTECT_READS needs VIDSEEK_API_KEY (the key read routes will require)")
+        if self.job_max_attempts < 1 or self.task_max_retries < 0:
+            raise SettingsError("VIDSEEK_JOB_MAX_ATTEMPTS must be >= 1 and VIDSEEK_TASK_MAX_RETRIES >= 0")
 
     # ----- derived locations -------------------------------------------------------------
     @property
@@ -110,6 +155,14 @@ class Settings:
         return tuple(dict.fromkeys(p.resolve() for p in (*roots, self.upload_dir, self.samples_dir)))
 
     @property
+    def default_rerank(self) -> str:
+        """The reranker used when a request names none: ``VIDSEEK_RERANK``, or with ``auto`` late
+        interaction when ingestion stores summaries and none otherwise."""
+        if self.rerank != "auto":
+            return self.rerank
+        return "late" if self.summary != "none" else "none"
+
+    @property
     def runs_in_process(self) -> bool:
         return not self.broker_url
 
@@ -135,6 +188,10 @@ def _parse(name: str, annotation: object, raw: str) -> object:
     try:
         if kind.startswith("tuple[Path"):
             return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p)
+        if kind.startswith("tuple[str"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if kind == "bool":
+            return _parse_bool(raw)
         if "Path" in kind:
             return Path(raw).expanduser()
         if kind == "int":
@@ -144,3 +201,12 @@ def _parse(name: str, annotation: object, raw: str) -> object:
     except ValueError as exc:
         raise SettingsError(f"VIDSEEK_{name.upper()}={raw!r} is not a valid {kind}") from exc
     return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

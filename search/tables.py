@@ -121,14 +121,23 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The lease of the worker running the job: who, and when it last proved it is alive.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+CLIP_SPACE = "clip"  # summary tokens in the CLIP ViT's hidden space (late-interaction reranking)
+LLM_SPACE = "llm"  # summary tokens in a video LLM's visual input space (llm reranking)
 
 
 class VideoSummaryRow(Base):
-    """The compressed token summary of a video (``models.summary.VideoSummary.to_bytes``)."""
+    """A compressed token summary of a video (``models.summary.VideoSummary.to_bytes``), one per
+    token space: ``clip`` (the CLIP ViT's) and ``llm`` (the video LLM reranker's)."""
 
     __tablename__ = "video_summaries"
 
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(16), primary_key=True, default=CLIP_SPACE)
     method: Mapped[str] = mapped_column(String(32))
     embedding_key: Mapped[str] = mapped_column(String(255))
     token_count: Mapped[int] = mapped_column(Integer)

@@ -2,11 +2,18 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. Index kinds:
 
-- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)`` — the default, right up to ~1M segments.
-- ``ivf``: ``IndexIVFFlat`` with native ids; trained on the vectors present when it is first
-  filled (``vidseek index rebuild`` retrains on everything).
+- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)`` — the default, right up to ~1M segments
+  (about 2.1 GB per million 512-d vectors).
+- ``ivf``: ``IndexIVFFlat`` with native ids: the same memory as flat, much faster search.
+- ``ivfpq``: ``IndexIVFPQ`` with ``pq_m`` bytes per vector (8-bit codes): for 10M+ segments,
+  ~0.1 GB per million at ``pq_m=64``; scores are approximate.
 - ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot delete, so removed ids are filtered
-  out of results until the next rebuild.
+  out of results until the next save (which stores only live vectors).
+
+The IVF kinds need training. Until ``train_at`` vectors have been added they are held in an
+exact flat index (so a small library is searched exactly and the coarse quantizer is never
+trained on a handful of vectors); then the index trains on them and moves them over.
+``vidseek index rebuild`` retrains on a sample of the whole catalog (:meth:`VectorIndex.train`).
 
 When ``faiss`` was built with CUDA and a GPU is present, flat and IVF indexes are searched on
 the GPU automatically; they are always saved in CPU form.
@@ -26,6 +33,10 @@ import numpy as np
 
 INDEX_FILE = "segments.faiss"
 STATE_FILE = "segments.json"
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+TRAINED_KINDS = ("ivf", "ivfpq")
+MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x 256 of them)
+MAX_NPROBE = 128
 
 
 @dataclass
@@ -39,42 +50,73 @@ class IndexState:
     tombstone_watermark: int = 0  # highest tombstone id applied
 
 
+@dataclass(frozen=True)
+class IndexOptions:
+    """How to build the FAISS index (``VIDSEEK_INDEX_*`` settings).
+
+    ``nlist`` 0 picks about ``4·sqrt(n)`` lists for the ``n`` training vectors; ``nprobe`` 0
+    probes ``nlist / 8`` of them (at most ``MAX_NPROBE``); ``pq_m`` is the IVF-PQ code size in bytes.
+    """
+
+    kind: str = "flat"
+    nlist: int = 0
+    nprobe: int = 0
+    pq_m: int = 64
+    hnsw_m: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}")
+
+    def nlist_for(self, n: int) -> int:
+        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n),
+        with at least 39 training points per list."""
+        wanted = self.nlist or int(4 * math.sqrt(max(n, 1)))
+        return max(1, min(wanted, n // 39))
+
+    @property
+    def train_at(self) -> int:
+        """Vectors collected (searched exactly) before an IVF index trains."""
+        return max(MIN_TRAIN, 39 * self.nlist)
+
+
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _ivf_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: ~4·sqrt(n), with at least 39 training points per list."""
-    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
 
 
 class VectorIndex:
     """Thread-safe inner-product index of ``dim``-dimensional vectors with int64 ids."""
 
-    def __init__(self, dim: int, kind: str = "flat", hnsw_m: int = 32, use_gpu: bool | None = None):
-        if kind not in ("flat", "ivf", "hnsw"):
-            raise ValueError(f"unknown index kind {kind!r}")
-        self.dim, self.kind, self.hnsw_m = dim, kind, hnsw_m
+    def __init__(self, dim: int, kind: str | IndexOptions = "flat", use_gpu: bool | None = None):
+        self.options = kind if isinstance(kind, IndexOptions) else IndexOptions(kind)
+        self.dim, self.kind = dim, self.options.kind
+        if self.kind == "ivfpq" and dim % self.options.pq_m:
+            raise ValueError(f"VIDSEEK_INDEX_PQ_M={self.options.pq_m} must divide the embedding size {dim}")
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
         self._lock = threading.RLock()
         self._deleted: set[int] = set()  # HNSW only
         self._max_id = -1  # ids above this cannot be present, so adding them needs no removal
-        self._index: faiss.Index | None = None if kind == "ivf" else self._new_index()
+        self._trained = self.kind not in TRAINED_KINDS
+        self._index: faiss.Index = self._to_gpu(self._new_index())
 
     # ----- construction -------------------------------------------------------------------
     def _new_index(self, train: np.ndarray | None = None) -> faiss.Index:
-        if self.kind == "flat":
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        elif self.kind == "hnsw":
-            index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+        """A CPU index of this kind; IVF kinds are trained on ``train`` ``[n, dim]``, or are an
+        exact flat index (the untrained stage) when ``train`` is None."""
+        o = self.options
+        if self.kind == "hnsw":
+            return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, o.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+        if self.kind == "flat" or train is None:
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        nlist = o.nlist_for(len(train))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if self.kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            assert train is not None
-            quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, _ivf_nlist(len(train)), faiss.METRIC_INNER_PRODUCT)
-            index.train(train)
-            index.nprobe = max(1, index.nlist // 8)
-            index.quantizer_trains_alone = 0
-        return self._to_gpu(index)
+            index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, o.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        index.nprobe = o.nprobe or max(1, min(nlist // 8, MAX_NPROBE))
+        return index
 
     def _to_gpu(self, index: faiss.Index) -> faiss.Index:
         if not self.use_gpu or self.kind == "hnsw":
@@ -83,8 +125,25 @@ class VectorIndex:
         return faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
 
     def _cpu_index(self) -> faiss.Index:
-        assert self._index is not None
         return faiss.index_gpu_to_cpu(self._index) if self.use_gpu and self.kind != "hnsw" else self._index
+
+    @property
+    def trained(self) -> bool:
+        """False while an IVF kind still holds its vectors in the exact untrained stage."""
+        return self._trained
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39), moving any vectors
+        already held into it. A no-op for kinds that need no training."""
+        if self.kind not in TRAINED_KINDS:
+            return
+        with self._lock:
+            ids, vectors = self._export_locked()
+            fresh = self._new_index(train=sample)
+            if len(ids):
+                fresh.add_with_ids(vectors, ids)
+            self._index = self._to_gpu(fresh)
+            self._trained = True
 
     # ----- updates ------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -96,19 +155,21 @@ class VectorIndex:
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"expected vectors [{len(ids)}, {self.dim}], got {vectors.shape}")
         with self._lock:
-            if self._index is None:  # IVF: train on the first vectors it sees
-                self._index = self._new_index(train=vectors)
-            self._remove_locked(ids[ids <= self._max_id])
-            self._deleted.difference_update(ids.tolist())
+            replaced = ids[ids <= self._max_id]
+            self._remove_locked(replaced)
+            if not self._deleted.isdisjoint(replaced.tolist()):  # HNSW only marks removals: drop
+                self._compact_locked()  # the old vectors for real, or they would come back
             self._index.add_with_ids(vectors, ids)
             self._max_id = max(self._max_id, int(ids.max()))
+            if not self.trained and self._index.ntotal >= self.options.train_at:
+                self.train(self._export_locked()[1])
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
         with self._lock:
             self._remove_locked(np.asarray(ids, dtype=np.int64))
 
     def _remove_locked(self, ids: np.ndarray) -> None:
-        if self._index is None or len(ids) == 0 or self._index.ntotal == 0:
+        if len(ids) == 0 or self._index.ntotal == 0:
             return
         if self.kind == "hnsw":
             self._deleted.update(ids.tolist())
@@ -118,8 +179,7 @@ class VectorIndex:
     # ----- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
         with self._lock:
-            total = 0 if self._index is None else int(self._index.ntotal)
-            return total - len(self._deleted)
+            return int(self._index.ntotal) - len(self._deleted)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product for ``queries`` float32 ``[Q, dim]``.
@@ -134,62 +194,104 @@ class VectorIndex:
             k = min(k, n)
             fetch = min(k + len(self._deleted), int(self._index.ntotal))
             scores, ids = self._index.search(queries, fetch)
-        if self._deleted:
-            keep = ~np.isin(ids, list(self._deleted)) & (ids >= 0)
-            scores = np.stack([row[m][:k] for row, m in zip(scores, keep)])
-            ids = np.stack([row[m][:k] for row, m in zip(ids, keep)])
+            deleted = list(self._deleted)
+        keep = ids >= 0  # IVF may find fewer than asked for when few lists are probed
+        if deleted:
+            keep &= ~np.isin(ids, deleted)
+        if not keep.all():
+            width = int(keep.sum(axis=1).min(initial=k))
+            scores = np.stack([row[m][:width] for row, m in zip(scores, keep)])
+            ids = np.stack([row[m][:width] for row, m in zip(ids, keep)])
         return scores[:, :k], ids[:, :k]
+
+    def ids(self) -> np.ndarray:
+        """Every id held (sorted int64 ``[n]``); an id stored twice appears twice."""
+        with self._lock:
+            return np.sort(self._export_locked(vectors=False)[0])
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (present ones), float32 ``[n, dim]``; IVF-PQ decodes its
+        codes, so they approximate the vectors that were added."""
+        with self._lock:
+            cpu = self._cpu_index()
+            wanted = np.asarray(ids, dtype=np.int64)
+            if not len(wanted):
+                return np.zeros((0, self.dim), np.float32)
+            if isinstance(cpu, faiss.IndexIDMap2):
+                return np.stack([cpu.reconstruct(int(i)) for i in wanted])
+            return _reconstruct_ivf(cpu, wanted)
 
     # ----- persistence --------------------------------------------------------------------
     def save(self, folder: Path, state: IndexState) -> None:
-        """Write the index and its state atomically (temp files, then rename) into ``folder``."""
+        """Write the index and its state atomically (temp files, then rename) into ``folder``.
+
+        Readers must hold the folder lock (``search.segment_index``) while loading, so that they
+        never pair a new index file with an old state file.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self._deleted:  # HNSW: store only live vectors
                 self._compact_locked()
             tmp_index = folder / f".{INDEX_FILE}.{os.getpid()}.tmp"
-            if self._index is not None:
-                faiss.write_index(self._cpu_index(), str(tmp_index))
+            faiss.write_index(self._cpu_index(), str(tmp_index))
             tmp_state = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
             tmp_state.write_text(json.dumps(asdict(state)))
-            if self._index is not None:
-                tmp_index.replace(folder / INDEX_FILE)
+            tmp_index.replace(folder / INDEX_FILE)
             tmp_state.replace(folder / STATE_FILE)
 
     def _compact_locked(self) -> None:
         ids, vectors = self._export_locked()
         self._deleted.clear()
-        self._index = self._new_index(train=vectors if self.kind == "ivf" else None) if len(ids) or self.kind != "ivf" else None
+        self._index = self._to_gpu(self._new_index())
         if len(ids):
             self._index.add_with_ids(vectors, ids)
 
-    def _export_locked(self) -> tuple[np.ndarray, np.ndarray]:
+    def _export_locked(self, vectors: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Live ``(ids [n], vectors [n, dim])`` (vectors empty when not asked for)."""
         cpu = self._cpu_index()
         if isinstance(cpu, faiss.IndexIDMap2):
             ids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
-            vectors = cpu.index.reconstruct_n(0, cpu.ntotal) if cpu.ntotal else np.zeros((0, self.dim), np.float32)
+            out = cpu.index.reconstruct_n(0, cpu.ntotal) if vectors and cpu.ntotal else None
         else:
-            cpu.make_direct_map()
             invlists = cpu.invlists
-            ids = np.concatenate(
-                [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy() for i in range(cpu.nlist)]
-            ) if cpu.ntotal else np.zeros(0, np.int64)
-            vectors = np.stack([cpu.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+            parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                     for i in range(cpu.nlist) if invlists.list_size(i)]
+            ids = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+            out = _reconstruct_ivf(cpu, ids) if vectors and len(ids) else None
+        out = out if out is not None else np.zeros((0, self.dim), np.float32)
+        if not self._deleted:
+            return ids, out
         keep = ~np.isin(ids, list(self._deleted))
-        return ids[keep], vectors[keep]
+        return ids[keep], out[keep] if len(out) else out
 
     @classmethod
-    def load(cls, folder: Path, use_gpu: bool | None = None) -> tuple["VectorIndex", IndexState] | None:
-        """The index saved in ``folder`` with its state, or None when there is none (or it is unreadable)."""
+    def load(cls, folder: Path, options: IndexOptions | None = None,
+             use_gpu: bool | None = None) -> tuple["VectorIndex", IndexState] | None:
+        """The index saved in ``folder`` with its state, or None when there is none (or it is
+        unreadable). ``options`` (same kind) supply query-time settings such as ``nprobe``."""
         state_path, index_path = folder / STATE_FILE, folder / INDEX_FILE
-        if not state_path.is_file():
+        if not state_path.is_file() or not index_path.is_file():
             return None
         try:
             state = IndexState(**json.loads(state_path.read_text()))
-            index = cls(state.dim, state.kind, use_gpu=use_gpu)
-            if index_path.is_file():
-                index._index = index._to_gpu(faiss.read_index(str(index_path)))
-                index._max_id = state.segment_watermark
+            same_kind = options is not None and options.kind == state.kind
+            index = cls(state.dim, options if same_kind else IndexOptions(state.kind), use_gpu=use_gpu)
+            stored = faiss.read_index(str(index_path))
+            if isinstance(stored, faiss.IndexIVF) and index.options.nprobe:
+                stored.nprobe = index.options.nprobe
+            index._trained = index.kind not in TRAINED_KINDS or not isinstance(stored, faiss.IndexIDMap2)
+            index._index = index._to_gpu(stored)
+            index._max_id = state.segment_watermark
         except (ValueError, TypeError, RuntimeError):
             return None
         return index, state
+
+
+def _reconstruct_ivf(index: faiss.IndexIVF, ids: np.ndarray) -> np.ndarray:
+    """Vectors of ``ids`` from an IVF index, through a temporary id -> list map (a permanent one
+    would cost memory on every vector and its array form would forbid removals)."""
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    try:
+        return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+    finally:
+        index.set_direct_map_type(faiss.DirectMap.NoMap)

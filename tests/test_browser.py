@@ -1,6 +1,8 @@
 """The web UI in a real headless Chromium (Debian's package): search, see cards, click one, and
-the page's video element is positioned at the matched segment's start."""
+the page's video element is positioned at the matched segment's start; then switch the rerank toggle
+to late interaction and see both scores and the refined moment on the cards."""
 
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -29,7 +31,7 @@ CHROMIUM_ARGS = [
 def server(settings: Settings, samples_dir: Path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed for the browser test (make test installs it)")
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings.with_overrides(summary="holitom", rerank="none"))  # summaries stored, toggle off
     for name in ("red_ball", "stripes", "three_scenes"):
         job = runtime.catalog.create_job(samples_dir / f"{name}.mp4")
         runtime.ingestor().run_job(job.id)
@@ -40,12 +42,18 @@ def server(settings: Settings, samples_dir: Path):
     target = runtime.encoder.encode(pixels[None]).embeddings[0].numpy()
     encode = lambda q: target if q == "the stripes scene" else runtime.backbone.encode_text([q])[0].numpy()  # noqa: E731
     context = runtime.api_context()
-    context.queries = QueryService(runtime.catalog, runtime.index, encode)
+    context.queries = QueryService(runtime.catalog, runtime.index, encode, reranking=runtime.queries.reranking)
     httpd = make_server("127.0.0.1", 0, create_app(context), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
     httpd.shutdown()
+
+
+def clock(seconds: float) -> str:
+    """The page's m:ss rendering of a time."""
+    s = math.floor(max(0.0, seconds) + 0.5)  # Math.round
+    return f"{s // 60}:{s % 60:02d}"
 
 
 def test_search_click_plays_at_the_matched_moment(server: str, tmp_path: Path) -> None:
@@ -70,6 +78,20 @@ def test_search_click_plays_at_the_matched_moment(server: str, tmp_path: Path) -
         assert "three_scenes" in page.inner_text("#now-playing")
         assert "?q=the%20stripes%20scene" in page.url
         page.screenshot(path=str(tmp_path / "ui.png"))
+        assert first.locator(".rerank-score").count() == 0
+        assert page.locator("#rerank option[value=llm]").is_disabled()  # no video LLM configured
+
+        page.select_option("#rerank", "late")  # re-runs the search
+        page.wait_for_selector(".card .rerank-score")
+        assert "late reranked 3 of 3" in page.inner_text("#status") and "rerank=late" in page.url
+        api = page.request.get(server + "/api/search?q=the%20stripes%20scene&k=12&rerank=late").json()
+        top = api["hits"][0]
+        card = page.locator(".card").nth(0)
+        assert card.locator(".title").inner_text() == top["title"]
+        assert card.locator(".score").inner_text() == f"{top['first_stage_score']:.3f}"
+        assert card.locator(".rerank-score").inner_text() == f"→ {top['rerank_score']:.3f}"
+        assert card.locator(".range").inner_text() == f"{clock(top['start'])}–{clock(top['end'])}"
+        page.screenshot(path=str(tmp_path / "ui-rerank.png"))
 
         page.fill("#query", "   ")
         page.press("#query", "Enter")

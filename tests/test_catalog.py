@@ -1,14 +1,17 @@
 """Catalog behaviour on both supported databases: SQLite (embedded) and PostgreSQL (production)."""
 
+import uuid
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from sqlalchemy import inspect, text
 
-from search.catalog import Catalog, SegmentRecord
+from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.db import current_revision, upgrade
-from search.tables import Status
+from search.tables import CLIP_SPACE, LLM_SPACE, Status
+from tests.conftest import PG_ADMIN_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -98,3 +101,65 @@ def test_job_lifecycle(catalog: Catalog) -> None:
     assert done.status is Status.done and done.progress == 1.0 and done.finished_at is not None
     assert catalog.start_job(job.id) is None  # a finished job is never run again
     assert catalog.start_job(10**9) is None
+
+
+def test_one_summary_per_video_and_space(catalog: Catalog) -> None:
+    video = catalog.get_or_create_video(Path("/m/s.mp4"), "e" * 64, 1)
+    clip = SummaryRecord("holitom", 3, b"clip-bytes")
+    llm = SummaryRecord("vqtoken", 2, b"llm-bytes", LLM_SPACE, "llava:tiny|vqtoken")
+    catalog.replace_segments(video.id, _segments(1), "space-1", summaries=[clip, llm])
+    assert catalog.summaries([video.id], "space-1") == {video.id: SummaryRecord("holitom", 3, b"clip-bytes", CLIP_SPACE, "space-1")}
+    assert catalog.summaries([video.id], "llava:tiny|vqtoken", LLM_SPACE) == {video.id: llm}
+    assert catalog.summaries([video.id], "space-1", LLM_SPACE) == {}  # the key is per space
+    catalog.replace_segments(video.id, _segments(1), "space-1", summaries=[clip])  # re-ingested without the LLM
+    assert catalog.summaries([video.id], "llava:tiny|vqtoken", LLM_SPACE) == {}
+    with pytest.raises(ValueError, match="one summary per space"):
+        catalog.replace_segments(video.id, _segments(1), "space-1", summaries=[clip, clip])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    request.getfixturevalue("postgres_url")  # the server is up
+    name = f"vidseek_migration_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migration_0003_keeps_existing_summaries_as_clip_space(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0002")
+    cat = Catalog(empty_database_url)
+    with cat.session() as s:
+        s.execute(text("INSERT INTO videos (path, title, content_hash, size_bytes, status, frames_sampled, created_at, updated_at) "
+                       "VALUES ('/m/a.mp4', 'a', :h, 1, 'done', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"h": "f" * 64})
+        vid = s.execute(text("SELECT id FROM videos")).scalar_one()
+        s.execute(text("INSERT INTO video_summaries (video_id, method, embedding_key, token_count, data, created_at) "
+                       "VALUES (:v, 'holitom', 'space-1', 3, :d, CURRENT_TIMESTAMP)"), {"v": vid, "d": b"old"})
+    upgrade(empty_database_url)
+    assert cat.summaries([vid], "space-1") == {vid: SummaryRecord("holitom", 3, b"old", CLIP_SPACE, "space-1")}
+    assert inspect(cat.engine).get_pk_constraint("video_summaries")["constrained_columns"] == ["video_id", "space"]
+    cat.dispose()
+
+
+def test_alembic_command_line_creates_the_schema(tmp_path: Path) -> None:
+    """`alembic upgrade head` from the repository root, as an operator runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "VIDSEEK_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert current_revision(url) is not None
+    cat = Catalog(url)
+    assert {"videos", "segments", "jobs"} <= set(inspect(cat.engine).get_table_names())
+    cat.dispose()

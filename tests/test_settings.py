@@ -41,8 +41,23 @@ def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ({"VIDSEEK_INDEX_TYPE": "lsh"}, "VIDSEEK_INDEX_TYPE"),
         ({"VIDSEEK_SAMPLE_FPS": "0"}, "VIDSEEK_SAMPLE_FPS"),
         ({"VIDSEEK_SEGMENT_FRAMES": "twelve"}, "VIDSEEK_SEGMENT_FRAMES"),
+        ({"VIDSEEK_RERANK": "colbert"}, "VIDSEEK_RERANK"),
+        ({"VIDSEEK_RERANK": "llm"}, "VIDSEEK_LLM_RERANKER"),
+        ({"VIDSEEK_RERANK_WEIGHT": "1.5"}, "VIDSEEK_RERANK_WEIGHT"),
+        ({"VIDSEEK_LLM_SUMMARY": "zip"}, "VIDSEEK_LLM_SUMMARY"),
+        ({"VIDSEEK_LLM_INNER_RATIO": "1"}, "VIDSEEK_LLM_INNER_RATIO"),
     ],
 )
 def test_bad_values_are_named(env: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_default_reranker_follows_the_summaries() -> None:
+    assert Settings().default_rerank == "none"
+    assert Settings(summary="vqtoken").default_rerank == "late"
+    assert Settings(summary="holitom", rerank="none").default_rerank == "none"
+    env = {"VIDSEEK_RERANK": "llm", "VIDSEEK_LLM_RERANKER": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+           "VIDSEEK_RERANK_K": "20", "VIDSEEK_RERANK_TIMEOUT": "2.5", "VIDSEEK_LLM_INNER_LAYER": "12"}
+    s = Settings.from_env(env)
+    assert (s.default_rerank, s.rerank_k, s.rerank_timeout, s.llm_inner_layer) == ("llm", 20, 2.5, 12)

@@ -14,6 +14,10 @@ from search.segment_index import SegmentIndex
 from search.settings import Settings
 
 
+class QueueUnavailable(RuntimeError):
+    """The ingestion queue cannot take work right now (e.g. the broker is unreachable)."""
+
+
 class IngestionQueue(Protocol):
     """Accepts ingestion work. Implemented by the indexer (in-process threads or Celery)."""
 
@@ -21,7 +25,8 @@ class IngestionQueue(Protocol):
         """Raise ``search.media_paths.MediaRejected`` if ``path`` is not a usable video."""
 
     def enqueue(self, job_id: int) -> None:
-        """Schedule job ``job_id`` (already in the catalog) to run."""
+        """Schedule job ``job_id`` (already in the catalog) to run; raise :class:`QueueUnavailable`
+        if it cannot be scheduled."""
 
 
 @dataclass

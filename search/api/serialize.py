@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import url_for
 
 from search.query import Moment, SearchResult, VideoHit
+from search.rerank_service import RerankInfo
 from search.tables import Job, Segment, Video
 
 
@@ -23,14 +24,37 @@ def moment_json(m: Moment) -> dict:
 
 
 def hit_json(hit: VideoHit) -> dict:
+    """A hit: ``score`` orders the results; ``first_stage_score`` is the best segment's cosine,
+    ``rerank_score`` the reranker's (null when it did not rescore this video); ``start``/``end`` are the
+    matched moment, refined by the reranker when it did so, ``segment_start``/``segment_end`` the
+    first-stage segment's range."""
+    segment = moment_json(hit.moment)
     return {
         "video_id": hit.video_id,
         "title": hit.title,
         "score": round(hit.score, 6),
-        **{k: v for k, v in moment_json(hit.moment).items() if k != "score"},
+        "first_stage_score": segment.pop("score"),
+        "rerank_score": round(hit.rerank.score, 6) if hit.rerank is not None else None,
+        **segment,
+        "start": round(hit.start, 3),
+        "end": round(hit.end, 3),
+        "segment_start": segment["start"],
+        "segment_end": segment["end"],
         "stream_url": url_for("videos.stream_video", video_id=hit.video_id),
         "video_url": url_for("videos.get_video", video_id=hit.video_id),
         "moments": [moment_json(m) for m in hit.more],
+    }
+
+
+def rerank_json(info: RerankInfo) -> dict:
+    return {
+        "method": info.method,
+        "candidates": info.candidates,
+        "rescored": info.rescored,
+        "without_summary": info.without_summary,
+        "fallback": info.fallback,
+        "reason": info.reason,
+        "details": info.details,
     }
 
 
@@ -39,6 +63,7 @@ def search_json(result: SearchResult) -> dict:
         "query": result.query,
         "hits": [hit_json(h) for h in result.hits],
         "candidates": result.candidates,
+        "rerank": rerank_json(result.rerank),
         "timings_ms": result.timings_ms,
     }
 

@@ -12,4 +12,6 @@ bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/stat
 @bp.get("/")
 def index():
     c = ctx()
-    return render_template("index.html", banner=c.banner, model=c.model_name)
+    reranking = c.queries.reranking
+    return render_template("index.html", banner=c.banner, model=c.model_name, rerank=reranking.default,
+                           rerankers=set(reranking.rerankers))

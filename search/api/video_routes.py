@@ -14,12 +14,12 @@ from flask import Blueprint, jsonify, request, send_file
 from werkzeug.utils import secure_filename
 
 from search.api.auth import require_api_key
-from search.api.context import ctx
+from search.api.context import QueueUnavailable, ctx
 from search.api.errors import ApiError
 from search.api.search_routes import int_arg
 from search.api.serialize import job_json, video_json
-from search.media_paths import MediaRejected, PathNotAllowed, confine, is_video_name
-from search.tables import Job
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_video_name, require_utf8_name
+from search.tables import Job, Status
 
 bp = Blueprint("videos", __name__, url_prefix="/api")
 
@@ -29,11 +29,16 @@ def _enqueue(path: Path) -> Job:
     if c.ingestion is None:
         raise ApiError(503, "ingestion is not available in this process")
     try:
+        require_utf8_name(path)
         c.ingestion.validate(path)
     except MediaRejected as exc:
         raise ApiError(422, f"not a usable video: {exc}") from None
     job = c.catalog.create_job(path)
-    c.ingestion.enqueue(job.id)
+    try:
+        c.ingestion.enqueue(job.id)
+    except QueueUnavailable as exc:
+        c.catalog.finish_job(job.id, Status.failed, error=f"could not be queued: {exc}")
+        raise ApiError(503, f"ingestion is temporarily unavailable: {exc}") from None
     return job
 
 
@@ -94,7 +99,10 @@ def add_video():
 def list_videos():
     limit = min(max(int_arg("limit", 50), 1), 500)
     offset = max(int_arg("offset", 0), 0)
-    videos, total = ctx().catalog.list_videos(limit, offset)
+    status = request.args.get("status") or None
+    if status is not None and status not in Status.__members__:
+        raise ApiError(400, f"status must be one of {', '.join(Status.__members__)}")
+    videos, total = ctx().catalog.list_videos(limit, offset, Status(status) if status else None)
     return jsonify({"videos": [video_json(v) for v in videos], "total": total, "limit": limit, "offset": offset})
 
 

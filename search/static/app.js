@@ -3,6 +3,7 @@
 
 const form = document.getElementById("search-form");
 const input = document.getElementById("query");
+const rerank = document.getElementById("rerank");
 const statusLine = document.getElementById("status");
 const results = document.getElementById("results");
 const pane = document.getElementById("player-pane");
@@ -55,8 +56,16 @@ function card(hit) {
   range.textContent = `${clock(hit.start)}–${clock(hit.end)}`;
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = hit.score.toFixed(3);
+  score.title = "first-stage score (query vs. segment)";
+  score.textContent = hit.first_stage_score.toFixed(3);
   meta.append(range, score);
+  if (hit.rerank_score !== null) {
+    const rescored = document.createElement("span");
+    rescored.className = "rerank-score";
+    rescored.title = "rerank score";
+    rescored.textContent = `→ ${hit.rerank_score.toFixed(3)}`;
+    meta.append(rescored);
+  }
   body.append(title, meta);
   if (hit.moments.length) {
     const more = document.createElement("div");
@@ -77,17 +86,24 @@ function card(hit) {
   return el;
 }
 
-async function search(q) {
+function rerankNote(info, timings) {
+  if (info.method === "none") return "";
+  if (info.fallback) return ` · ${info.method} rerank unavailable (${info.reason}); first-stage order`;
+  const missing = info.without_summary.length ? `, ${info.without_summary.length} without summary` : "";
+  return ` · ${info.method} reranked ${info.rescored} of ${info.candidates}${missing} in ${timings.rerank.toFixed(0)} ms`;
+}
+
+async function search(q, method) {
   statusLine.textContent = "Searching…";
   results.replaceChildren();
-  const resp = await fetch(`/api/search?${new URLSearchParams({ q, k: "12" })}`);
+  const resp = await fetch(`/api/search?${new URLSearchParams({ q, k: "12", rerank: method })}`);
   const body = await resp.json();
   if (!resp.ok) {
     statusLine.textContent = body.error ? body.error.message : `error ${resp.status}`;
     return;
   }
   statusLine.textContent = body.hits.length
-    ? `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms`
+    ? `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms${rerankNote(body.rerank, body.timings_ms)}`
     : "No videos match yet — are any ingested?";
   results.replaceChildren(...body.hits.map(card));
 }
@@ -96,9 +112,34 @@ form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = input.value.trim();
   if (!q) { statusLine.textContent = "Type what you are looking for."; return; }
-  history.replaceState(null, "", `?q=${encodeURIComponent(q)}`);
-  search(q).catch((err) => { statusLine.textContent = `Search failed: ${err}`; });
+  history.replaceState(null, "", `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`);
+  search(q, rerank.value).catch((err) => { statusLine.textContent = `Search failed: ${err}`; });
 });
 
-const initial = new URLSearchParams(location.search).get("q");
+rerank.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
+
+const params = new URLSearchParams(location.search);
+const chosen = params.get("rerank");
+if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
+const initial = params.get("q");
 if (initial) { input.value = initial; form.requestSubmit(); }
+
+// Videos that could not be indexed, with the reason (e.g. a corrupt file), below the results.
+async function showFailures() {
+  const resp = await fetch(`/api/videos?${new URLSearchParams({ status: "failed", limit: "20" })}`);
+  if (!resp.ok) return;
+  const body = await resp.json();
+  const box = document.getElementById("failures");
+  box.hidden = body.total === 0;
+  box.querySelector("summary").textContent =
+    `${body.total} video${body.total === 1 ? "" : "s"} could not be indexed`;
+  box.querySelector("ul").replaceChildren(...body.videos.map((v) => {
+    const li = document.createElement("li");
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    reason.textContent = v.error || "unknown reason";
+    li.append(`${v.title}: `, reason);
+    return li;
+  }));
+}
+showFailures().catch(() => {});

@@ -1,0 +1,1 @@
+"""``vidseek eval``: text-video retrieval metrics per encoder configuration (see :mod:`.harness`)."""
