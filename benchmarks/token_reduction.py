@@ -599,9 +599,9 @@ def run(args: argparse.Namespace, command: str, workdir: Path) -> Report:
     reference = outputs["full"].embeddings
 
     def row(method: str, unit: str, tokens: float, share: float, vit: int, analytic: int, extra: int,
-            calls: Sequence[str], **more: Any) -> MethodRow:
-        """``calls``: the timed calls that together make the method (their times are added)."""
-        time, fastest = sum(seconds[c] for c in calls), sum(best[c] for c in calls)
+            parts: Sequence[str], **more: Any) -> MethodRow:
+        """``parts``: the timed calls that together make the method (their times are added)."""
+        time, fastest = sum(seconds[c] for c in parts), sum(best[c] for c in parts)
         return MethodRow(
             method=method, unit=unit, tokens=tokens, share=share,
             vit_gmacs=_g(vit / s), vit_gmacs_analytic=_g(analytic / s), extra_gmacs=_g(extra / s),
