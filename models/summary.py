@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.holitom import HoliTomParams, holitom
-from models.vqtoken import VQTokenParams, code_frame_spans, vqtoken
+from models.vqtoken import VQTokenParams, cluster_means, code_frame_spans, vqtoken
 
 FORMAT_VERSION = 1
 METHODS = ("holitom", "vqtoken")
@@ -171,9 +171,10 @@ def summarize(
     patch_tokens: torch.Tensor,
     cls_attention: torch.Tensor | None,
     frame_times: torch.Tensor | Sequence[float],
+    code_vectors: str = "unit",
     **params: Any,
 ) -> VideoSummary:
-    """Compress one video's (or chunk's) patch tokens.
+    """Compress one video's (or chunk's) patch tokens. The summary's tensors are on the CPU.
 
     Args:
         method: ``"holitom"`` (params: :class:`~models.holitom.HoliTomParams`) or ``"vqtoken"``
@@ -182,11 +183,15 @@ def summarize(
             (``SegmentEncoding.patch_tokens`` of one segment, or several segments' frames joined).
         cls_attention: ``[T, N]`` last-layer CLS-to-patch attention; HoliTom needs it, VQToken ignores it.
         frame_times: ``[T]`` seconds of each frame.
+        code_vectors: VQToken only: ``"unit"`` stores VQToken's codebook (means of the L2-normalised
+            tokens it clusters); ``"raw"`` stores the means of each code's raw tokens, at the tokens'
+            own scale, for a reader that takes codes as ordinary tokens (a video LLM without VQToken's
+            trained VQ-Attention).
         **params: hyper-parameters of the method; unknown names raise ``TypeError``.
     """
     if patch_tokens.ndim != 3:
         raise ValueError(f"patch_tokens must be [T, N, W], got {tuple(patch_tokens.shape)}")
-    frames, num_patches, _ = patch_tokens.shape
+    frames, num_patches, dim = patch_tokens.shape
     times = torch.as_tensor(frame_times, dtype=torch.float64).cpu()
     if tuple(times.shape) != (frames,):
         raise ValueError(f"frame_times must be [{frames}], got {tuple(times.shape)}")
@@ -196,31 +201,36 @@ def summarize(
         hp = HoliTomParams(**params)
         out = holitom(patch_tokens, cls_attention, hp)
         return VideoSummary(
-            tokens=out.tokens.float(),
-            sizes=out.sizes,
-            frame_start=out.frame_start,
-            frame_end=out.frame_end,
-            positions=out.positions,
+            tokens=out.tokens.float().cpu(),
+            sizes=out.sizes.cpu(),
+            frame_start=out.frame_start.cpu(),
+            frame_end=out.frame_end.cpu(),
+            positions=out.positions.cpu(),
             frame_times=times,
             num_patches=num_patches,
             method=method,
             params=asdict(hp),
         )
     if method == "vqtoken":
+        if code_vectors not in ("unit", "raw"):
+            raise ValueError(f"code_vectors must be 'unit' or 'raw', got {code_vectors!r}")
         vp = VQTokenParams(**params)
         vq = vqtoken(patch_tokens, vp)
         num_codes = vq.codebook.shape[0]
+        codes = vq.codebook
+        if code_vectors == "raw":
+            codes = cluster_means(patch_tokens.reshape(frames * num_patches, dim), vq.index_map.flatten(), vq.codebook)
         start, end = code_frame_spans(vq.index_map, num_codes)
         return VideoSummary(
-            tokens=vq.codebook.float(),
-            sizes=vq.counts,
-            frame_start=start,
-            frame_end=end,
-            positions=torch.full((num_codes,), NO_POSITION, dtype=torch.long, device=vq.codebook.device),
+            tokens=codes.float().cpu(),
+            sizes=vq.counts.cpu(),
+            frame_start=start.cpu(),
+            frame_end=end.cpu(),
+            positions=torch.full((num_codes,), NO_POSITION, dtype=torch.long),
             frame_times=times,
             num_patches=num_patches,
             method=method,
             params=asdict(vp),
-            index_map=vq.index_map,
+            index_map=vq.index_map.cpu(),
         )
     raise ValueError(f"unknown summary method {method!r}; expected one of {METHODS}")

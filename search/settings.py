@@ -44,7 +44,7 @@ class Settings:
     pretrained: str = "openai"  # open_clip tag, a checkpoint path, or "random"
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
-    encoder: str = "full"
+    encoder: str = "tempme"  # TempMe holds its numbers (docs/performance.md); "full" for plain CLIP
     tempme_weights: Path | None = None  # trained TempMe checkpoint (optional; training-free without)
     summary: str = "none"  # compressed token summary per video, for reranking
     summary_retain: float = 0.10  # HoliTom retain ratio

@@ -56,16 +56,34 @@ def test_ingest_writes_segments_thumbnails_and_status(runtime: Runtime, samples_
         assert (runtime.settings.thumbnail_dir / s.thumbnail).read_bytes()[:2] == b"\xff\xd8"  # JPEG
 
 
-def test_segment_embedding_is_the_normalised_mean_of_frame_embeddings(runtime: Runtime, samples_dir: Path) -> None:
+def test_segment_embedding_is_the_normalised_mean_of_frame_embeddings(settings: Settings, samples_dir: Path) -> None:
+    """Full CLIP: the segment embedding is the re-normalised mean of independent frame embeddings."""
+    runtime = build_runtime(settings.with_overrides(encoder="full"))
     path = samples_dir / "red_ball.mp4"
     ingest(runtime, path)
     size = runtime.backbone.image_size
     frames = np.stack([center_crop(f.image, size) for f in iter_sampled_frames(path, 1.0, short_side=size)])
     per_frame = runtime.backbone.encode_frames(runtime.backbone.pixels_from_frames(frames)).embeddings
     expected = torch.nn.functional.normalize(per_frame.mean(0), dim=0).numpy()
-    video = runtime.catalog.find_video_by_hash(__import__("indexer.media").media.sha256_file(path))
-    (segment,) = runtime.catalog.segments_of(video.id)
+    (segment,) = runtime.catalog.segments_of(runtime.catalog.list_videos()[0][0].id)
     np.testing.assert_allclose(embedding_from_bytes(segment.embedding), expected, atol=1e-5)
+
+
+def test_default_encoder_is_tempme_and_stores_its_segment_embedding(runtime: Runtime, samples_dir: Path) -> None:
+    """TempMe (the default): the stored embedding is TempMe's over the segment's frames, which differs
+    from full CLIP's (frames attend to each other from block 8 on) but stays close to it."""
+    assert runtime.encoder.name == "tempme"
+    path = samples_dir / "red_ball.mp4"
+    ingest(runtime, path)
+    size = runtime.backbone.image_size
+    frames = np.stack([center_crop(f.image, size) for f in iter_sampled_frames(path, 1.0, short_side=size)])
+    pixels = runtime.backbone.pixels_from_frames(frames)
+    expected = runtime.encoder.encode(pixels[None]).embeddings[0].numpy()
+    (segment,) = runtime.catalog.segments_of(runtime.catalog.list_videos()[0][0].id)
+    stored = embedding_from_bytes(segment.embedding)
+    np.testing.assert_allclose(stored, expected, atol=1e-5)
+    full = torch.nn.functional.normalize(runtime.backbone.encode_frames(pixels).embeddings.mean(0), dim=0).numpy()
+    assert float(stored @ full) > 0.9 and np.abs(stored - full).max() > 1e-4
 
 
 def test_duplicate_ingest_is_skipped(runtime: Runtime, samples_dir: Path, tmp_path: Path) -> None:
@@ -178,7 +196,7 @@ def test_static_frames_are_dropped_before_the_vit(settings: Settings, tmp_path: 
 
     media = tmp_path / "media"
     path = write_video(media / "still.mp4", _still_then_moving, seconds=16)
-    runtime = build_runtime(settings.with_overrides(frame_dedup=0.15, segment_frames=4))
+    runtime = build_runtime(settings.with_overrides(encoder="full", frame_dedup=0.15, segment_frames=4))
     job = runtime.catalog.get_job(ingest(runtime, path))
     assert job.status is Status.done
     video = runtime.catalog.get_video(job.video_id)

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import ProgrammingError
@@ -29,7 +28,7 @@ from indexer.samples import _stripes, write_video
 from search.catalog import Catalog
 from search.settings import Settings
 from search.tables import Job, Status
-from tests.conftest import PG_ADMIN_URL, REPO, settings_env
+from tests.conftest import REPO, settings_env, temporary_database
 from tests.test_cli import free_port
 
 pytestmark = pytest.mark.services
@@ -47,16 +46,8 @@ RELIABILITY_ENV = {  # short leases so that a dead worker is noticed within seco
 @pytest.fixture()
 def fresh_postgres_url() -> Iterator[str]:
     """An empty PostgreSQL database: every process of the topology migrates it at start, together."""
-    name = f"vidseek_topo_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}); run scripts/ensure_services.sh")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database("vidseek_topo") as url:
+        yield url
 
 
 class Processes:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.holitom import HoliTomParams, holitom, inner_llm_merge
-from models.summary import NO_POSITION, VideoSummary
-from models.vqtoken import VQTokenParams, cluster_means, code_frame_spans, vqtoken
+from models.holitom import inner_llm_merge
+from models.summary import VideoSummary, summarize
 
 QUESTION = "Does this video show: {query}? Answer yes or no."
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -400,51 +399,14 @@ def analytic_prefill_flops(text_config: Any, text_tokens: int, visual_tokens: in
 
 
 def llm_space_summary(features: VisualFeatures, times: Sequence[float], method: str, **params: Any) -> VideoSummary:
-    """Compress a video's LLM-space tokens for storage (the outer-LLM step).
-
-    ``holitom``: :func:`models.holitom.holitom` over ``[T, N, D]`` with the tower attention, params
-    :class:`~models.holitom.HoliTomParams`. ``vqtoken``: K-means codes over the tokens
-    (:func:`models.vqtoken.vqtoken`, params :class:`~models.vqtoken.VQTokenParams`); the stored code vectors
-    are the means of the codes' *raw* tokens (not of the L2-normalised ones VQToken clusters), because
-    without VQToken's trained VQ-Attention the LLM has to read them as ordinary visual tokens, at the
-    projector's scale. Positions are indices on the pooled grid.
+    """Compress a video's LLM-space tokens for storage (the outer-LLM step): :func:`models.summary.summarize`
+    over ``[T, N, D]`` with the tower attention. VQToken codes are stored as the means of their *raw*
+    tokens (``code_vectors="raw"``), because without VQToken's trained VQ-Attention the LLM has to read
+    them as ordinary visual tokens, at the projector's scale. Positions are indices on the pooled grid.
     """
-    tokens = features.tokens.float()
-    frames, positions, dim = tokens.shape
-    times_t = torch.as_tensor(list(times), dtype=torch.float64)
-    if method == "holitom":
-        hp = HoliTomParams(**params)
-        out = holitom(tokens, features.attention.float(), hp)
-        return VideoSummary(
-            tokens=out.tokens.float().cpu(),
-            sizes=out.sizes.cpu(),
-            frame_start=out.frame_start.cpu(),
-            frame_end=out.frame_end.cpu(),
-            positions=out.positions.cpu(),
-            frame_times=times_t,
-            num_patches=positions,
-            method=method,
-            params=asdict(hp),
-        )
-    if method == "vqtoken":
-        vp = VQTokenParams(**params)
-        vq = vqtoken(tokens, vp)
-        num_codes = vq.codebook.shape[0]
-        raw_means = cluster_means(tokens.reshape(frames * positions, dim), vq.index_map.flatten(), vq.codebook)
-        start, end = code_frame_spans(vq.index_map, num_codes)
-        return VideoSummary(
-            tokens=raw_means.cpu(),
-            sizes=vq.counts.cpu(),
-            frame_start=start.cpu(),
-            frame_end=end.cpu(),
-            positions=torch.full((num_codes,), NO_POSITION, dtype=torch.long),
-            frame_times=times_t,
-            num_patches=positions,
-            method=method,
-            params=asdict(vp),
-            index_map=vq.index_map.cpu(),
-        )
-    raise ValueError(f"unknown LLM summary method {method!r}; expected one of {LLM_METHODS}")
+    if method not in LLM_METHODS:
+        raise ValueError(f"unknown LLM summary method {method!r}; expected one of {LLM_METHODS}")
+    return summarize(method, features.tokens.float(), features.attention.float(), list(times), code_vectors="raw", **params)
 
 
 class LlavaReranker:
