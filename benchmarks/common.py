@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
@@ -285,3 +286,26 @@ def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]])
     ]
     lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(line, widths)) + " |" for line in body]
     return "\n".join(lines)
+
+
+# ----- latency ----------------------------------------------------------------------------------
+QUERY_SUBJECTS = ("a dog", "a red ball", "two people", "a car", "snow", "a cartoon rabbit", "a bicycle", "waves",
+                  "a cat", "a train")
+QUERY_ACTIONS = ("running on a beach", "at night", "in slow motion", "on a city street", "falling from the sky",
+                 "under a blue sky", "next to a river", "in a forest", "at sunset", "indoors")
+
+
+def distinct_queries(n: int) -> list[str]:
+    """``n`` different query texts (no encoder cache hits between them)."""
+    combos = [f"{s} {a}" for s in QUERY_SUBJECTS for a in QUERY_ACTIONS]
+    return [combos[i % len(combos)] + ("" if i < len(combos) else f" #{i}") for i in range(n)]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 and mean of latencies in milliseconds, rounded to 0.1 ms."""
+    stats = {f"p{q}": percentile(values_ms, q) for q in (50, 95, 99)} | {"mean": float(np.mean(values_ms))}
+    return {k: round(v, 1) for k, v in stats.items()}

@@ -42,6 +42,7 @@ from sqlalchemy import insert
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import latency_percentiles
 from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
 from indexer.service import settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
@@ -98,11 +99,6 @@ def machine() -> str:
     """The machine, and its load average when the run ended (other processes skew the numbers)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load {load}"
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    ms = np.asarray(values) * 1e3
-    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} | {"mean": round(float(ms.mean()), 1)}
 
 
 # ----- queries -----------------------------------------------------------------------------------
@@ -199,7 +195,7 @@ def bench_query(args: argparse.Namespace) -> dict:
         "benchmark": "query", "machine": machine(), "model": args.model, "index": args.index_type,
         "segments": args.segments, "clients": args.clients, "requests": args.requests, "k": args.k,
         "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
-        "throughput_rps": round(len(latencies) / wall, 1), "latency_ms": percentiles(latencies),
+        "throughput_rps": round(len(latencies) / wall, 1), "latency_ms": latency_percentiles([t * 1e3 for t in latencies]),
         "server_stage_ms": stages,
     }
 

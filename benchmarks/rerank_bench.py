@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from transformers import Qwen2Config
 
-from benchmarks.spine_bench import distinct_queries, percentile
+from benchmarks.common import distinct_queries, percentile
 from indexer.decode import iter_sampled_frames
 from indexer.samples import ensure_samples
 from indexer.service import build_runtime

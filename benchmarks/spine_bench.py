@@ -14,7 +14,6 @@ encoder. Random weights are fine for speed; they say nothing about answer qualit
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import tempfile
@@ -25,18 +24,15 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from werkzeug.serving import make_server
 
+from benchmarks.common import Column, distinct_queries, latency_percentiles, markdown_table
 from indexer.samples import ensure_samples
 from indexer.service import build_runtime
 from search.api import create_app
 from search.settings import Settings
 
-SUBJECTS = ["a dog", "a red ball", "two people", "a car", "snow", "a cartoon rabbit", "a bicycle", "waves", "a cat", "a train"]
-ACTIONS = ["running on a beach", "at night", "in slow motion", "on a city street", "falling from the sky",
-           "under a blue sky", "next to a river", "in a forest", "at sunset", "indoors"]
 
 
 @dataclass
@@ -52,13 +48,16 @@ class SpineResult:
     server_total_p50_ms: float
 
 
-def distinct_queries(n: int) -> list[str]:
-    combos = [f"{s} {a}" for s, a in itertools.product(SUBJECTS, ACTIONS)]
-    return [combos[i % len(combos)] + ("" if i < len(combos) else f" #{i}") for i in range(n)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+COLUMNS = (
+    Column("encoder", "encoder", "{}"),
+    Column("ingest_seconds", "ingest s", "{:.2f}"),
+    Column("frames_per_second", "frames/s", "{:.2f}"),
+    Column("speedup", "× first", "{:.2f}"),
+    Column("query_p50_ms", "query p50 ms", "{:.1f}"),
+    Column("query_p95_ms", "query p95 ms", "{:.1f}"),
+    Column("query_p99_ms", "query p99 ms", "{:.1f}"),
+    Column("server_total_p50_ms", "server p50 ms", "{:.1f}"),
+)
 
 
 def run_encoder(encoder: str, base: Settings, videos: list[Path], queries: list[str]) -> SpineResult:
@@ -87,7 +86,7 @@ def run_encoder(encoder: str, base: Settings, videos: list[Path], queries: list[
         runtime.catalog.dispose()
     return SpineResult(
         encoder, len(videos), frames, round(ingest_seconds, 2), round(frames / ingest_seconds, 2),
-        round(percentile(client_ms, 50), 2), round(percentile(client_ms, 95), 2), round(percentile(client_ms, 99), 2),
+        *(latency_percentiles(client_ms)[p] for p in ("p50", "p95", "p99")),
         round(statistics.median(server_ms), 2),
     )
 
@@ -115,10 +114,8 @@ def main(argv: list[str] | None = None) -> list[SpineResult]:
     ref = results[0]
     print(f"\n{args.model} ({args.pretrained} weights), {ref.videos} videos, {ref.frames} sampled frames, "
           f"{args.queries} sequential queries, {args.threads} threads")
-    print(f"{'encoder':10s} {'ingest s':>9s} {'frames/s':>9s} {'×':>6s} {'q p50 ms':>9s} {'q p95 ms':>9s} {'q p99 ms':>9s} {'server p50':>11s}")
-    for r in results:
-        print(f"{r.encoder:10s} {r.ingest_seconds:9.2f} {r.frames_per_second:9.2f} {r.frames_per_second / ref.frames_per_second:6.2f} "
-              f"{r.query_p50_ms:9.2f} {r.query_p95_ms:9.2f} {r.query_p99_ms:9.2f} {r.server_total_p50_ms:11.2f}")
+    rows = [asdict(r) | {"speedup": r.frames_per_second / ref.frames_per_second} for r in results]
+    print(markdown_table(COLUMNS, rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +180,21 @@ def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
     assert [r["method"] for r in saved["rows"]] == methods
     assert set(saved["rows"][0]) >= {c.key for c in MAIN_COLUMNS}
     assert [t["what"] for t in saved["targets"]] == [t.what for t in report.targets]
+
+
+def test_spine_bench_smoke(tiny_config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks.spine_bench end to end on the tiny model: ingest, serve, query; no timing assertions."""
+    from benchmarks.spine_bench import main as spine_main
+    from indexer.samples import SAMPLES, write_video
+
+    videos = tmp_path / "videos"
+    for sample in SAMPLES[:2]:
+        write_video(videos / f"{sample.name}.mp4", sample.paint, 2)
+    out = tmp_path / "spine.json"
+    results = spine_main(["--model", "vidseek-tiny-ViT", "--model-config-dir", str(tiny_config_dir),
+                          "--encoders", "full,tempme", "--queries", "3", "--videos", str(videos), "--json", str(out)])
+    assert [r.encoder for r in results] == ["full", "tempme"]
+    assert all(r.videos == 2 and r.frames == 4 and r.frames_per_second > 0 and r.query_p50_ms > 0 for r in results)
+    printed = capsys.readouterr().out
+    assert "| encoder |" in printed and "tempme" in printed
+    assert len(json.loads(out.read_text())) == 2
