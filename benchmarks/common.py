@@ -18,7 +18,9 @@ import math
 import os
 import platform
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,3 +311,23 @@ def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
     """p50 / p95 / p99 and mean of latencies in milliseconds, rounded to 0.1 ms."""
     stats = {f"p{q}": percentile(values_ms, q) for q in (50, 95, 99)} | {"mean": float(np.mean(values_ms))}
     return {k: round(v, 1) for k, v in stats.items()}
+
+
+# ----- databases --------------------------------------------------------------------------------
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def temporary_database(prefix: str, admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """A new, empty PostgreSQL database (SQLAlchemy URL), dropped afterwards, on the server of ``admin_url``."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    server = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

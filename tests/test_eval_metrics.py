@@ -12,7 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.evaluation.annotations import AnnotationError, load_annotations, resolve_videos
+from indexer.evaluation.annotations import (
+    AnnotationError,
+    load_annotations,
+    resolve_videos,
+)
 from indexer.evaluation.metrics import (
     compute_metrics,
     diagonal_ranks,

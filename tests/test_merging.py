@@ -6,7 +6,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.merging import bipartite_soft_matching, merge_source, merge_wavg, source_owner
+from models.merging import (
+    bipartite_soft_matching,
+    merge_source,
+    merge_wavg,
+    source_owner,
+)
 
 
 def _unit(*values: float) -> list[float]:

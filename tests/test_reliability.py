@@ -15,7 +15,6 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from celery.contrib.testing.worker import start_worker
 
@@ -28,7 +27,7 @@ from search.catalog import Catalog, JobLeased
 from search.db import upgrade
 from search.settings import Settings
 from search.tables import Status, utcnow
-from tests.conftest import PG_ADMIN_URL, REPO
+from tests.conftest import REPO, temporary_database
 from tests.test_catalog import catalog, database_url  # noqa: F401  (fixtures: both databases)
 from tests.test_celery import wait_for
 
@@ -220,20 +219,13 @@ def test_api_answers_503_and_fails_the_job_when_the_broker_is_down(settings: Set
 
 @pytest.mark.services
 def test_processes_starting_together_migrate_a_fresh_database_one_at_a_time() -> None:
-    name = f"vidseek_migrate_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    start = time.time() + 3  # all four processes call upgrade() at the same instant
-    script = ("import sys, time; from search.db import upgrade, current_revision\n"
-              f"time.sleep(max(0, {start} - time.time())); upgrade({url!r}); print(current_revision({url!r}))")
-    try:
+    with temporary_database("vidseek_migrate") as url:
+        start = time.time() + 3  # all four processes call upgrade() at the same instant
+        script = ("import sys, time; from search.db import upgrade, current_revision\n"
+                  f"time.sleep(max(0, {start} - time.time())); upgrade({url!r}); print(current_revision({url!r}))")
         procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
         results = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, [err[-1500:] for _, err in results]
         assert len({out.strip() for out, _ in results}) == 1
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
