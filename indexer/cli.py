@@ -32,7 +32,7 @@ from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed
 from search.catalog import Catalog
 from search.db import current_revision, upgrade
 from search.logs import configure_logging
-from search.media_paths import MediaRejected, PathNotAllowed, confine, require_utf8_name
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, require_utf8_name
 from search.settings import Settings, SettingsError
 from search.tables import Job, Status
 
@@ -52,7 +52,7 @@ def plan_jobs(settings: Settings, catalog: Catalog, paths: Sequence[Path], key: 
         except PathNotAllowed as exc:
             rejected.append(f"{exc} (set VIDSEEK_MEDIA_ROOTS)")
             continue
-        if not resolved.is_file():
+        if not is_regular_file(resolved):
             rejected.append(f"{path}: no such file")
             continue
         try:

@@ -21,7 +21,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from search.media_paths import MediaRejected
+from search.media_paths import MediaRejected, is_regular_file
 
 # A video that decodes to less than this share of its advertised duration is truncated.
 TRUNCATION_TOLERANCE = 0.9
@@ -52,7 +52,7 @@ class SampledFrame:
 
 
 def _open(path: Path) -> av.container.InputContainer:
-    if not path.is_file():
+    if not is_regular_file(path):
         raise DecodeError(f"{path} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path.name} is empty (0 bytes)")

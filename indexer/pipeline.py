@@ -29,7 +29,7 @@ from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
 from models.rerankers.llava import LlmUnavailableError
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
-from search.media_paths import MediaRejected, PathNotAllowed, confine
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file
 from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE, Job, Status, utcnow
@@ -279,7 +279,7 @@ class VideoIngestor:
 
     def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
         path = confine(job.path, self.settings.allowed_media_roots)
-        if not path.is_file():
+        if not is_regular_file(path):
             raise DecodeError(f"{job.path} does not exist or is not a file")
         content_hash = sha256_file(path)
         video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)

@@ -19,21 +19,36 @@ class MediaRejected(ValueError):
 
 def confine(path: str | Path, roots: tuple[Path, ...]) -> Path:
     """Resolve ``path`` (following symlinks, ``..``) and return it if it lies inside one of
-    ``roots``; relative paths are taken relative to the first root.
+    ``roots``; relative paths are taken relative to the first root. ``~`` is not expanded: paths
+    come from API clients and the catalog, not from a shell.
 
     Raises:
         PathNotAllowed: the resolved path escapes every root (``../../etc/passwd``, a symlink
-            pointing outside, an absolute path elsewhere).
+            pointing outside, an absolute path elsewhere), or it cannot be a path at all (a NUL
+            byte, a symlink loop).
     """
-    raw = Path(path).expanduser()
     if not roots:
         raise PathNotAllowed("no media roots are configured (VIDSEEK_MEDIA_ROOTS)")
+    if "\x00" in str(path):
+        raise PathNotAllowed("the path contains a NUL byte")
+    raw = Path(path)
     candidate = raw if raw.is_absolute() else roots[0] / raw
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a component too long
+        raise PathNotAllowed(f"{str(path)[:200]} cannot be resolved: {exc}") from None
     for root in roots:
         if resolved == root or resolved.is_relative_to(root):
             return resolved
-    raise PathNotAllowed(f"{path} is outside the media roots ({', '.join(str(r) for r in roots)})")
+    raise PathNotAllowed(f"{str(path)[:200]} is outside the media roots ({', '.join(str(r) for r in roots)})")
+
+
+def is_regular_file(path: Path) -> bool:
+    """``path.is_file()``, but False instead of an error for names the OS refuses (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def require_utf8_name(path: Path) -> None:

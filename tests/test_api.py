@@ -215,3 +215,26 @@ def test_openapi_document_lists_every_route(client: FlaskClient) -> None:
         for op in ops.values():
             for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', __import__("json").dumps(op)):
                 assert ref in doc["components"]["schemas"]
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("clip\x00.mp4", 403),  # NUL byte: never a path
+        ("~nobody_vidseek_test/clip.mp4", 404),  # no ~ expansion: a relative name inside the first root
+        ("x" * 5000 + ".mp4", 404),  # longer than the OS allows a name to be
+    ],
+)
+def test_paths_the_os_cannot_take_are_client_errors(client: FlaskClient, path: str, status: int) -> None:
+    resp = client.post("/api/videos", json={"path": path}, headers=KEY)
+    assert resp.status_code == status, resp.get_json()
+    error_of(resp)
+
+
+def test_symlink_loops_are_refused(client: FlaskClient, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.mp4").symlink_to(media / "b.mp4")
+    (media / "b.mp4").symlink_to(media / "a.mp4")
+    resp = client.post("/api/videos", json={"path": str(media / "a.mp4")}, headers=KEY)
+    assert resp.status_code in (403, 404)

@@ -18,7 +18,7 @@ from search.api.context import QueueUnavailable, ctx
 from search.api.errors import ApiError
 from search.api.search_routes import int_arg
 from search.api.serialize import job_json, video_json
-from search.media_paths import MediaRejected, PathNotAllowed, confine, is_video_name, require_utf8_name
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, is_video_name, require_utf8_name
 from search.tables import Job, Status
 
 bp = Blueprint("videos", __name__, url_prefix="/api")
@@ -90,7 +90,7 @@ def add_video():
         path = confine(body["path"], ctx().settings.allowed_media_roots)
     except PathNotAllowed as exc:
         raise ApiError(403, str(exc)) from None
-    if not path.is_file():
+    if not is_regular_file(path):
         raise ApiError(404, f"no such file: {body['path']}")
     return _accepted(_enqueue(path))
 
@@ -141,7 +141,7 @@ def stream_video(video_id: int):
         path = confine(video.path, ctx().settings.allowed_media_roots)
     except PathNotAllowed:
         raise ApiError(404, "the video file is no longer inside the media roots") from None
-    if not path.is_file():
+    if not is_regular_file(path):
         raise ApiError(404, "the video file is missing on disk")
     return send_file(path, conditional=True, etag=True, max_age=3600)
 
