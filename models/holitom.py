@@ -27,12 +27,16 @@ Deviations from the reference, all deliberate:
 * Tokens are returned ordered by (first frame, patch position) instead of the reference's
   "static block, then dynamic tokens frame by frame" order; every token carries its frame range
   and position, so nothing is lost and the order is canonical.
+* The budget is the video's, not each frame's (:func:`video_budget`): the reference keeps
+  ``ceil(ratio x dynamic tokens)`` in every frame, which on CLIP's 7 x 7 grid adds a fifth of the
+  budget; here ``floor(retain x T x N)`` tokens are apportioned over the windows and frames, so the
+  retain ratio is an upper bound. Which tokens a frame keeps is the reference's choice.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -44,8 +48,8 @@ class HoliTomParams:
     """HoliTom hyper-parameters; defaults are the reference's environment-variable defaults.
 
     Attributes:
-        retain_ratio: target fraction of the ``T * N`` tokens to keep (``RETAIN_RATIO``, 0.10); the count
-            kept differs a little (per-frame ``ceil``, per-window ``round``), e.g. 60 of 588 at 0.10.
+        retain_ratio: fraction of the ``T * N`` tokens to keep at most (``RETAIN_RATIO``, 0.10); e.g.
+            58 of 588 at 0.10 (see :func:`video_budget`).
         tau: cosine-similarity threshold above which a position counts as unchanged between two
             consecutive frames (``T``, 0.8; the README's example runs ``RETAIN_RATIO=0.15 T=0.80``,
             lower thresholds such as 0.65 merge more aggressively at small budgets).
@@ -111,6 +115,21 @@ class HoliTomOutput:
     positions: torch.Tensor
     segmentation: Segmentation
     retain_ratio: float
+
+
+@dataclass(frozen=True)
+class WindowBudget:
+    """How many tokens one temporal window keeps (:func:`window_budget`).
+
+    Attributes:
+        static: DPC-kNN clusters over the window's static tokens.
+        dominant: ``[F]`` attention top-k tokens kept in each of the window's ``F`` frames.
+        contextual: DPC-kNN clusters per frame over the dynamic tokens not kept as dominant.
+    """
+
+    static: int
+    dominant: torch.Tensor
+    contextual: int
 
 
 @dataclass(frozen=True)
@@ -224,6 +243,52 @@ def adjusted_retain_ratio(retain_ratio: float, total: int, reduced: int) -> floa
 # ----- spatial merging -------------------------------------------------------------------------
 
 
+def spread(quotas: torch.Tensor, total: int) -> torch.Tensor:
+    """Whole numbers that add up to ``total``, proportional to ``quotas [W]``: ``[W]`` int64 where entry
+    ``w`` is ``floor(cumulative share up to w) - floor(cumulative share before w)``, so every entry is
+    the floor or the ceiling of its share and the rounded-up ones are evenly spread (no bias to the
+    first windows or frames)."""
+    cumulative = torch.floor(quotas.double().cumsum(0) * (total / float(quotas.sum())) + 1e-9).long()
+    cumulative[-1] = total
+    return torch.diff(cumulative, prepend=cumulative.new_zeros(1))
+
+
+def video_budget(window_tokens: torch.Tensor, retain_ratio: float, total: int) -> torch.Tensor:
+    """Tokens each temporal window keeps: ``window_tokens [W]`` (tokens left in each window after
+    temporal merging) -> ``[W]`` int64 adding up to ``max(1, floor(retain_ratio x total))``, or to all
+    that is left when temporal merging already removed more.
+
+    The reference gives every frame ``ceil(ratio' x its dynamic tokens)``; on LLaVA-OV's 14 x 14 pooled
+    grid that adds at most half a token in 196, on CLIP's 7 x 7 grid it adds a fifth of the budget
+    (``ceil(0.1 x 49) = 5`` keeps 10.2 % with nothing static, 11 % on real clips). Apportioning the
+    video's budget over its windows in proportion to their tokens (the shares the corrected ratio
+    ``ratio'`` gives them) keeps the retain ratio an upper bound, as a user setting it expects, and at
+    least one token per video.
+    """
+    budget = max(1, math.floor(retain_ratio * total + 1e-9))
+    return spread(window_tokens.double(), min(budget, int(window_tokens.sum())))
+
+
+def window_budget(
+    kept: int, num_static: int, num_dynamic: int, frames: int, ratio: float, contextual_ratio: float = 0.0
+) -> WindowBudget:
+    """Split the ``kept`` tokens of one window of ``frames`` frames with ``num_static`` static and
+    ``num_dynamic`` dynamic positions (at the corrected ratio ``ratio`` of :func:`adjusted_retain_ratio`).
+
+    Static tokens get ``round(num_static x ratio)`` clusters (reference ``merge_tokens_by_density``),
+    more only where the dynamic tokens cannot take the rest; the rest is spread evenly over the
+    frames (:func:`spread`), and each frame's share is split into contextual and dominant tokens by
+    ``contextual_ratio`` as the reference splits it, the contextual count the same in every frame and
+    the uneven remainder going to dominant tokens.
+    """
+    # ``kept`` never exceeds the window's tokens, so the dynamic part fits in every frame.
+    static = max(min(round(num_static * ratio), kept), kept - frames * num_dynamic)
+    per_frame = spread(torch.ones(frames), kept - static)
+    base = (kept - static) // frames
+    contextual = base - round(base * (1 - contextual_ratio))
+    return WindowBudget(static=static, dominant=per_frame - contextual, contextual=contextual)
+
+
 def dpc_knn_centers(x: torch.Tensor, num_centers: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with k-nearest-neighbour density (reference ``cluster_dpc_knn``).
 
@@ -310,6 +375,10 @@ class _TokenGroup:
     positions: torch.Tensor  # [G]
 
 
+def _concat(groups: list[_TokenGroup]) -> _TokenGroup:
+    return _TokenGroup(*(torch.cat([getattr(g, f.name) for g in groups]) for f in fields(_TokenGroup)))
+
+
 def _clustered(
     x: torch.Tensor, positions: torch.Tensor, num_centers: int, params: HoliTomParams
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -321,15 +390,14 @@ def _clustered(
 
 
 def _static_group(
-    tokens: torch.Tensor, static: torch.Tensor, window: tuple[int, int], ratio: float, params: HoliTomParams
+    tokens: torch.Tensor, static: torch.Tensor, window: tuple[int, int], num_centers: int, params: HoliTomParams
 ) -> _TokenGroup | None:
     """Static tokens of one window: mean over the window (reference ``get_static_dynamic_features``),
-    then DPC-kNN down to ``round(n_static * ratio)`` (reference ``merge_tokens_by_density``)."""
-    start, end = window
-    positions = static.nonzero().squeeze(1)
-    num_centers = round(positions.numel() * ratio)
+    then DPC-kNN down to ``num_centers`` (reference ``merge_tokens_by_density``)."""
     if num_centers == 0:
         return None
+    start, end = window
+    positions = static.nonzero().squeeze(1)
     means = tokens[start : end + 1, positions].float().mean(dim=0)
     merged, counts, kept_positions = _clustered(means[None], positions[None], num_centers, params)
     span = end - start + 1
@@ -346,20 +414,15 @@ def _contextual_group(
     tokens: torch.Tensor, rest: torch.Tensor, window: tuple[int, int], num_centers: int, params: HoliTomParams
 ) -> _TokenGroup:
     """Contextual tokens of one window: per frame, DPC-kNN over the dynamic tokens that were not kept
-    as dominant (``rest [F, N]`` bool, same count per frame), batched over the window's frames."""
-    start, end = window
-    frames = end - start + 1
-    positions = rest.nonzero()[:, 1].view(frames, -1)
-    x = tokens[start : end + 1].gather(1, positions[..., None].expand(-1, -1, tokens.shape[-1]))
-    merged, counts, kept_positions = _clustered(x, positions, num_centers, params)
-    frame = torch.arange(start, end + 1, device=tokens.device)[:, None].expand(frames, num_centers)
-    return _TokenGroup(
-        tokens=merged.flatten(0, 1),
-        sizes=counts.flatten(),
-        frame_start=frame.flatten(),
-        frame_end=frame.flatten(),
-        positions=kept_positions.flatten(),
-    )
+    as dominant (``rest [F, N]`` bool; frames may differ by one token, so they are clustered one by one)."""
+    groups = []
+    for frame, frame_rest in enumerate(rest, start=window[0]):
+        positions = frame_rest.nonzero().squeeze(1)
+        x = tokens[frame, positions][None]
+        merged, counts, kept_positions = _clustered(x, positions[None], num_centers, params)
+        frame_index = torch.full((num_centers,), frame, dtype=torch.long, device=tokens.device)
+        groups.append(_TokenGroup(merged[0], counts[0], frame_index, frame_index, kept_positions[0]))
+    return _concat(groups)
 
 
 def holitom(tokens: torch.Tensor, attention: torch.Tensor, params: HoliTomParams = HoliTomParams()) -> HoliTomOutput:
@@ -386,13 +449,18 @@ def holitom(tokens: torch.Tensor, attention: torch.Tensor, params: HoliTomParams
     for start, end in segmentation.windows:
         if end > start:
             static[start : end + 1] = runs[start] >= end - start
-            group = _static_group(tokens, static[start], (start, end), ratio, params)
-            if group is not None:
-                groups.append(group)
-        budget = math.ceil((num_positions - int(static[start].sum())) * ratio)
-        dominant = round(budget * (1 - params.contextual_ratio))
-        dominant_counts[start : end + 1] = dominant
-        contextual_counts.append(budget - dominant)
+    num_static = [int(static[start].sum()) for start, _ in segmentation.windows]
+    window_tokens = torch.tensor(
+        [n + (end - start + 1) * (num_positions - n) for (start, end), n in zip(segmentation.windows, num_static)]
+    )
+    window_kept = video_budget(window_tokens, params.retain_ratio, frames * num_positions)
+    for (start, end), n, kept_count in zip(segmentation.windows, num_static, window_kept.tolist()):
+        budget = window_budget(kept_count, n, num_positions - n, end - start + 1, ratio, params.contextual_ratio)
+        group = _static_group(tokens, static[start], (start, end), budget.static, params)
+        if group is not None:
+            groups.append(group)
+        dominant_counts[start : end + 1] = budget.dominant
+        contextual_counts.append(budget.contextual)
 
     kept = select_dominant(attention, ~static, dominant_counts)
     frame_index, position_index = kept.nonzero(as_tuple=True)
@@ -410,15 +478,14 @@ def holitom(tokens: torch.Tensor, attention: torch.Tensor, params: HoliTomParams
             rest = ~static[window[0] : window[1] + 1] & ~kept[window[0] : window[1] + 1]
             groups.append(_contextual_group(tokens, rest, window, num_centers, params))
 
-    frame_start = torch.cat([g.frame_start for g in groups])
-    positions = torch.cat([g.positions for g in groups])
-    order = torch.argsort(frame_start * num_positions + positions)
+    kept_tokens = _concat(groups)
+    order = torch.argsort(kept_tokens.frame_start * num_positions + kept_tokens.positions)
     return HoliTomOutput(
-        tokens=torch.cat([g.tokens for g in groups])[order],
-        sizes=torch.cat([g.sizes for g in groups])[order],
-        frame_start=frame_start[order],
-        frame_end=torch.cat([g.frame_end for g in groups])[order],
-        positions=positions[order],
+        tokens=kept_tokens.tokens[order],
+        sizes=kept_tokens.sizes[order],
+        frame_start=kept_tokens.frame_start[order],
+        frame_end=kept_tokens.frame_end[order],
+        positions=kept_tokens.positions[order],
         segmentation=segmentation,
         retain_ratio=ratio,
     )

@@ -19,6 +19,9 @@ from models.holitom import (
     segment_windows,
     select_dominant,
     static_run_lengths,
+    spread,
+    video_budget,
+    window_budget,
     window_gains,
 )
 
@@ -213,17 +216,57 @@ def static_background_video(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, attention
 
 
-@pytest.mark.parametrize(("retain", "per_frame"), [(0.10, 5), (0.25, 13)])
-def test_no_static_tokens_keeps_attention_top_k_per_frame(retain: float, per_frame: int) -> None:
+def test_spread_apportions_evenly() -> None:
+    # 58 tokens over 12 equal windows: 4 or 5 each, the fives evenly spaced, not the first ten
+    assert spread(torch.ones(12), 58).tolist() == [4, 5, 5, 5, 5, 5, 4, 5, 5, 5, 5, 5]
+    assert spread(torch.tensor([1.0, 3.0]), 8).tolist() == [2, 6]
+    assert spread(torch.ones(3), 0).tolist() == [0, 0, 0]
+    # floating-point shares that add up to a whole number still add up to it
+    quotas = torch.tensor([0.1] * 10)
+    assert int(spread(quotas, 1).sum()) == 1
+
+
+def test_video_budget_is_at_most_the_retain_ratio_and_at_least_one_token() -> None:
+    assert video_budget(torch.tensor([49] * 12), 0.10, 588).tolist() == [4, 5, 5, 5, 5, 5, 4, 5, 5, 5, 5, 5]
+    # one window holding everything left after temporal merging keeps floor(0.1 x 588)
+    assert video_budget(torch.tensor([159]), 0.10, 588).tolist() == [58]
+    # a one-frame video with four patches keeps one token, not zero
+    assert video_budget(torch.tensor([4]), 0.10, 4).tolist() == [1]
+    # temporal merging left fewer tokens than the budget: all of them are kept
+    assert video_budget(torch.tensor([39 + 120]), 0.5, 588).tolist() == [159]
+
+
+def test_window_budget_splits_static_dominant_and_contextual() -> None:
+    # the static background example: 39 static + 12 x 10 dynamic at ratio' 0.3698 keeps 58;
+    # static round(14.42) = 14, dynamic 44 = 3 per frame + 1 in 8 evenly spaced frames.
+    ratio = adjusted_retain_ratio(0.10, 588, 429)
+    budget = window_budget(58, 39, 10, 12, ratio)
+    assert budget.static == 14 and budget.contextual == 0
+    assert budget.dominant.tolist() == [3, 4, 4, 3, 4, 4, 3, 4, 4, 3, 4, 4]
+    # the contextual share is the same in every frame; the uneven remainder stays with dominant tokens
+    budget = window_budget(49, 0, 49, 4, 0.25, contextual_ratio=0.5)
+    assert budget.contextual == 6 and sorted(budget.dominant.tolist()) == [6, 6, 6, 7]
+    # nothing dropped at ratio 1; a frame never keeps more than its dynamic tokens, static ones take the rest
+    budget = window_budget(159, 39, 10, 12, 1.0)
+    assert budget.static == 39 and budget.dominant.tolist() == [10] * 12
+    budget = window_budget(4, 3, 1, 2, 0.95)
+    assert budget.static == 3 and budget.dominant.tolist() == [0, 1]
+    budget = window_budget(1, 1, 0, 2, 0.3)  # round(0.3) = 0 static clusters would lose the token
+    assert budget.static == 1 and budget.dominant.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("retain", [0.05, 0.10, 0.25, 0.5])
+def test_no_static_tokens_keeps_attention_top_k_within_the_retain_ratio(retain: float) -> None:
     tokens, attention = random_video()
     out = holitom(tokens, attention, HoliTomParams(retain_ratio=retain))
     assert out.segmentation.windows == [(t, t) for t in range(12)]
-    assert out.tokens.shape == (12 * per_frame, 32)
-    assert per_frame == math.ceil(49 * retain)
-    assert out.sizes.tolist() == [1] * (12 * per_frame)
+    assert out.tokens.shape == (math.floor(retain * 12 * 49), 32)
+    assert out.sizes.tolist() == [1] * out.tokens.shape[0]
     assert torch.equal(out.frame_start, out.frame_end)
+    per_frame = torch.bincount(out.frame_start, minlength=12)
+    assert per_frame.max() - per_frame.min() <= 1
     for t in range(12):
-        expected = attention[t].topk(per_frame).indices.sort().values
+        expected = attention[t].topk(int(per_frame[t])).indices.sort().values
         assert out.positions[out.frame_start == t].tolist() == expected.tolist()
     torch.testing.assert_close(out.tokens, tokens[out.frame_start, out.positions])
 
@@ -232,17 +275,17 @@ def test_static_background_counts_worked_example() -> None:
     tokens, attention = static_background_video()
     out = holitom(tokens, attention, HoliTomParams(retain_ratio=0.10))
     # one window over all 12 frames, 39 static positions: 39 * 11 = 429 tokens removed;
-    # budget 0.1 / ((588 - 429) / 588) = 0.3698; static 39 -> round(14.42) = 14 clusters;
-    # dynamic 10 per frame -> ceil(3.698) = 4 per frame, 48 in all.
+    # budget 0.1 / ((588 - 429) / 588) = 0.3698 over the 159 tokens left: floor(58.8) = 58;
+    # static 39 -> round(14.42) = 14 clusters; dynamic 44 = 3 per frame + 1 in 8 frames.
     assert out.segmentation.windows == [(0, 11)]
     assert out.segmentation.total_reduced == 429
     assert out.retain_ratio == pytest.approx(0.1 / (159 / 588))
     static = out.frame_end > out.frame_start
-    assert int(static.sum()) == 14 and out.tokens.shape[0] == 14 + 48
+    assert int(static.sum()) == 14 and out.tokens.shape[0] == 14 + 44 <= 0.10 * 588
     assert (out.frame_start[static] == 0).all() and (out.frame_end[static] == 11).all()
     assert (out.positions[static] >= 10).all() and (out.positions[~static] < 10).all()
     assert int(out.sizes[static].sum()) == 39 * 12  # every static token is in some cluster
-    assert out.sizes[~static].tolist() == [1] * 48
+    assert out.sizes[~static].tolist() == [1] * 44
     order = out.frame_start * 49 + out.positions
     assert torch.equal(order, order.sort().values)
 
@@ -267,10 +310,11 @@ def test_contextual_tokens_account_for_every_token() -> None:
     out = holitom(tokens, attention, HoliTomParams(retain_ratio=0.25, contextual_ratio=0.5))
     assert int(out.sizes.sum()) == 12 * 49
     dynamic = out.frame_end == out.frame_start
-    budget = math.ceil(10 * out.retain_ratio)
-    assert int(dynamic.sum()) == 12 * budget
+    budget = window_budget(147, 39, 10, 12, out.retain_ratio, contextual_ratio=0.5)  # floor(0.25 x 588)
+    assert budget.contextual > 0
     per_frame = torch.bincount(out.frame_start[dynamic], minlength=12)
-    assert per_frame.tolist() == [budget] * 12
+    assert per_frame.tolist() == (budget.dominant + budget.contextual).tolist()
+    assert int(dynamic.sum()) + budget.static <= 0.25 * 12 * 49
 
 
 def test_holitom_is_deterministic_and_sizes_bounded() -> None:

@@ -4,6 +4,8 @@ input tokens and every output is finite. TempMe runs the tiny ViT for real."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,6 +71,8 @@ def test_holitom_sizes_account_for_the_tokens(
     out = holitom(tokens, attention, HoliTomParams(retain_ratio=retain, tau=tau, contextual_ratio=contextual))
     assert torch.isfinite(out.tokens).all() and out.tokens.shape == (len(out.sizes), dim)
     assert torch.all(out.sizes >= 1) and int(out.sizes.sum()) <= frames * positions  # pruned tokens drop out
+    budget = max(1, math.floor(retain * frames * positions + 1e-9))  # the retain ratio is an upper bound
+    assert len(out.sizes) == min(budget, frames * positions - out.segmentation.total_reduced)
     assert torch.all((0 <= out.frame_start) & (out.frame_start <= out.frame_end) & (out.frame_end < frames))
     assert torch.all((0 <= out.positions) & (out.positions < positions))
     full = holitom(tokens, attention, HoliTomParams(retain_ratio=1.0, tau=tau, contextual_ratio=contextual))

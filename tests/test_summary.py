@@ -36,12 +36,13 @@ def assert_same(a: VideoSummary, b: VideoSummary) -> None:
 
 def test_summarize_holitom() -> None:
     tokens, attention, times = video()
-    s = summarize("holitom", tokens, attention, times, retain_ratio=0.25, tau=0.8)
+    s = summarize("holitom", tokens, attention, times, retain_ratio=0.3, tau=0.8)
     assert s.method == "holitom" and s.index_map is None
-    assert s.params["retain_ratio"] == 0.25 and s.params["beta"] == 0.6  # resolved defaults are recorded
+    assert s.params["retain_ratio"] == 0.3 and s.params["beta"] == 0.6  # resolved defaults are recorded
     assert s.num_frames == 12 and s.num_patches == 49
     assert s.tokens.shape == (s.num_tokens, 32) and s.tokens.dtype == torch.float32
-    assert int(s.sizes.sum()) == 12 * 49  # at this budget nothing is dropped
+    # 0.3 x 588 tokens is more than the 159 left after temporal merging: nothing is dropped
+    assert int(s.sizes.sum()) == 12 * 49
     assert (s.positions >= 0).all() and (s.frame_end >= s.frame_start).all()
 
 
