@@ -349,6 +349,16 @@ class Catalog:
             ).all()
         return {r.id: SegmentMeta(r.id, r.video_id, r.start, r.end, r.thumbnail) for r in rows}
 
+    def segment_at(self, video_id: int, seconds: float) -> SegmentMeta | None:
+        """The video's segment that holds ``seconds``: the last one starting at or before it (the first
+        one for a time before every start); None when the video has no segments."""
+        columns = (Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
+        of_video = select(*columns).where(Segment.video_id == video_id)
+        with self.session() as s:
+            row = s.execute(of_video.where(Segment.start <= seconds).order_by(Segment.start.desc()).limit(1)).first()
+            row = row or s.execute(of_video.order_by(Segment.start).limit(1)).first()
+        return SegmentMeta(row.id, row.video_id, row.start, row.end, row.thumbnail) if row else None
+
     def get_segment(self, segment_id: int) -> Segment | None:
         with self.session() as s:
             return s.get(Segment, segment_id)

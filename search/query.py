@@ -39,7 +39,9 @@ class Moment:
 class VideoHit:
     """One video in the results: ``moment`` is its best segment (``moment.score`` is the first-stage
     score), ``more`` up to 3 further ones; ``score`` is what the results are ordered by -- the rerank
-    score when ``rerank`` holds a reranker's verdict, else the first-stage score."""
+    score when ``rerank`` holds a reranker's verdict, else the first-stage score. ``preview`` is the
+    segment that shows the matched moment when the reranker moved it out of ``moment``'s segment (its
+    thumbnail is the one to show), else None."""
 
     video_id: int
     title: str
@@ -47,6 +49,7 @@ class VideoHit:
     moment: Moment
     more: list[Moment] = field(default_factory=list)
     rerank: Rescored | None = None
+    preview: SegmentMeta | None = None
 
     @property
     def start(self) -> float:
@@ -135,6 +138,7 @@ class QueryService:
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
             result = self.reranking.rerank(method, text, vector, candidates)
             hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
+            hits = [self._previewed(hit) for hit in hits[:k]]
             timings.update(result.timings_ms)
             info = result.info
         timings["total"] = (time.perf_counter() - t0) * 1e3
@@ -143,3 +147,13 @@ class QueryService:
     @staticmethod
     def _rescored(hit: VideoHit, verdict: Rescored | None) -> VideoHit:
         return hit if verdict is None else replace(hit, score=verdict.score, rerank=verdict)
+
+    def _previewed(self, hit: VideoHit) -> VideoHit:
+        """Point ``preview`` at the segment holding the middle of the refined moment when the reranker
+        moved the moment out of the first-stage segment (one catalog lookup per such hit)."""
+        if hit.rerank is None or hit.rerank.start is None:
+            return hit
+        middle = (hit.start + hit.end) / 2
+        if hit.moment.start <= middle <= hit.moment.end:
+            return hit
+        return replace(hit, preview=self.catalog.segment_at(hit.video_id, middle))

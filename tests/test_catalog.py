@@ -77,6 +77,17 @@ def test_embeddings_round_trip_in_id_order(catalog: Catalog) -> None:
     assert catalog.count_segments("space-2") == 2
 
 
+def test_segment_at_finds_the_segment_holding_a_time(catalog: Catalog) -> None:
+    video = catalog.get_or_create_video(Path("/m/v.mp4"), "d" * 64, 1)
+    ids = catalog.replace_segments(video.id, _segments(3), "space-1")  # 0-12, 12-24, 24-36 s
+    other = catalog.get_or_create_video(Path("/m/w.mp4"), "e" * 64, 1)
+    catalog.replace_segments(other.id, _segments(3), "space-1")
+    at = {t: catalog.segment_at(video.id, t) for t in (-1.0, 0.0, 11.9, 12.0, 30.0, 99.0)}
+    assert [at[t].id for t in sorted(at)] == [ids[0], ids[0], ids[0], ids[1], ids[2], ids[2]]
+    assert (at[30.0].video_id, at[30.0].start, at[30.0].end, at[30.0].thumbnail) == (video.id, 24.0, 36.0, "t/2.jpg")
+    assert catalog.segment_at(12345, 1.0) is None
+
+
 def test_delete_video_removes_segments_and_records_tombstones(catalog: Catalog) -> None:
     video = catalog.get_or_create_video(Path("/m/v.mp4"), "d" * 64, 1)
     ids = catalog.replace_segments(video.id, _segments(2), "s")

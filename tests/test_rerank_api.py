@@ -11,7 +11,9 @@ from indexer.service import Runtime, build_runtime
 from models.rerankers.late import LateParams, late_interaction, project_summaries
 from models.summary import VideoSummary
 from search.api import create_app
-from search.rerank_service import LlmReranker, llm_summary_key
+from search.catalog import embedding_from_bytes
+from search.query import QueryService
+from search.rerank_service import LlmReranker, RerankOutcome, RerankService, Rescored, llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE
 from tests.tiny_llava import save_tiny_llava
@@ -69,6 +71,42 @@ def test_late_rerank_returns_first_stage_and_rerank_scores_and_the_refined_momen
         assert (hit["start"], hit["end"]) == (pytest.approx(expected.start, abs=1e-3), pytest.approx(expected.end, abs=1e-3))
         assert hit["segment_end"] > hit["segment_start"] >= 0 and hit["end"] > hit["start"] >= 0
     assert search(client)["rerank"]["method"] == "late"  # the default once summaries are configured
+
+
+class MovingReranker:
+    """Moves every candidate's moment to ``start``..``end`` seconds (as late interaction may)."""
+
+    name, same_scale = "late", True
+
+    def __init__(self, start: float, end: float):
+        self.start, self.end = start, end
+
+    def rescore(self, query, vector, candidates):
+        return RerankOutcome({c.video_id: Rescored(c.score, self.start, self.end) for c in candidates})
+
+
+def test_a_moment_moved_by_the_reranker_shows_its_own_segment_thumbnail(settings: Settings, samples_dir: Path) -> None:
+    runtime = build_runtime(settings)
+    video = ingest(runtime, samples_dir, ["three_scenes"])["three_scenes"]
+    first, second, third = runtime.catalog.segments_of(video)
+    vector = embedding_from_bytes(first.embedding)  # the first stage finds the first segment
+    context = runtime.api_context()
+
+    def hit_for(start: float, end: float) -> dict:
+        context.queries = QueryService(runtime.catalog, runtime.index, lambda q: vector,
+                                       reranking=RerankService({"late": MovingReranker(start, end)}, "late", k=10))
+        (hit,) = search(create_app(context).test_client(), rerank="late")["hits"]
+        assert hit["segment_id"] == first.id and hit["segment_start"] == first.start
+        assert (hit["start"], hit["end"]) == (start, end)
+        return hit
+
+    moved = hit_for(third.start + 1.0, third.start + 3.0)
+    assert moved["thumbnail_url"] == f"/api/segments/{third.id}/thumbnail"
+    assert hit_for(second.start, second.end)["thumbnail_url"] == f"/api/segments/{second.id}/thumbnail"
+    # refined inside the first-stage segment: its own thumbnail
+    assert hit_for(first.start + 1.0, first.start + 2.0)["thumbnail_url"] == f"/api/segments/{first.id}/thumbnail"
+    assert runtime.catalog.segment_at(video, -5.0).id == first.id
+    assert runtime.catalog.segment_at(video, 1e6).id == third.id
 
 
 def test_rerank_none_keeps_the_first_stage(late_runtime) -> None:

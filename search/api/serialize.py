@@ -13,13 +13,17 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def thumbnail_url(segment_id: int, thumbnail: str | None) -> str | None:
+    return url_for("videos.segment_thumbnail", segment_id=segment_id) if thumbnail else None
+
+
 def moment_json(m: Moment) -> dict:
     return {
         "segment_id": m.segment_id,
         "start": round(m.start, 3),
         "end": round(m.end, 3),
         "score": round(m.score, 6),
-        "thumbnail_url": url_for("videos.segment_thumbnail", segment_id=m.segment_id) if m.thumbnail else None,
+        "thumbnail_url": thumbnail_url(m.segment_id, m.thumbnail),
     }
 
 
@@ -27,8 +31,11 @@ def hit_json(hit: VideoHit) -> dict:
     """A hit: ``score`` orders the results; ``first_stage_score`` is the best segment's cosine,
     ``rerank_score`` the reranker's (null when it did not rescore this video); ``start``/``end`` are the
     matched moment, refined by the reranker when it did so, ``segment_start``/``segment_end`` the
-    first-stage segment's range."""
+    first-stage segment's range; ``thumbnail_url`` shows the matched moment (the segment holding the
+    refined moment when the reranker moved it elsewhere in the video)."""
     segment = moment_json(hit.moment)
+    if hit.preview is not None:
+        segment["thumbnail_url"] = thumbnail_url(hit.preview.id, hit.preview.thumbnail)
     return {
         "video_id": hit.video_id,
         "title": hit.title,
@@ -93,7 +100,7 @@ def video_json(video: Video, segments: list[Segment] | None = None) -> dict:
                 "start": s.start,
                 "end": s.end,
                 "frame_count": s.frame_count,
-                "thumbnail_url": url_for("videos.segment_thumbnail", segment_id=s.id) if s.thumbnail else None,
+                "thumbnail_url": thumbnail_url(s.id, s.thumbnail),
             }
             for s in segments
         ]
