@@ -23,6 +23,8 @@ Deviations from the reference, all deliberate:
   candidate's fit is reused, so the returned clustering is the one the elbow judged.
 * The reference's fixed-K entry point constructs ``KMeansTorch`` with wrong keyword names and
   crashes; :func:`vqtoken` with ``num_codes`` set runs the same K-means with the given K.
+* A video with fewer tokens than K (or than the elbow's ``k_min + 2``) gets ``K = min(K, T * N)``
+  (``k_min`` in adaptive mode) instead of failing, so a very short clip still gets a summary.
 * Codes are renumbered by first occurrence in (frame, position) order and empty clusters are
   dropped (the reference keeps them as all-zero codes), so every code stands for at least one token.
 * Every K-means run uses its own ``torch.Generator`` seeded with ``seed``: results are reproducible
@@ -99,7 +101,7 @@ class VQTokenOutput:
         index_map: ``[T, N]`` code of every ``(frame, position)`` token (the paper's token hash ``M``).
         counts: ``[K]`` tokens per code (sums to ``T * N``).
         num_clusters: the K that K-means ran with (``>= K`` codes kept; empty clusters are dropped).
-        candidates: the K values tried (empty in fixed-K mode).
+        candidates: the K values tried (empty in fixed-K mode and for videos too short for the elbow).
         distortions: their distortions, same order.
     """
 
@@ -204,18 +206,21 @@ def vqtoken(tokens: torch.Tensor, params: VQTokenParams = VQTokenParams()) -> VQ
     Args:
         tokens: ``[T, N, D]`` patch tokens.
         params: hyper-parameters; ``num_codes=None`` picks K by :func:`elbow` over
-            ``k_min..min(k_max, T * N)``.
+            ``k_min..min(k_max, T * N)``. With fewer than ``K`` tokens (fixed mode) or than
+            ``k_min + 2`` (adaptive mode), K is ``min(K or k_min, T * N)``.
     """
     frames, positions, dim = tokens.shape
     x = F.normalize(tokens.reshape(frames * positions, dim).float(), dim=-1)
-    if params.num_codes is not None:
-        fit = spherical_kmeans(x, params.num_codes, params.max_iter, params.tol, params.seed)
-        candidates: tuple[int, ...] = ()
-        distortions: tuple[float, ...] = ()
+    points = x.shape[0]
+    candidates: tuple[int, ...] = ()
+    distortions: tuple[float, ...] = ()
+    if params.num_codes is not None or points < params.k_min + 2:
+        # A video with fewer tokens than K (or than the elbow needs) gets at most one code per token;
+        # the reference fails on such videos.
+        k = min(params.num_codes if params.num_codes is not None else params.k_min, points)
+        fit = spherical_kmeans(x, k, params.max_iter, params.tol, params.seed)
     else:
-        candidates = tuple(range(params.k_min, min(params.k_max, x.shape[0]) + 1))
-        if len(candidates) < 3:
-            raise ValueError(f"{x.shape[0]} tokens are too few for adaptive K from {params.k_min}")
+        candidates = tuple(range(params.k_min, min(params.k_max, points) + 1))
         fits = {k: spherical_kmeans(x, k, params.max_iter, params.tol, params.seed) for k in candidates}
         distortions = tuple(fits[k].distortion for k in candidates)
         fit = fits[elbow(candidates, distortions)]

@@ -94,6 +94,18 @@ def test_fixed_k_mode_and_output_contract() -> None:
         torch.testing.assert_close(out.codebook[code], unit[out.index_map.flatten() == code].mean(dim=0))
 
 
+@pytest.mark.parametrize("params", [VQTokenParams(num_codes=32), VQTokenParams()])
+def test_a_video_with_fewer_tokens_than_codes_keeps_one_code_per_token(params: VQTokenParams) -> None:
+    tokens = torch.randn(1, 9, 16, generator=torch.Generator().manual_seed(2))  # 9 tokens < K
+    out = vqtoken(tokens, params)
+    assert out.num_clusters == 9 and out.candidates == ()
+    assert out.index_map.flatten().tolist() == list(range(9))
+    torch.testing.assert_close(out.codebook, F.normalize(tokens[0], dim=-1))
+    # 13 tokens: adaptive K would try 12..13, too few points for the elbow, so K = k_min
+    out = vqtoken(torch.randn(1, 13, 16, generator=torch.Generator().manual_seed(3)), VQTokenParams())
+    assert out.num_clusters <= 12 and out.candidates == ()
+
+
 def test_vqtoken_is_deterministic() -> None:
     tokens = torch.randn(12, 49, 32, generator=torch.Generator().manual_seed(5))
     a, b = vqtoken(tokens), vqtoken(tokens)
