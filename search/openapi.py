@@ -48,6 +48,16 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Moment": _MOMENT,
+    "SearchRequest": {
+        "type": "object",
+        "required": ["q"],
+        "properties": {
+            "q": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+            "rerank": {"type": ["string", "null"], "enum": [*RERANKERS, None],
+                       "description": "as in GET /api/search; null or absent: the configured default"},
+        },
+    },
     "Hit": {
         "type": "object",
         "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "segment_id", "start", "end",
@@ -193,7 +203,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                     ],
                     "responses": {"200": _json("SearchResult", "ranked videos"),
                                   "400": _error("empty or invalid query, unknown reranker")},
-                }
+                },
+                "post": {
+                    "operationId": "searchVideosJson",
+                    "summary": "Rank videos for a text query given as JSON (for queries too long for a URL)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
+                    },
+                    "responses": {"200": _json("SearchResult", "ranked videos"),
+                                  "400": _error("not a JSON object, empty or invalid query, unknown reranker"),
+                                  "413": _error("body larger than 64 KiB")},
+                },
             },
             "/api/videos": {
                 "get": {

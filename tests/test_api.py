@@ -89,6 +89,40 @@ def test_search_rejects_bad_queries(client: FlaskClient, params: dict, message: 
     assert resp.status_code == 400 and message in error_of(resp)
 
 
+def test_search_by_post_takes_the_same_arguments_as_json(client: FlaskClient, indexed: dict) -> None:
+    by_get = client.get("/api/search", query_string={"q": "a red ball", "k": 5}).get_json()
+    by_post = client.post("/api/search", json={"q": "a red ball", "k": 5}).get_json()
+    assert by_post["hits"] == by_get["hits"] and by_post["query"] == by_get["query"]
+    long_query = "条纹" * 500  # 1000 characters, 9 KB percent-encoded: too long for many servers' URLs
+    assert client.post("/api/search", json={"q": long_query}).get_json()["query"] == long_query
+    assert client.post("/api/search", json={"q": "ball", "rerank": None}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"q": ""}, 400, "empty"),
+        ({}, 400, "empty"),
+        ({"q": "x" * 10_000}, 400, "longer than"),
+        ({"q": 3}, 400, "q must be a string"),
+        ({"q": "dog", "k": "5"}, 400, "k must be an integer"),
+        ({"q": "dog", "k": True}, 400, "k must be an integer"),
+        ({"q": "dog", "k": 10**9}, 400, "k must be"),
+        ({"q": "dog", "rerank": 1}, 400, "rerank must be a string"),
+        ({"q": "dog", "rerank": "colbert"}, 400, "rerank must be one of"),
+        (["dog"], 400, "JSON object"),
+        ("not json", 400, "JSON object"),
+        ({"q": "x" * 70_000}, 413, "64 KiB"),
+    ],
+)
+def test_search_by_post_rejects_bad_bodies(client: FlaskClient, body, status: int, message: str) -> None:
+    if body == "not json":
+        resp = client.post("/api/search", data=b"q=dog", content_type="application/json")
+    else:
+        resp = client.post("/api/search", json=body)
+    assert resp.status_code == status and message in error_of(resp)
+
+
 def test_search_accepts_non_ascii_and_undecodable_bytes(client: FlaskClient) -> None:
     assert client.get("/api/search", query_string={"q": "ein Hund fängt 🥏"}).status_code == 200
     assert client.get("/api/search?q=%ff%fe%fd").status_code == 200
@@ -190,7 +224,7 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     assert page.status_code == 200 and b'id="search-form"' in page.data
     assert client.get("/static/app.js").status_code == 200
     resp = client.put("/api/search")
-    assert resp.status_code == 405 and "GET" in resp.headers["Allow"]
+    assert resp.status_code == 405 and {"GET", "POST"} <= set(resp.headers["Allow"].split(", "))
     assert client.get("/api/nothing").status_code == 404
 
 

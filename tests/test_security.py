@@ -27,6 +27,8 @@ def test_protected_reads_need_the_key_and_health_stays_open(settings: Settings) 
         assert client.get(url, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get(url, headers={"X-API-Key": KEY}).status_code in (200, 404), url
     assert client.get("/api/search?q=ball", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.post("/api/search", json={"q": "ball"}).status_code == 401  # the POST form is a read too
+    assert client.post("/api/search", json={"q": "ball"}, headers={"X-API-Key": KEY}).status_code == 200
     assert client.get("/healthz").status_code == 200
     assert client.post("/api/videos", json={"path": "x.mp4"}).status_code == 401
 
@@ -34,6 +36,7 @@ def test_protected_reads_need_the_key_and_health_stays_open(settings: Settings) 
 def test_reads_are_open_by_default_while_writes_need_the_key(settings: Settings) -> None:
     client = client_for(settings, api_key=KEY)
     assert all(client.get(url).status_code in (200, 404) for url in READS)
+    assert client.post("/api/search", json={"q": "ball"}).status_code == 200
     assert client.delete("/api/videos/1").status_code == 401
 
 

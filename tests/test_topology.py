@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -84,6 +86,12 @@ class Processes:
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.load(resp)
 
 
@@ -165,6 +173,12 @@ def test_api_two_workers_and_beat_ingest_a_folder_and_survive_a_killed_worker(
 
         # The API's index holds exactly the catalog's segments and serves them.
         assert get_json(f"{base}/api/search?q=stripes&k=20")["hits"]
+        # A 1000-character CJK query is 9 KB percent-encoded, past gunicorn's 4 KB request line: POST it.
+        long_query = "条纹" * 500
+        with pytest.raises(urllib.error.HTTPError) as too_long:
+            get_json(f"{base}/api/search?{urllib.parse.urlencode({'q': long_query})}")
+        assert too_long.value.code == 414  # gunicorn's own "URI Too Long"
+        assert post_json(f"{base}/api/search", {"q": long_query, "k": 20})["query"] == long_query
         assert get_json(f"{base}/healthz")["index_segments"] == total
         failed = get_json(f"{base}/api/videos?status=failed")
         assert failed["total"] == 1 and "not a readable video" in failed["videos"][0]["error"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -18,6 +18,10 @@ def error_response(status: int, message: str):
     return response
 
 
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes // (1 << 20)} MiB" if num_bytes >= 1 << 20 else f"{num_bytes // 1024} KiB"
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -27,8 +31,8 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         message = exc.description or exc.name
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body is larger than the {limit // (1 << 20)} MiB limit" if limit else message
+            limit = request.max_content_length  # this route's limit, else the app's upload limit
+            message = f"request body is larger than the {_size(limit)} limit" if limit else message
         response = error_response(exc.code or 500, message)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)

@@ -1,4 +1,9 @@
-"""``GET /api/search``: text -> ranked videos with their matched moments (``rerank=none|late|llm``)."""
+"""``/api/search``: text -> ranked videos with their matched moments (``rerank=none|late|llm``).
+
+``GET`` takes the arguments in the query string; ``POST`` takes the same ones as a JSON object, for
+queries whose URL would pass a server's request-line limit (gunicorn's is 4 KB, about 450 CJK
+characters once percent-encoded).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from search.query import QueryError
 
 bp = Blueprint("search", __name__, url_prefix="/api")
 MAX_INT = 2**63 - 1  # query integers are bounded like the database's
+MAX_SEARCH_BODY = 64 * 1024  # bytes of a POST search body; a query is at most 1000 characters
 
 
 def int_arg(name: str, default: int) -> int:
@@ -26,12 +32,31 @@ def int_arg(name: str, default: int) -> int:
     return value
 
 
-@bp.get("/search")
-def search_videos():
-    query = request.args.get("q", "")
-    rerank = request.args.get("rerank") or None  # absent or empty: the configured default
+def run_search(query: str, k: int, rerank: str | None):
     try:
-        result = ctx().queries.search(query, int_arg("k", 10), rerank)
+        result = ctx().queries.search(query, k, rerank)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     return jsonify(search_json(result))
+
+
+@bp.get("/search")
+def search_videos():
+    rerank = request.args.get("rerank") or None  # absent or empty: the configured default
+    return run_search(request.args.get("q", ""), int_arg("k", 10), rerank)
+
+
+@bp.post("/search")
+def search_videos_json():
+    request.max_content_length = MAX_SEARCH_BODY
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, 'the body must be a JSON object such as {"q": "a dog catches a frisbee", "k": 10}')
+    query, k, rerank = body.get("q", ""), body.get("k", 10), body.get("rerank")
+    if not isinstance(query, str):
+        raise ApiError(400, "q must be a string")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ApiError(400, "k must be an integer")
+    if rerank is not None and not isinstance(rerank, str):
+        raise ApiError(400, "rerank must be a string")
+    return run_search(query, k, rerank or None)

@@ -96,7 +96,12 @@ function rerankNote(info, timings) {
 async function search(q, method) {
   statusLine.textContent = "Searching…";
   results.replaceChildren();
-  const resp = await fetch(`/api/search?${new URLSearchParams({ q, k: "12", rerank: method })}`);
+  // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
+  const resp = await fetch("/api/search", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ q, k: 12, rerank: method }),
+  });
   const body = await resp.json();
   if (!resp.ok) {
     statusLine.textContent = body.error ? body.error.message : `error ${resp.status}`;
