@@ -93,6 +93,12 @@ def test_search_click_plays_at_the_matched_moment(server: str, tmp_path: Path) -
         assert card.locator(".range").inner_text() == f"{clock(top['start'])}–{clock(top['end'])}"
         page.screenshot(path=str(tmp_path / "ui-rerank.png"))
 
+        # a 1000-character query: searched by POST, and kept out of the address bar (too long a URL)
+        page.fill("#query", "条纹" * 500)
+        page.press("#query", "Enter")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('videos in')")
+        assert page.locator(".card").count() == 3 and "?q=" not in page.url
+
         page.fill("#query", "   ")
         page.press("#query", "Enter")
         assert "Type what you are looking for" in page.inner_text("#status")

@@ -117,7 +117,9 @@ form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = input.value.trim();
   if (!q) { statusLine.textContent = "Type what you are looking for."; return; }
-  history.replaceState(null, "", `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`);
+  // a shareable address, unless the query is too long for servers to take back as a URL
+  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
+  history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
   search(q, rerank.value).catch((err) => { statusLine.textContent = `Search failed: ${err}`; });
 });
 
