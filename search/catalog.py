@@ -55,6 +55,10 @@ class SegmentMeta:
     thumbnail: str | None
 
 
+# The columns of a SegmentMeta, in its field order.
+_SEGMENT_META = select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
+
+
 class JobLeased(RuntimeError):
     """The job is running on another worker whose heartbeat is fresh."""
 
@@ -342,22 +346,17 @@ class Catalog:
         if not segment_ids:
             return {}
         with self.session() as s:
-            rows = s.execute(
-                select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail).where(
-                    Segment.id.in_([int(i) for i in segment_ids])
-                )
-            ).all()
-        return {r.id: SegmentMeta(r.id, r.video_id, r.start, r.end, r.thumbnail) for r in rows}
+            rows = s.execute(_SEGMENT_META.where(Segment.id.in_([int(i) for i in segment_ids]))).all()
+        return {r.id: SegmentMeta(*r) for r in rows}
 
     def segment_at(self, video_id: int, seconds: float) -> SegmentMeta | None:
         """The video's segment that holds ``seconds``: the last one starting at or before it (the first
         one for a time before every start); None when the video has no segments."""
-        columns = (Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
-        of_video = select(*columns).where(Segment.video_id == video_id)
+        of_video = _SEGMENT_META.where(Segment.video_id == video_id)
         with self.session() as s:
             row = s.execute(of_video.where(Segment.start <= seconds).order_by(Segment.start.desc()).limit(1)).first()
             row = row or s.execute(of_video.order_by(Segment.start).limit(1)).first()
-        return SegmentMeta(row.id, row.video_id, row.start, row.end, row.thumbnail) if row else None
+        return SegmentMeta(*row) if row else None
 
     def get_segment(self, segment_id: int) -> Segment | None:
         with self.session() as s:

@@ -138,7 +138,7 @@ class QueryService:
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
             result = self.reranking.rerank(method, text, vector, candidates)
             hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
-            hits = [self._previewed(hit) for hit in hits[:k]]
+            hits = [self._previewed(hit) for hit in hits[:k]]  # only the hits returned get a lookup
             timings.update(result.timings_ms)
             info = result.info
         timings["total"] = (time.perf_counter() - t0) * 1e3
