@@ -27,9 +27,10 @@ install-test: $(VENV)/.installed-test
 services:
 	@scripts/ensure_services.sh
 
+# Another apt/dpkg run (unattended upgrades, a second make) may hold the dpkg lock: wait for it up to 5 minutes.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian chromium for the browser test"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  (apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium >/dev/null) \
 	  || { echo "could not install chromium (apt-get as root is needed)"; exit 1; }; }
 
 demo: $(VENV)/.installed

@@ -210,7 +210,10 @@ def test_a_batch_scores_every_video_as_it_would_alone_and_selects_frames_like_bv
     batch = late_interaction_batch(packed, text, [0.1, 0.2, 0.3, 0.4], params)
     for s, u, first, got in zip(summaries, units, [0.1, 0.2, 0.3, 0.4], batch):
         alone = late_interaction(u, s, text, first, params, 2.0)
-        assert (got.score, got.late, got.start, got.end) == (alone.score, alone.late, alone.start, alone.end)
+        # Packed and single-video scores come from differently shaped kernels: equal to rounding, not to the bit
+        # (AVX-512/AMX and AVX2 machines round them differently). Moments and frame choices stay exact.
+        assert (got.score, got.late) == (pytest.approx(alone.score, rel=1e-5, abs=1e-6), pytest.approx(alone.late, rel=1e-5, abs=1e-6))
+        assert (got.start, got.end) == (alone.start, alone.end)
         assert torch.equal(got.frames, alone.frames) and torch.equal(got.best_tokens, alone.best_tokens)
         relevance = frame_relevance(coverage(s), u @ text)
         assert torch.equal(got.frames, select_frames(relevance, params.num_frames).indices)
