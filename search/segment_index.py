@@ -94,6 +94,12 @@ class SegmentIndex:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def structure(self) -> str:
+        """What is searched now: ``flat`` (also an IVF kind not trained yet), ``ivf``, ``ivfpq`` or ``hnsw``."""
+        kind = "ivf" if self.options.kind == "auto" else self.options.kind
+        return kind if kind not in TRAINED_KINDS or self.index.trained else "flat"
+
     def refresh(self, force: bool = False) -> SyncReport:
         """Apply catalog changes since the watermarks (at most every ``refresh_seconds`` unless forced).
 

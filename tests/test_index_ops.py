@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from indexer.cli import cmd_index
-from indexer.service import open_catalog, settings_space_key
+from indexer.service import open_catalog, open_index, settings_space_key
 from models.backbone import model_embed_dim
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
@@ -94,7 +94,7 @@ def test_index_verify_command(settings: Settings, capsys: pytest.CaptureFixture)
     video = catalog.get_or_create_video(Path("/m/a.mp4"), "a" * 64, 1)
     ids = catalog.replace_segments(video.id, [SegmentRecord(i, i, i + 1, 1, None, x) for i, x in enumerate(_unit(6, dim=dim))], key)
     assert cmd_index(settings, Namespace(action="rebuild", check=False)) == 0
-    index = SegmentIndex(catalog, settings.resolved_index_dir, key, dim)
+    index = open_index(settings, catalog, key, dim)  # the kind the CLI opens (auto by default)
     index.index.remove([ids[0]])
     index.save()
     capsys.readouterr()
@@ -197,10 +197,11 @@ def test_auto_index_is_exact_flat_until_its_threshold_then_ivf_with_the_exact_to
     queries = _clustered(20, seed=7)
     index.search(queries[0], 10)  # a search refreshes: 1500 segments, still exact flat
     assert len(index) == 1500 and not index.index.trained and index.index.nlist == 0
+    assert index.structure == "flat"
 
     vectors |= _add_video(catalog, 1, _clustered(1000, seed=2))
     index.search(queries[0], 10)  # 2500 >= 2000: switched to IVF by this refresh, no restart
-    assert len(index) == 2500 and index.index.trained
+    assert len(index) == 2500 and index.index.trained and index.structure == "ivf"
     assert index.index.nlist == options.nlist_for(2500)
     ids = np.array(sorted(vectors))
     matrix = np.stack([vectors[i] for i in ids])
