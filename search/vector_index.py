@@ -42,7 +42,7 @@ MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x
 MAX_NPROBE = 128
 # ``auto``: segments from which the index is IVF rather than exact flat, and lists probed per query.
 # Measured with ``benchmarks/index_memory.py --sweep`` (docs/performance.md): FIXME
-AUTO_IVF_AT = 50_000
+AUTO_IVF_AT = 20_000
 AUTO_NPROBE = 32
 
 
@@ -78,9 +78,10 @@ class IndexOptions:
             raise ValueError(f"unknown index kind {self.kind!r}")
 
     def nlist_for(self, n: int) -> int:
-        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n),
+        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n)
+        (``auto``: ~2·sqrt(n), a quarter of the k-means work when it trains in a serving process),
         with at least 39 training points per list."""
-        wanted = self.nlist or int(4 * math.sqrt(max(n, 1)))
+        wanted = self.nlist or int((2 if self.kind == "auto" else 4) * math.sqrt(max(n, 1)))
         return max(1, min(wanted, n // 39))
 
     def nprobe_for(self, nlist: int) -> int:
