@@ -50,9 +50,8 @@ def _accepted(job: Job):
 
 
 def _store_upload() -> Path:
-    """Write the multipart ``file`` to a temporary file in the upload folder, then move it atomically to
-    ``<upload folder>/<random>/<its name>`` (a crash never leaves a half-written video behind; the video's
-    title is the name the user gave it, and two uploads of one name do not collide)."""
+    """Write the multipart ``file`` to a temporary file in the upload folder, then move it to
+    its final name atomically (a crash never leaves a half-written video behind)."""
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise ApiError(400, "multipart upload needs a 'file' field with a file name")
@@ -66,26 +65,12 @@ def _store_upload() -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             shutil.copyfileobj(upload.stream, fh, 1 << 20)
-        final = folder / tmp.stem.removeprefix(".upload-") / name
-        final.parent.mkdir()
+        final = folder / f"{tmp.stem.removeprefix('.upload-')}-{name}"
         tmp.replace(final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
-
-
-def _remove_upload(path: Path) -> None:
-    """Delete an uploaded file and its own folder (vidseek owns uploads; files in media roots are the user's)."""
-    uploads = ctx().settings.upload_dir.resolve()
-    if not path.resolve().is_relative_to(uploads):
-        return
-    path.unlink(missing_ok=True)
-    if path.parent.resolve() != uploads:
-        try:
-            path.parent.rmdir()
-        except OSError:  # not empty, or already gone
-            pass
 
 
 @bp.post("/videos")
@@ -96,7 +81,7 @@ def add_video():
         try:
             return _accepted(_enqueue(path))
         except ApiError:
-            _remove_upload(path)
+            path.unlink(missing_ok=True)
             raise
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str) or not body["path"].strip():
@@ -145,7 +130,9 @@ def delete_video(video_id: int):
     thumbnails = c.catalog.delete_video(video_id) or []
     for rel in thumbnails:
         (c.settings.thumbnail_dir / rel).unlink(missing_ok=True)
-    _remove_upload(Path(video.path))
+    uploaded = Path(video.path)
+    if uploaded.parent.resolve() == c.settings.upload_dir.resolve():
+        uploaded.unlink(missing_ok=True)  # vidseek owns uploads; files in media roots are the user's
     c.index.refresh(force=True)
     return "", 204
 
