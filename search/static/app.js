@@ -308,7 +308,7 @@ function videoRow(v) {
   const remove = el("button", { type: "button", className: "delete", "aria-label": `Delete ${name}` }, "Delete");
   remove.addEventListener("click", () => deleteVideo(v, name));
   const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts, remove);
-  if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.reason || v.error)}`));
+  if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.error)}`));
   return row;
 }
 
@@ -420,7 +420,7 @@ async function uploadOne(file) {
     const pct = `${Math.round(job.progress * 100)}%`;
     if (job.status === "done") break;
     if (job.status === "failed") {
-      state.textContent = `could not be indexed: ${shortReason(job.reason || job.error)}`;
+      state.textContent = `could not be indexed: ${shortReason(job.error)}`;
       state.classList.add("failed");
       bar.remove();
       loadVideos().catch(() => {});
