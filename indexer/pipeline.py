@@ -283,11 +283,11 @@ class VideoIngestor:
             raise DecodeError(f"{job.path} does not exist or is not a file")
         content_hash = sha256_file(path)
         video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)
-        self.catalog.update_job(job.id, video_id=video.id)
+        self.catalog.attach_video(job.id, video.id)
         if video.status is Status.done and video.embedding_key == self.key:
             self.catalog.finish_job(job.id, Status.done, message="already indexed")
             return Status.done
-        self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
+        self.catalog.mark_video_running(video.id, path)
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info = encoded.info
         lease.check()
@@ -314,7 +314,7 @@ class VideoIngestor:
         self.catalog.finish_job(job_id, Status.failed, error=reason)
         job = self.catalog.get_job(job_id)
         if job is not None and job.video_id is not None:
-            self.catalog.update_video(job.video_id, status=Status.failed, error=reason)
+            self.catalog.fail_video(job.video_id, reason)
 
     def _progress_reporter(self, job_id: int, callback: ProgressFn | None, lease: JobHeartbeat) -> ProgressFn:
         last = [0.0]
@@ -326,7 +326,7 @@ class VideoIngestor:
             now = time.monotonic()
             if now - last[0] >= 1.0 or fraction >= 1.0:
                 last[0] = now
-                self.catalog.update_job(job_id, progress=round(min(fraction, 1.0), 4))
+                self.catalog.set_job_progress(job_id, fraction)
 
         return report
 
