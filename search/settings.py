@@ -81,6 +81,7 @@ class Settings:
     job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
     reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
     task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
+    port: int = 8000  # `vidseek serve` / `vidseek demo` without --port
     log_level: str = "INFO"
     log_format: str = "json"
 
