@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from indexer.decode import center_crop, iter_sampled_frames
-from indexer.pipeline import batch_groups, group_frames
+from indexer.frames import batch_groups, group_frames
 from indexer.service import Runtime, build_runtime
 from search.catalog import embedding_from_bytes
 from search.query import QueryService
