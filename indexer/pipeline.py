@@ -24,6 +24,7 @@ from indexer.decode import DecodeError, SampledFrame, VideoInfo, center_crop, it
 from indexer.leases import JobHeartbeat, LeaseLost
 from indexer.media import sha256_file
 from models.backbone import ClipBackbone
+from models.factory import space_key
 from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
@@ -47,10 +48,6 @@ THUMBNAIL_HEIGHT = 180
 def embedding_key(encoder: SegmentEncoder) -> str:
     """Names the embedding space: vectors with different keys are not comparable."""
     return space_key(encoder.backbone.key, encoder.name)
-
-
-def space_key(backbone_key: str, encoder_name: str) -> str:
-    return f"{backbone_key}|{encoder_name}"
 
 
 @dataclass(frozen=True)
