@@ -23,6 +23,7 @@ from indexer.leases import JobHeartbeat, LeaseLost
 from indexer.media import sha256_file
 from indexer.segment_writer import SegmentWriter
 from indexer.segments import SegmentBatchEncoder, SummaryBuilder
+from models.factory import space_key
 from models.encoders import SegmentEncoder
 from models.rerankers.llava import LlmUnavailableError
 from models.summary import VideoSummary
@@ -40,10 +41,6 @@ ProgressFn = Callable[[float], None]
 def embedding_key(encoder: SegmentEncoder) -> str:
     """Names the embedding space: vectors with different keys are not comparable."""
     return space_key(encoder.backbone.key, encoder.name)
-
-
-def space_key(backbone_key: str, encoder_name: str) -> str:
-    return f"{backbone_key}|{encoder_name}"
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,9 @@ _SCHEMAS: dict[str, Any] = {
             "database": {"type": "string"},
             "index_segments": {"type": "integer"},
             "model": {"type": "string"},
+            "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
+                          "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},
+            "precision_reason": {"type": "string", "description": "why, e.g. 'auto: CPU AVX2 (no bf16 units)'"},
         },
     },
 }

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from flask import Flask, current_app
 
+from models.precision import PrecisionChoice
 from search.catalog import Catalog
 from search.query import QueryService
 from search.segment_index import SegmentIndex
@@ -37,6 +38,7 @@ class ApiContext:
     queries: QueryService
     ingestion: IngestionQueue | None = None
     model_name: str = ""
+    precision: PrecisionChoice | None = None  # what the model runs at, and why (healthz, web page)
     banner: str | None = None  # shown on the web page, e.g. when weights are random
 
 

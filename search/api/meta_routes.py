@@ -31,6 +31,8 @@ def health():
         database = f"error: {type(exc).__name__}"
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
             "index_segments": len(c.index), "model": c.model_name}
+    if c.precision is not None:
+        body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
     return jsonify(body), 200 if database == "ok" else 503
 
 
