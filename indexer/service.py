@@ -18,8 +18,9 @@ from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_i
 from models.encoders import SegmentEncoder, build_encoder
 from models.rerankers.late import LateParams
 from search.api import create_app
-from search.api.context import ApiContext, IngestionQueue
+from search.api.context import ApiContext
 from search.catalog import Catalog
+from search.ingestion import IngestionQueue
 from search.db import upgrade
 from search.logs import configure_logging
 from search.query import QueryService
