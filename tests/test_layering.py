@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -27,3 +28,17 @@ def test_models_import_no_service_code() -> None:
     loaded = _loaded_modules("models.encoders", "models.summary", "models.rerankers.late", "models.rerankers.llava")
     assert "torch" in loaded
     assert not loaded & {"flask", "werkzeug", "celery", "sqlalchemy", "search", "indexer"}
+
+
+def _imported_packages(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return {name.split(".")[0] for name in names}
+
+
+def test_benchmarks_do_not_import_tests() -> None:
+    """Tests import shared tiny models and helpers from ``benchmarks``; the other way round would be a cycle."""
+    sources = sorted((REPO / "benchmarks").glob("*.py"))
+    assert any("benchmarks" in _imported_packages(p) for p in sources)  # the check reads real imports
+    assert [p.name for p in sources if "tests" in _imported_packages(p)] == []
