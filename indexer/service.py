@@ -19,8 +19,9 @@ from models.factory import embedding_space_key, load_backbone
 from models.encoders import SegmentEncoder, build_encoder
 from models.rerankers.late import LateParams
 from search.api import create_app
-from search.api.context import ApiContext, IngestionQueue
+from search.api.context import ApiContext
 from search.catalog import Catalog
+from search.ingestion import IngestionQueue
 from search.db import upgrade
 from search.logs import configure_logging
 from search.query import QueryService
