@@ -183,7 +183,12 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "degraded"]},
             "database": {"type": "string"},
             "index_segments": {"type": "integer"},
+            "index": {"type": "string", "enum": ["flat", "ivf", "ivfpq", "hnsw"],
+                      "description": "the index structure searched now (VIDSEEK_INDEX_TYPE=auto: flat, then ivf)"},
             "model": {"type": "string"},
+            "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
+                          "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},
+            "precision_reason": {"type": "string", "description": "why, e.g. 'auto: CPU AVX2 (no bf16 units)'"},
         },
     },
 }

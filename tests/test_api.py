@@ -222,9 +222,12 @@ def test_stream_supports_range_requests(client: FlaskClient, indexed: dict, samp
 def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> None:
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.get_json() == {"status": "ok", "database": "ok", "index_segments": 0, "model": runtime.backbone.key}
+    assert health.get_json() == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat",
+                                 "model": runtime.backbone.key,
+                                 "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION"}
     page = client.get("/")
     assert page.status_code == 200 and b'id="search-form"' in page.data
+    assert b'<span class="model precision" title="set by VIDSEEK_PRECISION">fp32</span>' in page.data
     assert client.get("/static/app.js").status_code == 200
     icon = client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and icon.data.startswith(b"<svg")

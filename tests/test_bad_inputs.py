@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from indexer.cli import plan_jobs
+from indexer.cli import check_paths, plan_jobs
 from indexer.decode import iter_sampled_frames, probe
 from indexer.service import Runtime, build_runtime, settings_space_key
 from search.api import create_app
@@ -175,7 +175,8 @@ def test_non_utf8_file_names_are_refused_with_the_reason(runtime: Runtime, good:
     raw = media / Path(b"caf\xe9.mp4".decode("utf-8", "surrogateescape"))
     raw.write_bytes(b"\0" * 64)
     (media / "café.mp4").write_bytes(b"\0" * 64)
-    jobs, skipped, rejected = plan_jobs(runtime.settings, runtime.catalog, [media], settings_space_key(runtime.settings))
+    files, rejected = check_paths(runtime.settings, [media])
+    jobs, skipped = plan_jobs(runtime.catalog, files, settings_space_key(runtime.settings))
     assert [Path(j.path).name for j in jobs] == ["café.mp4"] and skipped == 0
     assert len(rejected) == 1 and "caf\ufffd.mp4: the file name is not valid UTF-8" in rejected[0]
 

@@ -28,7 +28,7 @@ from search.db import upgrade
 from search.settings import Settings
 from search.tables import Status, utcnow
 from tests.conftest import REPO, temporary_database
-from tests.test_catalog import catalog, database_url  # noqa: F401  (fixtures: both databases)
+from tests.test_catalog import catalog, database_url, force_job  # noqa: F401  (fixtures: both databases)
 from tests.test_celery import wait_for
 
 
@@ -60,9 +60,9 @@ def test_reaper_requeues_stale_jobs_and_fails_poison_ones(catalog: Catalog, sett
     alive, dead, poison = (catalog.create_job(Path(f"/m/{n}.mp4")) for n in ("alive", "dead", "poison"))
     for job in (alive, dead, poison):
         catalog.start_job(job.id, "w/1")
-    catalog.update_job(poison.id, video_id=video.id, attempts=2)
-    catalog.update_job(dead.id, heartbeat_at=_ago(5))
-    catalog.update_job(poison.id, heartbeat_at=_ago(5))
+    force_job(catalog, poison.id, video_id=video.id, attempts=2)
+    force_job(catalog, dead.id, heartbeat_at=_ago(5))
+    force_job(catalog, poison.id, heartbeat_at=_ago(5))
     sent: list[int] = []
 
     report = reap_stale_jobs(catalog, settings, sent.append)
@@ -76,7 +76,7 @@ def test_reaper_requeues_stale_jobs_and_fails_poison_ones(catalog: Catalog, sett
 
     assert reap_stale_jobs(catalog, settings, sent.append).requeued == []  # nothing twice
 
-    catalog.update_job(alive.id, heartbeat_at=_ago(2))  # a stalled worker is found stale ...
+    force_job(catalog, alive.id, heartbeat_at=_ago(2))  # a stalled worker is found stale ...
     (stale,) = catalog.stale_jobs(_ago(1))
     assert stale.id == alive.id
     assert catalog.heartbeat(alive.id, "w/1")  # ... but renews its lease before the reaper acts
@@ -92,7 +92,7 @@ def test_a_worker_that_lost_its_lease_writes_nothing(settings: Settings, samples
 
     def steal_on_first_progress(fraction: float) -> None:
         if not stolen:  # another worker takes the job over, as after a long stall of this one
-            runtime.catalog.update_job(job.id, worker="thief/9", heartbeat_at=utcnow())
+            force_job(runtime.catalog, job.id, worker="thief/9", heartbeat_at=utcnow())
             stolen.append(fraction)
             time.sleep(0.3)  # a few heartbeats: this worker notices
 

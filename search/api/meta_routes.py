@@ -30,7 +30,9 @@ def health():
     except Exception as exc:  # reported, not raised: health checks must answer
         database = f"error: {type(exc).__name__}"
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
-            "index_segments": len(c.index), "model": c.model_name}
+            "index_segments": len(c.index), "index": c.index.structure, "model": c.model_name}
+    if c.precision is not None:
+        body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
     return jsonify(body), 200 if database == "ok" else 503
 
 
