@@ -94,6 +94,7 @@ async function loadLibrary() {
   $("upload-limits").textContent =
     `Up to ${library.max_upload_mb} MB each; ${library.video_extensions.join(" ")}` +
     (library.ingestion ? "" : " — this server process does not accept ingestion.");
+  $("file-input").accept = ["video/*", ...library.video_extensions].join(",");
   $("key-box").hidden = !(library.write_key_required && !apiKey());
 }
 
