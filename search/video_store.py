@@ -132,6 +132,11 @@ class VideoStore(Store):
             rows = s.execute(select(Video.id, Video.title).where(Video.id.in_(int_ids(video_ids)))).all()
         return {r.id: r.title for r in rows}
 
+    def videos_with_path(self, path: str) -> int:
+        """How many videos say their file is at ``path``."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count(Video.id)).where(Video.path == path)) or 0)
+
     def mark_video_running(self, video_id: int, path: Path) -> None:
         """The video is being (re-)indexed from the file at ``path``."""
         with self.session() as s:
