@@ -124,9 +124,12 @@ def test_search_by_post_rejects_bad_bodies(client: FlaskClient, body, status: in
     assert resp.status_code == status and message in error_of(resp)
 
 
-def test_search_accepts_non_ascii_and_undecodable_bytes(client: FlaskClient) -> None:
+def test_search_accepts_non_ascii_and_refuses_undecodable_bytes(client: FlaskClient) -> None:
     assert client.get("/api/search", query_string={"q": "ein Hund fängt 🥏"}).status_code == 200
-    assert client.get("/api/search?q=%ff%fe%fd").status_code == 200
+    assert client.get("/api/search?q=%EF%BF%BD").status_code == 200  # U+FFFD itself is text
+    for raw in ("%ff%fe%fd", "%FF%FE", "dog%C3"):
+        resp = client.get(f"/api/search?q={raw}")
+        assert resp.status_code == 400 and "not valid UTF-8" in error_of(resp)
 
 
 def test_add_video_errors(client: FlaskClient, settings: Settings, tmp_path: Path) -> None:
