@@ -315,3 +315,17 @@ def test_symlink_loops_are_refused(client: FlaskClient, tmp_path: Path) -> None:
     (media / "b.mp4").symlink_to(media / "a.mp4")
     resp = client.post("/api/videos", json={"path": str(media / "a.mp4")}, headers=KEY)
     assert resp.status_code in (403, 404)
+
+
+def test_health_follows_ingestion_without_a_search(settings: Settings, samples_dir: Path) -> None:
+    """The index refreshes in the background: /healthz counts new segments although nobody searched."""
+    runtime = build_runtime(settings.with_overrides(index_refresh_seconds=0.2))
+    client = create_app(runtime.api_context()).test_client()
+    runtime.index.refresh_in_background()
+    assert client.get("/healthz").get_json()["index_segments"] == 0
+    assert add(client, samples_dir / "three_scenes.mp4")["status"] == "done"
+    deadline = time.monotonic() + 30
+    while (health := client.get("/healthz").get_json())["index_segments"] != 3:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert 0 <= health["index_refreshed_seconds_ago"] < 5

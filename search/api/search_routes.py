@@ -37,10 +37,11 @@ def int_arg(name: str, default: int) -> int:
 def text_arg(name: str) -> str:
     """The query-string argument ``name`` as text. Bytes that are not UTF-8 (``%FF%FE``) are refused
     with 400: decoded leniently they would become U+FFFD and be searched as text nobody typed."""
-    for key, value in urllib.parse.parse_qsl(request.query_string, keep_blank_values=True):  # bytes pairs
-        if key == name.encode():
+    for pair in request.query_string.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")) == name.encode():
             try:
-                value.decode("utf-8")
+                urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
             except UnicodeDecodeError:
                 raise ApiError(400, f"{name} is not valid UTF-8 text (percent-encode its UTF-8 bytes)") from None
     return request.args.get(name, "")
