@@ -31,7 +31,7 @@ from indexer.service import (
     settings_space_key,
 )
 from indexer.tasks import INGEST_TASK, CeleryQueue, LazyIngestor, make_celery
-from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
+from models.factory import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
 from search.catalog import Catalog
 from search.db import current_revision, upgrade
 from search.logs import configure_logging

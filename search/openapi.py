@@ -162,7 +162,12 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["number", "null"],
                 "description": "how long ago the index last pulled catalog changes (every VIDSEEK_INDEX_REFRESH_SECONDS)",
             },
+            "index": {"type": "string", "enum": ["flat", "ivf", "ivfpq", "hnsw"],
+                      "description": "the index structure searched now (VIDSEEK_INDEX_TYPE=auto: flat, then ivf)"},
             "model": {"type": "string"},
+            "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
+                          "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},
+            "precision_reason": {"type": "string", "description": "why, e.g. 'auto: CPU AVX2 (no bf16 units)'"},
         },
     },
 }

@@ -2,7 +2,10 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. Index kinds:
 
-- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)`` — the default, right up to ~1M segments
+- ``auto`` (the default): exact ``flat`` while the library is small, ``ivf`` once it holds
+  ``AUTO_IVF_AT`` segments (where flat search stops being cheap: measured, see below);
+  ``search.segment_index`` makes the switch (and retrains as the library grows).
+- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``; its time grows with the library
   (about 2.1 GB per million 512-d vectors).
 - ``ivf``: ``IndexIVFFlat`` with native ids: the same memory as flat, much faster search.
 - ``ivfpq``: ``IndexIVFPQ`` with ``pq_m`` bytes per vector (8-bit codes): for 10M+ segments,
@@ -33,10 +36,14 @@ import numpy as np
 
 INDEX_FILE = "segments.faiss"
 STATE_FILE = "segments.json"
-KINDS = ("flat", "ivf", "ivfpq", "hnsw")
-TRAINED_KINDS = ("ivf", "ivfpq")
+KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+TRAINED_KINDS = ("auto", "ivf", "ivfpq")
 MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x 256 of them)
 MAX_NPROBE = 128
+# ``auto``: segments from which the index is IVF rather than exact flat, and lists probed per query.
+# Measured with ``benchmarks/index_memory.py --sweep`` (docs/performance.md): FIXME
+AUTO_IVF_AT = 20_000
+AUTO_NPROBE = 32
 
 
 @dataclass
@@ -55,7 +62,8 @@ class IndexOptions:
     """How to build the FAISS index (``VIDSEEK_INDEX_*`` settings).
 
     ``nlist`` 0 picks about ``4·sqrt(n)`` lists for the ``n`` training vectors; ``nprobe`` 0
-    probes ``nlist / 8`` of them (at most ``MAX_NPROBE``); ``pq_m`` is the IVF-PQ code size in bytes.
+    probes ``nlist / 8`` of them (at most ``MAX_NPROBE``; ``auto``: ``AUTO_NPROBE``); ``pq_m`` is
+    the IVF-PQ code size in bytes; ``auto_at`` 0 means ``AUTO_IVF_AT``.
     """
 
     kind: str = "flat"
@@ -63,20 +71,29 @@ class IndexOptions:
     nprobe: int = 0
     pq_m: int = 64
     hnsw_m: int = 32
+    auto_at: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}")
 
     def nlist_for(self, n: int) -> int:
-        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n),
+        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n)
+        (``auto``: ~2·sqrt(n), a quarter of the k-means work when it trains in a serving process),
         with at least 39 training points per list."""
-        wanted = self.nlist or int(4 * math.sqrt(max(n, 1)))
+        wanted = self.nlist or int((2 if self.kind == "auto" else 4) * math.sqrt(max(n, 1)))
         return max(1, min(wanted, n // 39))
+
+    def nprobe_for(self, nlist: int) -> int:
+        if self.nprobe:
+            return self.nprobe
+        return min(nlist, AUTO_NPROBE) if self.kind == "auto" else max(1, min(nlist // 8, MAX_NPROBE))
 
     @property
     def train_at(self) -> int:
         """Vectors collected (searched exactly) before an IVF index trains."""
+        if self.kind == "auto":
+            return max(self.auto_at or AUTO_IVF_AT, 39 * self.nlist)
         return max(MIN_TRAIN, 39 * self.nlist)
 
 
@@ -110,12 +127,12 @@ class VectorIndex:
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         nlist = o.nlist_for(len(train))
         quantizer = faiss.IndexFlatIP(self.dim)
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "auto"):
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, o.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
         index.train(np.ascontiguousarray(train, dtype=np.float32))
-        index.nprobe = o.nprobe or max(1, min(nlist // 8, MAX_NPROBE))
+        index.nprobe = o.nprobe_for(nlist)
         return index
 
     def _to_gpu(self, index: faiss.Index) -> faiss.Index:
@@ -131,6 +148,13 @@ class VectorIndex:
     def trained(self) -> bool:
         """False while an IVF kind still holds its vectors in the exact untrained stage."""
         return self._trained
+
+    @property
+    def nlist(self) -> int:
+        """Inverted lists of a trained IVF index (0 when it is not one)."""
+        with self._lock:
+            cpu = self._cpu_index()
+            return int(cpu.nlist) if isinstance(cpu, faiss.IndexIVF) else 0
 
     def train(self, sample: np.ndarray) -> None:
         """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39), moving any vectors
@@ -161,7 +185,7 @@ class VectorIndex:
                 self._compact_locked()  # the old vectors for real, or they would come back
             self._index.add_with_ids(vectors, ids)
             self._max_id = max(self._max_id, int(ids.max()))
-            if not self.trained and self._index.ntotal >= self.options.train_at:
+            if self.kind != "auto" and not self.trained and self._index.ntotal >= self.options.train_at:
                 self.train(self._export_locked()[1])
 
     def remove(self, ids: np.ndarray | list[int]) -> None:

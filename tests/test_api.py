@@ -261,10 +261,12 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     health = client.get("/healthz")
     assert health.status_code == 200
     body = health.get_json()
-    assert body == {"status": "ok", "database": "ok", "index_segments": 0, "model": runtime.backbone.key,
-                    "index_refreshed_seconds_ago": body["index_refreshed_seconds_ago"]}
+    assert body == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat",
+                    "index_refreshed_seconds_ago": body["index_refreshed_seconds_ago"], "model": runtime.backbone.key,
+                    "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION"}
     page = client.get("/")
     assert page.status_code == 200 and b'id="search-form"' in page.data
+    assert b'<span class="model precision" title="set by VIDSEEK_PRECISION">fp32</span>' in page.data
     assert client.get("/static/app.js").status_code == 200
     resp = client.put("/api/search")
     assert resp.status_code == 405 and {"GET", "POST"} <= set(resp.headers["Allow"].split(", "))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from indexer.decode import center_crop, iter_sampled_frames
-from indexer.pipeline import batch_groups, group_frames
+from indexer.frames import batch_groups, group_frames
 from indexer.service import Runtime, build_runtime
 from search.catalog import embedding_from_bytes
 from search.query import QueryService
@@ -234,7 +234,9 @@ def test_ingestion_stores_a_compressed_summary(settings: Settings, samples_dir: 
     assert summary.tokens.shape[1] == runtime.backbone.width
     assert int(summary.frame_end.max()) == 35
     if method == "holitom":
-        assert summary.num_tokens <= 0.12 * 36 * 49
+        # VIDSEEK_SUMMARY_RETAIN (0.10) bounds each 12-frame chunk: floor(0.10 * 12 * 49) = 58 tokens
+        assert summary.params["retain_ratio"] == 0.10
+        assert summary.num_tokens <= 3 * 58
     else:
         assert summary.index_map.shape == (36, 49)
     runtime.catalog.delete_video(job.video_id)

@@ -13,5 +13,5 @@ bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/stat
 def index():
     c = ctx()
     reranking = c.queries.reranking
-    return render_template("index.html", banner=c.banner, model=c.model_name, rerank=reranking.default,
+    return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision, rerank=reranking.default,
                            rerankers=set(reranking.rerankers))

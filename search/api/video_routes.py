@@ -15,7 +15,8 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request, send_file
 
 from search.api.auth import require_api_key
-from search.api.context import QueueUnavailable, ctx
+from search.api.context import ctx
+from search.ingestion import QueueUnavailable
 from search.api.errors import ApiError
 from search.api.search_routes import int_arg
 from search.api.serialize import job_json, video_json
