@@ -3,6 +3,7 @@
 import io
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from indexer.service import Runtime, build_runtime
 from search.api import create_app
 from search.api.video_routes import stored_upload_name
 from search.settings import Settings
+from search.text_batcher import TextBatcher
 
 KEY = {"X-API-Key": "test-key"}
 
@@ -71,6 +73,23 @@ def test_search_returns_ranked_videos_with_moments(client: FlaskClient, indexed:
     assert client.get(hit["video_url"]).get_json()["id"] == hit["video_id"]
     assert set(body["timings_ms"]) >= {"encode", "search", "total"}
     assert len(client.get("/api/search?q=ball&k=1").get_json()["hits"]) == 1
+
+
+def test_concurrent_searches_through_the_text_batcher_answer_like_sequential_ones(
+    runtime: Runtime, client: FlaskClient, indexed: dict
+) -> None:
+    queries = [f"a red ball number {i}" for i in range(6)] + ["three scenes", "a moving square"]
+    app = client.application
+    with ThreadPoolExecutor(len(queries)) as pool:  # one test client per thread, like gunicorn threads
+        together = list(pool.map(lambda q: app.test_client().get("/api/search", query_string={"q": q}).get_json(), queries))
+    batcher = runtime.queries._encode.__wrapped__
+    assert isinstance(batcher, TextBatcher) and batcher.texts == len(queries)
+    runtime.queries._encode.cache_clear()
+    for query, body in zip(queries, together):
+        alone = client.get("/api/search", query_string={"q": query}).get_json()
+        assert body["query"] == query
+        assert {h["video_id"]: h["score"] for h in body["hits"]} == pytest.approx(
+            {h["video_id"]: h["score"] for h in alone["hits"]}, abs=1e-4)
 
 
 @pytest.mark.parametrize(
