@@ -46,7 +46,7 @@ from benchmarks.common import latency_percentiles, machine_description, temporar
 from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
 from indexer.service import settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
-from models.backbone import model_embed_dim  # noqa: E402
+from models.factory import model_embed_dim  # noqa: E402
 from search.catalog import Catalog, embedding_to_bytes  # noqa: E402
 from search.db import upgrade  # noqa: E402
 from search.settings import Settings  # noqa: E402

@@ -94,6 +94,28 @@ class SegmentIndex:
     def __len__(self) -> int:
         return len(self.index)
 
+    def refresh_age(self) -> float | None:
+        """Seconds since the index last pulled catalog changes (None: never)."""
+        last = self._last_refresh
+        return None if last == -float("inf") else time.monotonic() - last
+
+    def refresh_in_background(self) -> threading.Thread:
+        """Refresh every ``refresh_seconds`` (at least every 0.1 s) on a daemon thread, so that what
+        the index holds -- and ``/healthz`` reports -- follows ingestion without waiting for a search.
+        Database errors are logged and retried at the next tick."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(max(self.refresh_seconds, 0.1))
+                try:
+                    self.refresh(force=True)
+                except Exception as exc:  # the catalog briefly unreachable: try again next tick
+                    log.warning("index refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+        thread = threading.Thread(target=loop, name="index-refresh", daemon=True)
+        thread.start()
+        return thread
+
     @property
     def structure(self) -> str:
         """What is searched now: ``flat`` (also an IVF kind not trained yet), ``ivf``, ``ivfpq`` or ``hnsw``."""

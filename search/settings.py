@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from models.precision import PRECISIONS
+
 ENCODERS = ("full", "tempme")
 SUMMARIES = ("none", "holitom", "vqtoken")
 RERANKERS = ("none", "late", "llm")
@@ -44,6 +46,7 @@ class Settings:
     pretrained: str = "openai"  # open_clip tag, a checkpoint path, or "random"
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: weights cast once at load (models/precision.py)
     encoder: str = "tempme"  # TempMe holds its numbers (docs/performance.md); "full" for plain CLIP
     tempme_weights: Path | None = None  # trained TempMe checkpoint (optional; training-free without)
     summary: str = "none"  # compressed token summary per video, for reranking
@@ -84,12 +87,15 @@ class Settings:
     job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
     reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
     task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
+    port: int = 8000  # `vidseek serve` / `vidseek demo` without --port
     log_level: str = "INFO"
     log_format: str = "json"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise SettingsError(f"VIDSEEK_ENCODER must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"VIDSEEK_PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
         if self.summary not in SUMMARIES:
             raise SettingsError(f"VIDSEEK_SUMMARY must be one of {SUMMARIES}, got {self.summary!r}")
         if self.index_type not in INDEX_TYPES:

@@ -22,7 +22,8 @@ import torch
 from benchmarks.common import PG_ADMIN_URL
 from benchmarks.common import temporary_database as new_database
 from indexer.samples import ensure_samples
-from models.backbone import ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import load_backbone
 from search.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"
@@ -72,6 +73,7 @@ def settings(tmp_path: Path, samples_dir: Path, tiny_checkpoint: Path) -> Settin
         pretrained=str(tiny_checkpoint),
         model_config_dir=TINY_CONFIG_DIR,
         device="cpu",
+        precision="fp32",  # the same numbers on AVX2 and AMX machines; auto has its own tests
         index_refresh_seconds=0.0,
         log_format="text",
     )
@@ -90,6 +92,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         VIDSEEK_PRETRAINED=settings.pretrained,
         VIDSEEK_MODEL_CONFIG_DIR=str(settings.model_config_dir),
         VIDSEEK_DEVICE=settings.device,
+        VIDSEEK_PRECISION=settings.precision,
         VIDSEEK_ENCODER=settings.encoder,
         VIDSEEK_INDEX_REFRESH_SECONDS=str(settings.index_refresh_seconds),
         VIDSEEK_API_KEY=settings.api_key,

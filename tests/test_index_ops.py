@@ -14,7 +14,7 @@ import pytest
 
 from indexer.cli import cmd_index
 from indexer.service import open_catalog, open_index, settings_space_key
-from models.backbone import model_embed_dim
+from models.factory import model_embed_dim
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
 from search.segment_index import SegmentIndex, _folder_lock
