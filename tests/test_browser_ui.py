@@ -85,7 +85,10 @@ def library(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path, tiny_ch
     for path in (samples_dir / "three_scenes.mp4", samples_dir / "red_ball.mp4", root / "media" / "red_ball.mkv",
                  root / "media" / "holiday.mp4"):
         runtime.ingestor().run_job(runtime.catalog.create_job(path).id)
-    with serve(context_with_slow_query(runtime)) as (url, _):
+    context = context_with_slow_query(runtime)
+    context.banner = ("The CLIP weights could not be loaded (https://huggingface.co/timm/vit_base_patch32_clip_224."
+                      "openai/resolve/main/open_clip_pytorch_model.bin): results are meaningless.")  # must wrap on phones
+    with serve(context) as (url, _):
         yield url
 
 
@@ -150,6 +153,8 @@ def test_layout_fits_phones_tablets_and_desktops(browser, library: str, shots: P
     page.wait_for_function("() => /searchable/.test(document.querySelector('#library-count').textContent)")
     assert page.inner_text("#library-count").startswith("3 videos searchable") and "1 could not be indexed" in page.inner_text("#library-count")
     fits_width(page, width)
+    banner = page.locator("#banner").bounding_box()
+    assert banner["width"] <= width and page.locator("#banner").evaluate("b => b.scrollWidth <= b.clientWidth")
     for control in ("#query", "#rerank", "#search-form button[type=submit]", "#nav-library"):
         reachable(page, control, width)
     reachable(page, ".model-info", width, min_height=10)  # model (and precision) labels: on screen, not covered
