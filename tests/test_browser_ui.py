@@ -253,6 +253,20 @@ def test_empty_library_no_results_and_server_gone(browser, tmp_path: Path, sampl
         page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('No videos match')")
         assert page.is_visible("#empty-library")
         page.screenshot(path=str(shots / "no-results-390.png"), full_page=True)
+
+        for i in range(25):  # queued videos (never ingested): the library pages them 20 at a time
+            runtime.catalog.get_or_create_video(tmp_path / "media" / f"clip{i:02d}.mp4", f"{i:064x}", 1000)
+        page.click("#nav-library")
+        page.wait_for_selector("#video-list .video-row")
+        assert page.locator(".video-row").count() == 20 and page.inner_text("#page-info") == "Page 1 of 2"
+        assert page.locator(".video-row .badge.queued").count() == 20 and page.is_disabled("#page-prev")
+        page.click("#page-next")
+        page.wait_for_function("() => document.querySelector('#page-info').textContent === 'Page 2 of 2'")
+        assert page.locator(".video-row").count() == 5 and page.is_disabled("#page-next")
+        assert page.locator(".video-row .name").last.inner_text() == "clip00.mp4"  # newest first
+        fits_width(page, 390)
+        page.screenshot(path=str(shots / "library-page2-390.png"), full_page=True)
+        page.click("#nav-search")
         httpd.shutdown()
         httpd.server_close()  # the server goes away mid-session
         page.fill("#query", "anything else")
