@@ -33,6 +33,7 @@ import time
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -156,14 +157,19 @@ def wait_ready(port: int, segments: int, api: subprocess.Popen, log: Path, timeo
 def bench_query(args: argparse.Namespace) -> list[dict]:
     """One catalog; for each ``--text-batch`` setting a server on it, measured with each ``--clients`` count."""
     rows = []
-    with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
+    database = nullcontext(args.database_url) if args.database_url else temporary_database("vidseek_bench")
+    with database as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, model=args.model, pretrained=args.pretrained,
                             device="cpu", index_type=args.index_type)
         upgrade(url)
         catalog = Catalog(url)
         key, dim = settings_space_key(settings), model_embed_dim(settings.model)
+        held = catalog.count_segments(key)
+        if held not in (0, args.segments):
+            raise SystemExit(f"{url} holds {held} segments, not {args.segments}")
         t0 = time.perf_counter()
-        fill_catalog(catalog, key, dim, args.segments, args.per_video)
+        if not held:
+            fill_catalog(catalog, key, dim, args.segments, args.per_video)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
         for batching in args.text_batch:
             env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
@@ -280,7 +286,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the results to this JSON-lines file")
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("query")
-    q.add_argument("--segments", type=int, default=100_000)
+    q.add_argument("--segments", type=int, default=1_000_000)
+    q.add_argument("--database-url", help="use (and keep) this catalog database, filled only when empty; "
+                                          "default: a temporary PostgreSQL database")
     q.add_argument("--per-video", type=int, default=10)
     q.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     q.add_argument("--requests", type=int, default=400)

@@ -268,6 +268,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ingesting {len(samples)} sample videos from {settings.samples_dir}")
     ingest_paths(settings, samples, ingestor=runtime.ingestor())
     runtime.index.refresh(force=True)
+    runtime.index.refresh_in_background()
     from search.api import create_app
 
     serve(create_app(runtime.api_context()), args.host, args.port)

@@ -152,4 +152,5 @@ def create_service_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level, settings.log_format)
     runtime = build_runtime(settings)
     runtime.index.refresh(force=True)
+    runtime.index.refresh_in_background()
     return create_app(runtime.api_context())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,14 @@ class StaleJob:
     attempts: int
 
 
+@dataclass(frozen=True)
+class ClaimHolder:
+    """The running job that has claimed a video's content (it is encoding it)."""
+
+    job_id: int
+    worker: str | None
+
+
 def _set(s: Session, job_id: int, values: dict[str, Any]) -> None:
     s.execute(update(Job).where(Job.id == job_id).values(**values))
 
@@ -52,6 +61,30 @@ class JobStore(Store):
         with self.session() as s:
             return s.get(Job, job_id)
 
+    def claim_video(
+        self, job_id: int, video_id: int, stale_before: datetime, holder_is_dead: Callable[[str | None], bool]
+    ) -> ClaimHolder | None:
+        """Attach video ``video_id`` (a content hash) to running job ``job_id`` unless another running
+        job already has it and is alive; returns that job then (the caller waits for it), else None.
+
+        A job counts as alive while its heartbeat is newer than ``stale_before`` and
+        ``holder_is_dead(worker)`` is false. Concurrent claims of one video take turns on its row.
+        """
+        with self.session() as s:
+            # A write first: PostgreSQL locks the row, SQLite the database, until this transaction ends.
+            s.execute(update(Video).where(Video.id == video_id).values(status=Video.status))
+            others = s.execute(
+                select(Job.id, Job.worker, Job.heartbeat_at, Job.started_at)
+                .where(Job.video_id == video_id, Job.status == Status.running, Job.id != job_id)
+                .order_by(Job.id)
+            ).all()
+            for other in others:
+                beat = other.heartbeat_at or other.started_at
+                if beat is not None and aware(beat) >= stale_before and not holder_is_dead(other.worker):
+                    return ClaimHolder(other.id, other.worker)
+            _set(s, job_id, {"video_id": video_id})
+            return None
+
     def attach_video(self, job_id: int, video_id: int) -> None:
         """Record which video the job's file turned out to be (known once it is hashed)."""
         with self.session() as s:
@@ -65,12 +98,15 @@ class JobStore(Store):
         with self.session() as s:
             _set(s, job_id, values)
 
-    def start_job(self, job_id: int, worker: str = "local", stale_before: datetime | None = None) -> Job | None:
+    def start_job(
+        self, job_id: int, worker: str = "local", stale_before: datetime | None = None, dead_holder: str | None = None
+    ) -> Job | None:
         """Lease job ``job_id`` to ``worker``: mark it running, count the attempt, stamp a heartbeat.
 
         Returns None when there is nothing to run (no such job, or it is done or failed: both
         final). A job running on another worker is taken over only if its heartbeat is older
-        than ``stale_before`` (that worker died); otherwise :class:`JobLeased` is raised.
+        than ``stale_before`` (that worker died) or its worker is ``dead_holder`` (the caller
+        proved that process gone); otherwise :class:`JobLeased` is raised.
         """
         with self.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
@@ -78,7 +114,7 @@ class JobStore(Store):
                 return None
             if job.status is Status.running and job.worker != worker and stale_before is not None:
                 beat = job.heartbeat_at or job.started_at
-                if beat is not None and aware(beat) >= stale_before:
+                if beat is not None and aware(beat) >= stale_before and (dead_holder is None or job.worker != dead_holder):
                     raise JobLeased(job_id, job.worker)
             now = utcnow()
             job.status, job.started_at, job.error, job.worker, job.heartbeat_at = Status.running, now, None, worker, now

@@ -182,7 +182,11 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded"]},
             "database": {"type": "string"},
-            "index_segments": {"type": "integer"},
+            "index_segments": {"type": "integer", "description": "segments in this process's index"},
+            "index_refreshed_seconds_ago": {
+                "type": ["number", "null"],
+                "description": "how long ago the index last pulled catalog changes (every VIDSEEK_INDEX_REFRESH_SECONDS)",
+            },
             "index": {"type": "string", "enum": ["flat", "ivf", "ivfpq", "hnsw"],
                       "description": "the index structure searched now (VIDSEEK_INDEX_TYPE=auto: flat, then ivf)"},
             "model": {"type": "string"},
@@ -279,7 +283,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "403": _error("path outside the media roots"),
                         "404": _error("no such file"),
                         "413": _error("upload larger than the limit"),
-                        "422": _error("not a usable video"),
+                        "422": _error("not a usable video, or a directory (the API ingests one file)"),
                         "503": _error("ingestion unavailable"),
                     },
                 },
@@ -310,7 +314,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "200": {"description": "the whole file", "content": {"video/*": {}}},
                         "206": {"description": "the requested byte range", "content": {"video/*": {}}},
                         "404": _error("no such video or file"),
-                        "416": _error("range not satisfiable"),
+                        "416": _error("range not satisfiable (with Content-Range: bytes */<size>)"),
                     },
                 }
             },

@@ -94,6 +94,28 @@ class SegmentIndex:
     def __len__(self) -> int:
         return len(self.index)
 
+    def refresh_age(self) -> float | None:
+        """Seconds since the index last pulled catalog changes (None: never)."""
+        last = self._last_refresh
+        return None if last == -float("inf") else time.monotonic() - last
+
+    def refresh_in_background(self) -> threading.Thread:
+        """Refresh every ``refresh_seconds`` (at least every 0.1 s) on a daemon thread, so that what
+        the index holds -- and ``/healthz`` reports -- follows ingestion without waiting for a search.
+        Database errors are logged and retried at the next tick."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(max(self.refresh_seconds, 0.1))
+                try:
+                    self.refresh(force=True)
+                except Exception as exc:  # the catalog briefly unreachable: try again next tick
+                    log.warning("index refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+        thread = threading.Thread(target=loop, name="index-refresh", daemon=True)
+        thread.start()
+        return thread
+
     @property
     def structure(self) -> str:
         """What is searched now: ``flat`` (also an IVF kind not trained yet), ``ivf``, ``ivfpq`` or ``hnsw``."""
@@ -164,7 +186,7 @@ class SegmentIndex:
         fresh = VectorIndex(self.state.dim, self.options)
         count = self.catalog.count_segments(self.state.embedding_key)
         if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
-            fresh.train(self._training_sample(count))
+            fresh.train(self._training_sample(count), size=count)
         watermark = 0
         for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
             fresh.add(ids, vectors)
@@ -176,9 +198,9 @@ class SegmentIndex:
         return SyncReport(len(fresh), 0, len(fresh))
 
     def _training_sample(self, count: int) -> np.ndarray:
-        """Every ``step``-th catalog vector of this space: about ``64·nlist`` of them, within
-        ``[train_at, MAX_TRAINING_SAMPLE]``. Returns float32 ``[n, dim]``."""
-        wanted = min(count, MAX_TRAINING_SAMPLE, max(self.options.train_at, 64 * self.options.nlist_for(count)))
+        """Every ``step``-th catalog vector of this space: about ``IndexOptions.training_size`` of them,
+        at most ``MAX_TRAINING_SAMPLE``. Returns float32 ``[n, dim]``."""
+        wanted = min(MAX_TRAINING_SAMPLE, self.options.training_size(count))
         step = max(1, count // wanted)
         parts, seen = [], 0
         for _, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):

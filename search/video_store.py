@@ -155,6 +155,11 @@ class VideoStore(Store):
         counts.update({Status(r[0]): int(r[1]) for r in rows})
         return counts
 
+    def videos_with_path(self, path: str) -> int:
+        """How many videos say their file is at ``path``."""
+        with self.session() as s:
+            return int(s.scalar(select(func.count(Video.id)).where(Video.path == path)) or 0)
+
     def mark_video_running(self, video_id: int, path: Path) -> None:
         """The video is being (re-)indexed from the file at ``path``."""
         with self.session() as s:
