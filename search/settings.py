@@ -68,7 +68,7 @@ class Settings:
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
     batch_segments: int = 4
     index_dir: Path | None = None  # None -> data_dir / "index"
-    index_type: str = "auto"  # exact flat while small, IVF once large (search.vector_index.AUTO_IVF_AT)
+    index_type: str = "auto"  # exact flat while small, IVF from search.vector_index.AUTO_IVF_AT (100k) segments
     index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
     index_refresh_seconds: float = 2.0
     index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
