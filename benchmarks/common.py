@@ -248,15 +248,21 @@ def process_peak_rss_bytes() -> int | None:
 
 # ----- environment and output -------------------------------------------------------------------
 def machine_description() -> dict[str, Any]:
-    """CPU model, core count, torch threads and version, and the 1-minute load average now."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, the vector capability torch dispatches to (``AVX2``, ``AVX512``...; ``+AMX``
+    where the CPU has AMX tiles), core count, torch threads and version, and the 1-minute load
+    average now."""
+    cpu, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+            lines = info.readlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next((line for line in lines if line.startswith("flags")), "")
     except (OSError, StopIteration):
         pass
+    capability = torch.backends.cpu.get_cpu_capability() + ("+AMX" if " amx_tile" in flags else "")
     return {
         "cpu": cpu,
+        "capability": capability,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
