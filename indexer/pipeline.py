@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +19,30 @@ import numpy as np
 from indexer.decode import DecodeError, SampledFrame, VideoInfo, iter_sampled_frames, probe, sample_times
 from indexer.errors import TRANSIENT_ERRORS
 from indexer.frames import PreparedFrame, UniformFramePicker, batch_groups, drop_repeated_frames, group_frames, prepare_frames
-from indexer.leases import JobHeartbeat, LeaseLost
+from indexer.leases import JobHeartbeat, LeaseLost, holder_is_dead, worker_identity
 from indexer.media import sha256_file
 from indexer.prefetch import Prefetcher
 from indexer.segment_writer import SegmentWriter
 from indexer.segments import SegmentBatchEncoder, SummaryBuilder, default_batch_segments
+from models.factory import space_key
 from models.encoders import SegmentEncoder
 from models.rerankers.llava import LlmUnavailableError
 from models.summary import VideoSummary
-from search.catalog import Catalog, SegmentRecord, SummaryRecord
-from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file
+from search.catalog import Catalog, JobLeased, SegmentRecord, SummaryRecord
+from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, remove_empty_folders
 from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
-from search.tables import LLM_SPACE, Job, Status, utcnow
+from search.tables import LLM_SPACE, Job, Status, Video, utcnow
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float], None]
+CLAIM_POLL_SECONDS = 0.5  # how often a job waiting for another one encoding the same content looks again
 
 
 def embedding_key(encoder: SegmentEncoder) -> str:
     """Names the embedding space: vectors with different keys are not comparable."""
     return space_key(encoder.backbone.key, encoder.name)
-
-
-def space_key(backbone_key: str, encoder_name: str) -> str:
-    return f"{backbone_key}|{encoder_name}"
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,9 @@ class VideoIngestor:
         self.llm = llm
 
     # ----- one job ------------------------------------------------------------------------
-    def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str = "local") -> Status:
-        """Run job ``job_id`` to completion under ``worker``'s lease; returns the job's status.
+    def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str | None = None) -> Status:
+        """Run job ``job_id`` to completion under ``worker``'s lease (default: this process,
+        :func:`~indexer.leases.worker_identity`); returns the job's status.
 
         Bad input (not allowed, not a video, corrupt) fails the job and its video with the
         reason, at once. Transient errors (:data:`TRANSIENT_ERRORS`) propagate with nothing
@@ -87,8 +86,8 @@ class VideoIngestor:
         Raises:
             JobLeased: another live worker is running the job.
         """
-        stale_before = utcnow() - timedelta(seconds=self.settings.job_stale_seconds)
-        job = self.catalog.start_job(job_id, worker, stale_before)
+        worker = worker or worker_identity()
+        job = self._lease(job_id, worker)
         if job is None:
             current = self.catalog.get_job(job_id)
             return current.status if current is not None else Status.failed
@@ -100,7 +99,8 @@ class VideoIngestor:
             return Status.running
         except (PathNotAllowed, MediaRejected) as exc:
             self._fail(job_id, str(exc))
-            log.warning("video rejected", extra={"job": job_id, "path": job.path, "reason": str(exc)})
+            log.warning("video rejected", extra={"job": job_id, "path": job.path, "reason": str(exc),
+                                                 "detail": getattr(exc, "detail", None)})
             return Status.failed
         except TRANSIENT_ERRORS:
             raise
@@ -108,17 +108,32 @@ class VideoIngestor:
             self._fail(job_id, f"internal error: {type(exc).__name__}: {exc}")
             raise
 
+    def _stale_before(self) -> datetime:
+        return utcnow() - timedelta(seconds=self.settings.job_stale_seconds)
+
+    def _lease(self, job_id: int, worker: str) -> Job | None:
+        """Lease the job to ``worker``, taking it over at once from a holder proved dead (a pool
+        process killed on this machine, whose task the broker redelivered)."""
+        try:
+            return self.catalog.start_job(job_id, worker, self._stale_before())
+        except JobLeased as exc:
+            if not holder_is_dead(exc.worker):
+                raise
+            log.warning("taking over the job of a dead worker", extra={"job": job_id, "dead_worker": exc.worker})
+            return self.catalog.start_job(job_id, worker, self._stale_before(), dead_holder=exc.worker)
+
     def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
         path = confine(job.path, self.settings.allowed_media_roots)
         if not is_regular_file(path):
-            raise DecodeError(f"{job.path} does not exist or is not a file")
+            raise DecodeError(f"{path.name} does not exist or is not a file")
         content_hash = sha256_file(path)
-        video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)
-        self.catalog.update_job(job.id, video_id=video.id)
-        if video.status is Status.done and video.embedding_key == self.key:
-            self.catalog.finish_job(job.id, Status.done, message="already indexed")
+        video = self._claim(job, path, content_hash, lease)
+        if video is None:
             return Status.done
-        self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
+        previous = Path(video.path)
+        self.catalog.mark_video_running(video.id, path)
+        if previous != path:
+            self._discard_upload(previous)  # an earlier upload of this content, now superseded
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info = encoded.info
         lease.check()
@@ -140,12 +155,56 @@ class VideoIngestor:
         log.info("video indexed", extra={"job": job.id, "video": video.id, "segments": len(encoded.segments)})
         return Status.done
 
+    def _claim(self, job: Job, path: Path, content_hash: str, lease: JobHeartbeat) -> Video | None:
+        """The video of ``content_hash``, claimed for this job to encode; None when there is nothing
+        to encode (already indexed -- possibly by another job this one waited for -- and the job is
+        finished). While another live job encodes the same content, this one waits for it rather
+        than encoding it a second time; if that job fails on it, this one fails with its reason."""
+        waited_for: int | None = None
+        while True:
+            video = self.catalog.get_or_create_video(path, content_hash, path.stat().st_size)
+            if video.status is Status.done and video.embedding_key == self.key:
+                self.catalog.attach_video(job.id, video.id)
+                if Path(video.path) != path:
+                    self._discard_upload(path)  # the content is indexed from another file
+                note = f"already indexed (by job {waited_for})" if waited_for else "already indexed"
+                self.catalog.finish_job(job.id, Status.done, message=note)
+                return None
+            if waited_for is not None and video.status is Status.failed:
+                self.catalog.attach_video(job.id, video.id)
+                raise MediaRejected(video.error or f"job {waited_for} failed on the same content")
+            holder = self.catalog.claim_video(job.id, video.id, self._stale_before(), holder_is_dead)
+            if holder is None:
+                return video
+            if waited_for != holder.job_id:
+                waited_for = holder.job_id
+                log.info("same content is being indexed by another job; waiting", extra={"job": job.id, "other": holder.job_id})
+                self.catalog.set_job_progress(job.id, 0.0, f"waiting for job {holder.job_id}, which is indexing the same content")
+            lease.check()
+            time.sleep(CLAIM_POLL_SECONDS)
+
+    def _discard_upload(self, path: Path) -> None:
+        """Remove an uploaded file (and its upload folder) that no video refers to any more. Files
+        outside the upload folder belong to the user and are never touched."""
+        uploads = self.settings.upload_dir.resolve()
+        try:
+            resolved = path.resolve()
+        except OSError:
+            return
+        if not resolved.is_relative_to(uploads) or resolved == uploads:
+            return
+        if self.catalog.videos_with_path(str(path)) or self.catalog.videos_with_path(str(resolved)):
+            return
+        resolved.unlink(missing_ok=True)
+        remove_empty_folders(resolved.parent, uploads)
+        log.info("duplicate upload removed", extra={"path": resolved.name})
+
     def _fail(self, job_id: int, reason: str) -> None:
         """Mark the job failed with ``reason``, and its video too once it is known."""
         self.catalog.finish_job(job_id, Status.failed, error=reason)
         job = self.catalog.get_job(job_id)
         if job is not None and job.video_id is not None:
-            self.catalog.update_video(job.video_id, status=Status.failed, error=reason)
+            self.catalog.fail_video(job.video_id, reason)
 
     def _progress_reporter(self, job_id: int, callback: ProgressFn | None, lease: JobHeartbeat) -> ProgressFn:
         last = [0.0]
@@ -157,7 +216,7 @@ class VideoIngestor:
             now = time.monotonic()
             if now - last[0] >= 1.0 or fraction >= 1.0:
                 last[0] = now
-                self.catalog.update_job(job_id, progress=round(min(fraction, 1.0), 4))
+                self.catalog.set_job_progress(job_id, fraction)
 
         return report
 

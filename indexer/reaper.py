@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from indexer.errors import TRANSIENT_ERRORS
-from search.api.context import QueueUnavailable
+from search.ingestion import QueueUnavailable
 from search.catalog import Catalog
 from search.settings import Settings
 from search.tables import Status, utcnow

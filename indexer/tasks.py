@@ -35,7 +35,7 @@ from indexer.decode import probe
 from indexer.leases import worker_identity
 from indexer.errors import TRANSIENT_ERRORS
 from indexer.pipeline import VideoIngestor
-from search.api.context import QueueUnavailable
+from search.ingestion import QueueUnavailable
 from search.catalog import Catalog, JobLeased
 from search.settings import Settings
 from search.tables import Status

@@ -76,11 +76,12 @@ class FullClipEncoder:
 
 def build_encoder(name: str, backbone: ClipBackbone, tempme_weights: Path | None = None) -> SegmentEncoder:
     """The encoder called ``name`` (``VIDSEEK_ENCODER``) over ``backbone``; ``tempme_weights`` is an
-    optional trained TempMe checkpoint (LoRA + video positions, see ``models.tempme``)."""
+    optional trained TempMe checkpoint (LoRA + video positions): the encoder then runs over a new
+    backbone carrying them (``encoder.backbone``; ``backbone`` is left unchanged)."""
     if name == "full":
         return FullClipEncoder(backbone)
     if name == "tempme":
-        from models.tempme import TempMeEncoder
+        from models.factory import tempme_encoder
 
-        return TempMeEncoder(backbone, weights=tempme_weights)
+        return tempme_encoder(backbone, tempme_weights)
     raise ValueError(f"unknown encoder {name!r}")

@@ -22,7 +22,8 @@ import torch
 from benchmarks.common import PG_ADMIN_URL
 from benchmarks.common import temporary_database as new_database
 from indexer.samples import ensure_samples
-from models.backbone import ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import load_backbone
 from search.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"
@@ -75,6 +76,7 @@ def settings(tmp_path: Path, samples_dir: Path, tiny_checkpoint: Path) -> Settin
         model_config_dir=TINY_CONFIG_DIR,
         device="cpu",
         decode="exact",
+        precision="fp32",  # the same numbers on AVX2 and AMX machines; auto has its own tests
         index_refresh_seconds=0.0,
         log_format="text",
     )
@@ -93,6 +95,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         VIDSEEK_PRETRAINED=settings.pretrained,
         VIDSEEK_MODEL_CONFIG_DIR=str(settings.model_config_dir),
         VIDSEEK_DEVICE=settings.device,
+        VIDSEEK_PRECISION=settings.precision,
         VIDSEEK_ENCODER=settings.encoder,
         VIDSEEK_DECODE=settings.decode,
         VIDSEEK_INDEX_REFRESH_SECONDS=str(settings.index_refresh_seconds),

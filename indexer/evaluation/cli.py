@@ -8,7 +8,7 @@ from pathlib import Path
 
 from indexer.evaluation.annotations import AnnotationError, load_annotations, resolve_videos
 from indexer.evaluation.harness import EvalError, EvalRequest, check_rerankers, parse_encoder_config, run_eval
-from models.backbone import RANDOM_WEIGHTS
+from models.factory import RANDOM_WEIGHTS
 from search.settings import Settings, SettingsError
 
 # CLIP4Clip's and TempMe's MSR-VTT protocol: 1 frame per second, at most 12 frames, uniformly.
