@@ -74,7 +74,7 @@ def measure(kind: str, total: int, queries: int = 100) -> dict:
     index = VectorIndex(DIM, options, use_gpu=False)
     t0 = time.perf_counter()
     if options.kind in TRAINED_KINDS and total >= options.train_at:  # the rebuild's sample size
-        index.train(chunk(0, min(total, MAX_TRAINING_SAMPLE, max(options.train_at, 64 * options.nlist_for(total))), c))
+        index.train(chunk(0, min(MAX_TRAINING_SAMPLE, options.training_size(total)), c), size=total)
     trained = time.perf_counter() - t0
     before = rss()
     for i, n in enumerate(sizes):

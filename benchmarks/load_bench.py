@@ -33,6 +33,7 @@ import time
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +83,22 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 # ----- queries -----------------------------------------------------------------------------------
-def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0) -> None:
-    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk."""
-    rng = np.random.default_rng(seed)
+def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0,
+                 held: int = 0) -> None:
+    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk
+    transactions of 20 000; ``held`` > 0 resumes an interrupted fill (the videos and that many
+    segments are there)."""
+    rng = np.random.default_rng(seed + held)
     videos = -(-segments // per_video)
-    with catalog.session() as s:
-        s.execute(insert(Video), [
-            {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
-             "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key, "frames_sampled": 0}
-            for v in range(videos)
-        ])
-    for first in range(0, segments, 20_000):
+    if not held:
+        with catalog.session() as s:
+            s.execute(insert(Video), [
+                {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
+                 "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key,
+                 "frames_sampled": 0}
+                for v in range(videos)
+            ])
+    for first in range(held, segments, 20_000):
         n = min(20_000, segments - first)
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -156,14 +162,18 @@ def wait_ready(port: int, segments: int, api: subprocess.Popen, log: Path, timeo
 def bench_query(args: argparse.Namespace) -> list[dict]:
     """One catalog; for each ``--text-batch`` setting a server on it, measured with each ``--clients`` count."""
     rows = []
-    with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
+    database = nullcontext(args.database_url) if args.database_url else temporary_database("vidseek_bench")
+    with database as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, model=args.model, pretrained=args.pretrained,
                             device="cpu", index_type=args.index_type)
         upgrade(url)
         catalog = Catalog(url)
         key, dim = settings_space_key(settings), model_embed_dim(settings.model)
+        held = catalog.count_segments(key)
+        if held > args.segments or held % 20_000:
+            raise SystemExit(f"{url} holds {held} segments: not a fill of {args.segments} by this script")
         t0 = time.perf_counter()
-        fill_catalog(catalog, key, dim, args.segments, args.per_video)
+        fill_catalog(catalog, key, dim, args.segments, args.per_video, held=held)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
         for batching in args.text_batch:
             env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
@@ -280,7 +290,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the results to this JSON-lines file")
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("query")
-    q.add_argument("--segments", type=int, default=100_000)
+    q.add_argument("--segments", type=int, default=1_000_000)
+    q.add_argument("--database-url", help="use (and keep) this catalog database, filled only when empty; "
+                                          "default: a temporary PostgreSQL database")
     q.add_argument("--per-video", type=int, default=10)
     q.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     q.add_argument("--requests", type=int, default=400)

@@ -16,12 +16,26 @@ from indexer.segments import EncodedSegment
 from search.catalog import SegmentRecord
 
 THUMBNAIL_HEIGHT = 180
+THUMBNAIL_MAX_ASPECT = 3  # width:height or height:width kept at most in a thumbnail
+
+
+def thumbnail_crop(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centred (left, top, right, bottom) box of a ``width`` x ``height`` frame whose aspect ratio is
+    at most ``THUMBNAIL_MAX_ASPECT`` either way: a very tall or wide video (16x4000) keeps a readable middle
+    instead of shrinking to a 1-pixel strip; the page letterboxes what remains."""
+    w = min(width, round(height * THUMBNAIL_MAX_ASPECT))
+    h = min(height, round(width * THUMBNAIL_MAX_ASPECT))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
 
 
 def save_thumbnail(image: np.ndarray, path: Path) -> None:
-    """JPEG of an RGB frame scaled to ``THUMBNAIL_HEIGHT`` px high, written atomically."""
+    """JPEG of an RGB ``[H, W, 3]`` frame, its middle cropped to an aspect ratio of at most
+    ``THUMBNAIL_MAX_ASPECT`` (:func:`thumbnail_crop`), scaled to fit ``4*THUMBNAIL_HEIGHT`` x ``THUMBNAIL_HEIGHT`` px,
+    written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     thumb = Image.fromarray(image)
+    thumb = thumb.crop(thumbnail_crop(thumb.width, thumb.height))
     thumb.thumbnail((THUMBNAIL_HEIGHT * 4, THUMBNAIL_HEIGHT))
     tmp = path.with_suffix(".tmp")
     thumb.save(tmp, format="JPEG", quality=82)

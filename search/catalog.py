@@ -16,6 +16,7 @@ from search.video_store import (
     SegmentMeta,
     SegmentRecord,
     SummaryRecord,
+    VideoName,
     VideoStore,
     embedding_from_bytes,
     embedding_to_bytes,
@@ -23,7 +24,7 @@ from search.video_store import (
 
 __all__ = [
     "CLIP_SPACE", "Catalog", "JobLeased", "JobStore", "SegmentMeta", "SegmentRecord", "StaleJob", "SummaryRecord",
-    "VideoStore", "embedding_from_bytes", "embedding_to_bytes",
+    "VideoName", "VideoStore", "embedding_from_bytes", "embedding_to_bytes",
 ]
 
 

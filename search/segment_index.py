@@ -186,7 +186,7 @@ class SegmentIndex:
         fresh = VectorIndex(self.state.dim, self.options)
         count = self.catalog.count_segments(self.state.embedding_key)
         if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
-            fresh.train(self._training_sample(count))
+            fresh.train(self._training_sample(count), size=count)
         watermark = 0
         for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
             fresh.add(ids, vectors)
@@ -198,9 +198,9 @@ class SegmentIndex:
         return SyncReport(len(fresh), 0, len(fresh))
 
     def _training_sample(self, count: int) -> np.ndarray:
-        """Every ``step``-th catalog vector of this space: about ``64·nlist`` of them, within
-        ``[train_at, MAX_TRAINING_SAMPLE]``. Returns float32 ``[n, dim]``."""
-        wanted = min(count, MAX_TRAINING_SAMPLE, max(self.options.train_at, 64 * self.options.nlist_for(count)))
+        """Every ``step``-th catalog vector of this space: about ``IndexOptions.training_size`` of them,
+        at most ``MAX_TRAINING_SAMPLE``. Returns float32 ``[n, dim]``."""
+        wanted = min(MAX_TRAINING_SAMPLE, self.options.training_size(count))
         step = max(1, count // wanted)
         parts, seen = [], 0
         for _, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):

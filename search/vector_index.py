@@ -41,9 +41,13 @@ TRAINED_KINDS = ("auto", "ivf", "ivfpq")
 MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x 256 of them)
 MAX_NPROBE = 128
 # ``auto``: segments from which the index is IVF rather than exact flat, and lists probed per query.
-# Measured with ``benchmarks/index_memory.py --sweep`` (docs/performance.md): FIXME
-AUTO_IVF_AT = 20_000
+# Measured with ``benchmarks/index_memory.py --vectors 20000 50000 100000 --kinds flat auto-ivf``
+# (docs/performance.md): 100k is the smallest library at which this IVF keeps recall@10 >= 0.98
+# against exact search (0.69 at 20k, 0.96 at 50k, 0.983 at 100k), while flat search there already
+# costs ~170x the IVF search (median 333 vs 2.0 ms on a loaded 2-core EPYC; ~16 ms flat when quiet).
+AUTO_IVF_AT = 100_000
 AUTO_NPROBE = 32
+AUTO_KMEANS_ITERATIONS = 10  # auto trains in a serving process: 10 k-means rounds, not faiss's 25
 
 
 @dataclass
@@ -89,6 +93,14 @@ class IndexOptions:
             return self.nprobe
         return min(nlist, AUTO_NPROBE) if self.kind == "auto" else max(1, min(nlist // 8, MAX_NPROBE))
 
+    def training_size(self, count: int) -> int:
+        """Vectors to train on for a library of ``count``: 64 per list (``auto``: 40, just over the
+        39 faiss asks for, to keep a switch in a serving process short), at least ``train_at``
+        (not for ``auto``), at most ``count``."""
+        if self.kind == "auto":
+            return min(count, 40 * self.nlist_for(count))
+        return min(count, max(self.train_at, 64 * self.nlist_for(count)))
+
     @property
     def train_at(self) -> int:
         """Vectors collected (searched exactly) before an IVF index trains."""
@@ -117,20 +129,23 @@ class VectorIndex:
         self._index: faiss.Index = self._to_gpu(self._new_index())
 
     # ----- construction -------------------------------------------------------------------
-    def _new_index(self, train: np.ndarray | None = None) -> faiss.Index:
-        """A CPU index of this kind; IVF kinds are trained on ``train`` ``[n, dim]``, or are an
-        exact flat index (the untrained stage) when ``train`` is None."""
+    def _new_index(self, train: np.ndarray | None = None, size: int = 0) -> faiss.Index:
+        """A CPU index of this kind; IVF kinds are trained on ``train`` ``[n, dim]`` with lists for
+        ``size`` vectors (at least n; at most n / 39 lists), or are an exact flat index (the
+        untrained stage) when ``train`` is None."""
         o = self.options
         if self.kind == "hnsw":
             return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, o.hnsw_m, faiss.METRIC_INNER_PRODUCT))
         if self.kind == "flat" or train is None:
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        nlist = o.nlist_for(len(train))
+        nlist = min(o.nlist_for(max(size, len(train))), max(1, len(train) // 39))
         quantizer = faiss.IndexFlatIP(self.dim)
         if self.kind in ("ivf", "auto"):
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, o.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        if self.kind == "auto":
+            index.cp.niter = AUTO_KMEANS_ITERATIONS
         index.train(np.ascontiguousarray(train, dtype=np.float32))
         index.nprobe = o.nprobe_for(nlist)
         return index
@@ -156,14 +171,15 @@ class VectorIndex:
             cpu = self._cpu_index()
             return int(cpu.nlist) if isinstance(cpu, faiss.IndexIVF) else 0
 
-    def train(self, sample: np.ndarray) -> None:
-        """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39), moving any vectors
-        already held into it. A no-op for kinds that need no training."""
+    def train(self, sample: np.ndarray, size: int = 0) -> None:
+        """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39) with lists for ``size``
+        vectors (default: n, or the vectors held if more), moving any vectors already held into it.
+        A no-op for kinds that need no training."""
         if self.kind not in TRAINED_KINDS:
             return
         with self._lock:
             ids, vectors = self._export_locked()
-            fresh = self._new_index(train=sample)
+            fresh = self._new_index(train=sample, size=max(size, len(ids)))
             if len(ids):
                 fresh.add_with_ids(vectors, ids)
             self._index = self._to_gpu(fresh)

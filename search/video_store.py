@@ -55,6 +55,21 @@ class SegmentMeta:
     thumbnail: str | None
 
 
+@dataclass(frozen=True)
+class VideoName:
+    """How a video is named to people: its ``title`` (the file's stem), and the file's ``file_name`` and
+    the name of its ``folder`` (never the absolute path), to tell apart files with the same stem."""
+
+    title: str
+    file_name: str
+    folder: str
+
+    @classmethod
+    def of(cls, title: str, path: str) -> VideoName:
+        p = Path(path)
+        return cls(title, p.name, p.parent.name)
+
+
 # The columns of a SegmentMeta, in its field order.
 _SEGMENT_META = select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
 
@@ -125,12 +140,20 @@ class VideoStore(Store):
             assert found is not None
             return found
 
-    def video_titles(self, video_ids: Sequence[int]) -> dict[int, str]:
+    def video_names(self, video_ids: Sequence[int]) -> dict[int, VideoName]:
         if not video_ids:
             return {}
         with self.session() as s:
-            rows = s.execute(select(Video.id, Video.title).where(Video.id.in_(int_ids(video_ids)))).all()
-        return {r.id: r.title for r in rows}
+            rows = s.execute(select(Video.id, Video.title, Video.path).where(Video.id.in_(int_ids(video_ids)))).all()
+        return {r.id: VideoName.of(r.title, r.path) for r in rows}
+
+    def status_counts(self) -> dict[Status, int]:
+        """How many videos are in each status (every status present, zero included)."""
+        with self.session() as s:
+            rows = s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all()
+        counts = dict.fromkeys(Status, 0)
+        counts.update({Status(r[0]): int(r[1]) for r in rows})
+        return counts
 
     def videos_with_path(self, path: str) -> int:
         """How many videos say their file is at ``path``."""
@@ -241,6 +264,25 @@ class VideoStore(Store):
     def segments_of(self, video_id: int) -> list[Segment]:
         with self.session() as s:
             return list(s.scalars(select(Segment).where(Segment.video_id == video_id).order_by(Segment.ordinal)))
+
+    def segment_counts(self, video_ids: Sequence[int]) -> dict[int, int]:
+        """Segments stored per video, for those of ``video_ids`` that have any."""
+        if not video_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.video_id, func.count(Segment.id))
+                .where(Segment.video_id.in_(int_ids(video_ids)))
+                .group_by(Segment.video_id)
+            ).all()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def count_summaries(self, embedding_key: str, space: str = CLIP_SPACE) -> int:
+        """Videos with a summary in token space ``space`` computed by model ``embedding_key``."""
+        with self.session() as s:
+            q = select(func.count(VideoSummaryRow.video_id)).where(
+                VideoSummaryRow.space == space, VideoSummaryRow.embedding_key == embedding_key)
+            return int(s.scalar(q) or 0)
 
     def count_segments(self, embedding_key: str | None = None) -> int:
         with self.session() as s:

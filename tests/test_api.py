@@ -3,6 +3,7 @@
 import io
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from indexer.service import Runtime, build_runtime
 from search.api import create_app
 from search.api.video_routes import stored_upload_name
 from search.settings import Settings
+from search.text_batcher import TextBatcher
 
 KEY = {"X-API-Key": "test-key"}
 
@@ -71,6 +73,23 @@ def test_search_returns_ranked_videos_with_moments(client: FlaskClient, indexed:
     assert client.get(hit["video_url"]).get_json()["id"] == hit["video_id"]
     assert set(body["timings_ms"]) >= {"encode", "search", "total"}
     assert len(client.get("/api/search?q=ball&k=1").get_json()["hits"]) == 1
+
+
+def test_concurrent_searches_through_the_text_batcher_answer_like_sequential_ones(
+    runtime: Runtime, client: FlaskClient, indexed: dict
+) -> None:
+    queries = [f"a red ball number {i}" for i in range(6)] + ["three scenes", "a moving square"]
+    app = client.application
+    with ThreadPoolExecutor(len(queries)) as pool:  # one test client per thread, like gunicorn threads
+        together = list(pool.map(lambda q: app.test_client().get("/api/search", query_string={"q": q}).get_json(), queries))
+    batcher = runtime.queries._encode.__wrapped__
+    assert isinstance(batcher, TextBatcher) and batcher.texts == len(queries)
+    runtime.queries._encode.cache_clear()
+    for query, body in zip(queries, together):
+        alone = client.get("/api/search", query_string={"q": query}).get_json()
+        assert body["query"] == query
+        assert {h["video_id"]: h["score"] for h in body["hits"]} == pytest.approx(
+            {h["video_id"]: h["score"] for h in alone["hits"]}, abs=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -234,6 +253,9 @@ def test_upload_errors(client: FlaskClient, settings: Settings) -> None:
 def test_videos_and_jobs(client: FlaskClient, indexed: dict) -> None:
     listing = client.get("/api/videos").get_json()
     assert listing["total"] == 2 and {v["id"] for v in listing["videos"]} == set(indexed.values())
+    by_title = {v["title"]: v for v in listing["videos"]}
+    assert by_title["three_scenes"]["segment_count"] == 3 and by_title["red_ball"]["segment_count"] >= 1
+    assert by_title["three_scenes"]["file_name"] == "three_scenes.mp4" and "/" not in by_title["three_scenes"]["folder"]
     assert client.get("/api/videos?limit=1&offset=1").get_json()["videos"][0]["id"] == min(indexed.values())
     video = client.get(f"/api/videos/{indexed['three_scenes']}").get_json()
     assert [(s["start"], s["end"]) for s in video["segments"]] == [(0.0, 12.0), (12.0, 24.0), (24.0, 36.0)]
@@ -268,6 +290,8 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     assert page.status_code == 200 and b'id="search-form"' in page.data
     assert b'<span class="model precision" title="set by VIDSEEK_PRECISION">fp32</span>' in page.data
     assert client.get("/static/app.js").status_code == 200
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and icon.data.startswith(b"<svg")
     resp = client.put("/api/search")
     assert resp.status_code == 405 and {"GET", "POST"} <= set(resp.headers["Allow"].split(", "))
     assert client.get("/api/nothing").status_code == 404
@@ -317,6 +341,47 @@ def test_symlink_loops_are_refused(client: FlaskClient, tmp_path: Path) -> None:
     (media / "b.mp4").symlink_to(media / "a.mp4")
     resp = client.post("/api/videos", json={"path": str(media / "a.mp4")}, headers=KEY)
     assert resp.status_code in (403, 404)
+
+
+def test_library_summary_counts_videos_and_says_which_rerankers_can_act(client: FlaskClient, runtime: Runtime,
+                                                                         indexed: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "media" / "broken.mp4"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"\x00" * 4096)
+    runtime.ingestor().run_job(runtime.catalog.create_job(bad).id)
+    body = client.get("/api/library").get_json()
+    assert body["videos"] == {"total": 3, "queued": 0, "running": 0, "done": 2, "failed": 1}
+    assert body["segments_indexed"] == len(runtime.index) > 0
+    assert body["write_key_required"] is True and body["ingestion"] is True and ".mp4" in body["video_extensions"]
+    rerankers = {r["name"]: r for r in body["rerankers"]}
+    assert rerankers["none"] == {"name": "none", "available": True, "reason": None}
+    # no summaries stored (VIDSEEK_SUMMARY=none): late interaction could rescore nothing, and says why
+    assert not rerankers["late"]["available"] and "summary" in rerankers["late"]["reason"]
+    assert not rerankers["llm"]["available"] and "VIDSEEK_LLM_RERANKER" in rerankers["llm"]["reason"]
+    page = client.get("/").get_data(as_text=True)
+    assert re.search(r'<option value="late"[^>]* disabled', page) and "Late interaction reranking is unavailable" in page
+
+
+def test_library_offers_late_reranking_once_summaries_exist(settings: Settings, samples_dir: Path) -> None:
+    runtime = build_runtime(settings.with_overrides(summary="holitom"))
+    client = create_app(runtime.api_context()).test_client()
+    assert {r["name"]: r["available"] for r in client.get("/api/library").get_json()["rerankers"]}["late"] is False
+    runtime.ingestor().run_job(runtime.catalog.create_job(samples_dir / "red_ball.mp4").id)
+    late = {r["name"]: r for r in client.get("/api/library").get_json()["rerankers"]}["late"]
+    assert late == {"name": "late", "available": True, "reason": None}
+    assert not re.search(r'<option value="late"[^>]* disabled', client.get("/").get_data(as_text=True))
+
+
+def test_hits_name_their_file_so_same_stem_videos_can_be_told_apart(client: FlaskClient, samples_dir: Path,
+                                                                     settings: Settings) -> None:
+    other = settings.media_roots[1] / "red_ball.mkv"  # another video with the same stem
+    other.parent.mkdir(exist_ok=True)
+    other.write_bytes((samples_dir / "stripes.mp4").read_bytes())
+    for path in (samples_dir / "red_ball.mp4", other):
+        assert add(client, path)["status"] == "done"
+    hits = client.get("/api/search?q=a+ball&k=5").get_json()["hits"]
+    assert sorted((h["title"], h["file_name"]) for h in hits) == [("red_ball", "red_ball.mkv"), ("red_ball", "red_ball.mp4")]
+    assert {h["folder"] for h in hits} == {samples_dir.name, "media"}
 
 
 def test_health_follows_ingestion_without_a_search(settings: Settings, samples_dir: Path) -> None:

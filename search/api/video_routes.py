@@ -142,8 +142,11 @@ def list_videos():
     status = request.args.get("status") or None
     if status is not None and status not in Status.__members__:
         raise ApiError(400, f"status must be one of {', '.join(Status.__members__)}")
-    videos, total = ctx().catalog.list_videos(limit, offset, Status(status) if status else None)
-    return jsonify({"videos": [video_json(v) for v in videos], "total": total, "limit": limit, "offset": offset})
+    catalog = ctx().catalog
+    videos, total = catalog.list_videos(limit, offset, Status(status) if status else None)
+    counts = catalog.segment_counts([v.id for v in videos])
+    return jsonify({"videos": [video_json(v, segment_count=counts.get(v.id, 0)) for v in videos],
+                    "total": total, "limit": limit, "offset": offset})
 
 
 def _video_or_404(video_id: int):
