@@ -285,6 +285,7 @@ class VideoIngestor:
             self.catalog.finish_job(job.id, Status.done, message="already indexed")
             return Status.done
         self.catalog.update_video(video.id, status=Status.running, error=None, path=str(path))
+        self.catalog.update_job(job.id, precision=self.encoder.backbone.precision.precision)
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info = encoded.info
         lease.check()
