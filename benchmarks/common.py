@@ -30,6 +30,8 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.precision import detect_cpu_capability
+
 aten = torch.ops.aten
 
 
@@ -248,7 +250,8 @@ def process_peak_rss_bytes() -> int | None:
 
 # ----- environment and output -------------------------------------------------------------------
 def machine_description() -> dict[str, Any]:
-    """CPU model, core count, torch threads and version, and the 1-minute load average now."""
+    """CPU model and capability (AVX2 / AVX-512 / AMX), core count, torch threads and version, and the
+    1-minute load average now."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
@@ -258,6 +261,7 @@ def machine_description() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "capability": detect_cpu_capability().describe(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
