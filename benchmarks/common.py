@@ -30,8 +30,6 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.precision import detect_cpu_capability
-
 aten = torch.ops.aten
 
 
@@ -249,9 +247,16 @@ def process_peak_rss_bytes() -> int | None:
 
 
 # ----- environment and output -------------------------------------------------------------------
+def cpu_capability() -> str:
+    """The vector instructions torch dispatches to (``AVX2``, ``AVX512``, ...), plus ``+AMX`` and
+    ``+AVX512-BF16`` where the CPU has those bf16 units."""
+    units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    return "+".join([torch.backends.cpu.get_cpu_capability(), *units])
+
+
 def machine_description() -> dict[str, Any]:
-    """CPU model and capability (AVX2 / AVX-512 / AMX), core count, torch threads and version, and the
-    1-minute load average now."""
+    """CPU model and capability, core count, torch threads and version, and the 1-minute load average now."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:
@@ -260,8 +265,8 @@ def machine_description() -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
+        "capability": cpu_capability(),
         "cores": os.cpu_count(),
-        "capability": detect_cpu_capability().describe(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -51,7 +51,7 @@ from search.catalog import SegmentRecord, SummaryRecord
 from search.rerank_service import llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE
-from tests.tiny_llava import save_tiny_llava
+from benchmarks.tiny_llava import save_tiny_llava
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CLIP = "vidseek-tiny-ViT"

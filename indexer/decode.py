@@ -21,6 +21,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from indexer.containers import is_still_image_format, iso_bmff_incomplete
 from search.media_paths import MediaRejected, is_regular_file
 
 # A video that decodes to less than this share of its advertised duration is truncated.
@@ -28,7 +29,12 @@ TRUNCATION_TOLERANCE = 0.9
 
 
 class DecodeError(MediaRejected):
-    """The file is not a decodable video; the message says why in words a user understands."""
+    """The file is not a decodable video; the message says why in words a user understands (no
+    server paths, no FFmpeg error numbers); ``detail`` keeps FFmpeg's own words for operators' logs."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,20 @@ class SampledFrame:
 
 def _open(path: Path) -> av.container.InputContainer:
     if not is_regular_file(path):
-        raise DecodeError(f"{path} does not exist or is not a file")
+        raise DecodeError(f"{path.name} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path.name} is empty (0 bytes)")
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"{path.name} is not a readable video container: {exc}") from exc
+        if iso_bmff_incomplete(path):
+            raise DecodeError(f"{path.name} is truncated or incomplete: its index (moov box) is missing or cut off",
+                              detail=str(exc)) from exc
+        raise DecodeError(f"{path.name} is not a readable video container", detail=str(exc)) from exc
+    if is_still_image_format(container.format.name):
+        container.close()
+        raise DecodeError(f"{path.name} is an image, not a video ({container.format.name})")
+    return container
 
 
 def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
@@ -176,7 +189,8 @@ def iter_sampled_frames(
                     break
                 pending = (t, frame)
         except av.error.FFmpegError as exc:
-            raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s ({exc})") from exc
+            raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s",
+                              detail=str(exc)) from exc
     if next_sample < len(times) and pending is not None:
         yield SampledFrame(emitted, max(pending[0], 0.0), _to_rgb(pending[1], out_w, out_h))
         emitted += 1

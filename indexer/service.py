@@ -8,8 +8,10 @@ Production WSGI entry: ``vidseek serve`` (gunicorn), or ``gunicorn 'indexer.serv
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from flask import Flask
 
 from indexer.pipeline import VideoIngestor, embedding_key
@@ -19,14 +21,16 @@ from models.factory import embedding_space_key, load_backbone
 from models.encoders import SegmentEncoder, build_encoder
 from models.rerankers.late import LateParams
 from search.api import create_app
-from search.api.context import ApiContext, IngestionQueue
+from search.api.context import ApiContext
 from search.catalog import Catalog
+from search.ingestion import IngestionQueue
 from search.db import upgrade
 from search.logs import configure_logging
-from search.query import QueryService
+from search.query import QueryService, TextEncoder
 from search.rerank_service import LateReranker, LazyLlm, LlmReranker, Reranker, RerankService, llm_summary_key
 from search.segment_index import SegmentIndex
 from search.settings import Settings
+from search.text_batcher import TextBatcher
 from search.vector_index import IndexOptions
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,21 @@ def settings_space_key(settings: Settings) -> str:
 
 def open_index(settings: Settings, catalog: Catalog, key: str, dim: int) -> SegmentIndex:
     """The FAISS index of embedding space ``key`` in ``settings``' index folder."""
-    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m)
+    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m,
+                           auto_at=settings.index_auto_at)
     return SegmentIndex(catalog, settings.resolved_index_dir, key, dim, options, settings.index_refresh_seconds)
+
+
+def text_encoder(settings: Settings, backbone: ClipBackbone) -> TextEncoder:
+    """Query text -> embedding ``[D]``: through the process's one :class:`TextBatcher`, or one
+    forward per query when ``VIDSEEK_TEXT_BATCH_MAX`` is 1."""
+
+    def encode_batch(texts: Sequence[str]) -> np.ndarray:
+        return backbone.encode_text(texts).cpu().numpy()
+
+    if settings.text_batch_max == 1:
+        return lambda text: encode_batch([text])[0]
+    return TextBatcher(encode_batch, settings.text_batch_max, settings.text_batch_wait_ms / 1e3)
 
 
 @dataclass
@@ -118,12 +135,9 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     backbone = encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
     index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
 
-    def encode_query(text: str):
-        return backbone.encode_text([text])[0].cpu().numpy()
-
     llm = LazyLlm.from_settings(settings) if settings.llm_reranker else None
     reranking = build_reranking(settings, catalog, backbone, encoder, llm)
-    queries = QueryService(catalog, index, encode_query, settings.search_candidates, reranking)
+    queries = QueryService(catalog, index, text_encoder(settings, backbone), settings.search_candidates, reranking)
     queue: IngestionQueue
     if settings.runs_in_process:
         queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm)))
@@ -138,4 +152,5 @@ def create_service_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level, settings.log_format)
     runtime = build_runtime(settings)
     runtime.index.refresh(force=True)
+    runtime.index.refresh_in_background()
     return create_app(runtime.api_context())

@@ -33,8 +33,9 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from indexer.decode import probe
 from indexer.leases import worker_identity
-from indexer.pipeline import TRANSIENT_ERRORS, VideoIngestor
-from search.api.context import QueueUnavailable
+from indexer.errors import TRANSIENT_ERRORS
+from indexer.pipeline import VideoIngestor
+from search.ingestion import QueueUnavailable
 from search.catalog import Catalog, JobLeased
 from search.settings import Settings
 from search.tables import Status

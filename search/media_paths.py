@@ -64,5 +64,17 @@ def require_utf8_name(path: Path) -> None:
         raise MediaRejected(f"{shown}: the file name is not valid UTF-8; rename the file") from None
 
 
+def remove_empty_folders(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and then its parents while they are empty, up to (not including) ``stop``."""
+    stop = stop.resolve()
+    folder = folder.resolve()
+    while folder != stop and folder.is_relative_to(stop):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone, or not ours to remove)
+            return
+        folder = folder.parent
+
+
 def is_video_name(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS

@@ -18,7 +18,7 @@ ENCODERS = ("full", "tempme")
 SUMMARIES = ("none", "holitom", "vqtoken")
 RERANKERS = ("none", "late", "llm")
 LLM_SUMMARIES = ("holitom", "vqtoken")
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 
 
 class SettingsError(ValueError):
@@ -68,12 +68,15 @@ class Settings:
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
     batch_segments: int = 4
     index_dir: Path | None = None  # None -> data_dir / "index"
-    index_type: str = "flat"
+    index_type: str = "auto"  # exact flat while small, IVF once large (search.vector_index.AUTO_IVF_AT)
+    index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
     index_refresh_seconds: float = 2.0
     index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
     index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
     index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
     search_candidates: int = 200
+    text_batch_max: int = 32  # queries per shared text-encoder forward; 1 turns the batcher off
+    text_batch_wait_ms: float = 2.0  # how long a batch waits for more queries, only when queries come together
     api_key: str = ""
     protect_reads: bool = False  # require the API key on read routes too (/healthz stays open)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () -> CORS off
@@ -84,6 +87,7 @@ class Settings:
     job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
     reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
     task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
+    port: int = 8000  # `vidseek serve` / `vidseek demo` without --port
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -120,6 +124,10 @@ class Settings:
             raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
         if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
+        if self.index_auto_at < 0:
+            raise SettingsError("VIDSEEK_INDEX_AUTO_AT must be >= 0 (0: the measured default)")
+        if self.text_batch_max < 1 or self.text_batch_wait_ms < 0:
+            raise SettingsError("VIDSEEK_TEXT_BATCH_MAX must be >= 1 and VIDSEEK_TEXT_BATCH_WAIT_MS >= 0")
         if self.heartbeat_seconds <= 0 or self.job_stale_seconds <= 2 * self.heartbeat_seconds:
             raise SettingsError("VIDSEEK_JOB_STALE_SECONDS must exceed twice VIDSEEK_HEARTBEAT_SECONDS (> 0)")
         if self.protect_reads and not self.api_key:

@@ -16,7 +16,7 @@ from search.query import QueryService
 from search.rerank_service import LlmReranker, RerankOutcome, RerankService, Rescored, llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE
-from tests.tiny_llava import save_tiny_llava
+from benchmarks.tiny_llava import save_tiny_llava
 
 QUERY = "a red ball"
 

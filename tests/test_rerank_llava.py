@@ -28,7 +28,7 @@ from models.rerankers.llava import (
     prefill_layer_lengths,
     yes_probability,
 )
-from tests.tiny_llava import TINY_LAYERS, save_tiny_llava, tiny_llava, tiny_tokenizer
+from benchmarks.tiny_llava import TINY_LAYERS, save_tiny_llava, tiny_llava, tiny_tokenizer
 
 K = 2  # inner-merge layer of the 4-layer tiny LLM
 QUERY = "a red ball"

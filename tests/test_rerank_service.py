@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.pipeline import PreparedFrame, UniformFramePicker
+from indexer.frames import PreparedFrame, UniformFramePicker
 from models.rerankers.late import LateParams
 from models.rerankers.llava import LlmUnavailableError, PrefillOutput, ScoreOutput
 from models.summary import VideoSummary, summarize
@@ -57,6 +57,15 @@ def test_service_reranks_only_the_top_k_and_reports() -> None:
     assert result.order == [1, 0, 2, 3]
     assert result.info.candidates == 3 and result.info.rescored == 2 and result.info.without_summary == [1]
     assert not result.info.fallback and set(result.timings_ms) == {"rerank", "rerank_score"}
+
+
+def test_hits_beyond_rerank_k_keep_their_first_stage_order() -> None:
+    """Several candidates lie beyond ``k``: they follow the reranked head, in first-stage order."""
+    candidates = [*CANDIDATES, Candidate(5, 0.5, 0, 10), Candidate(6, 0.4, 0, 10)]
+    fixed = FixedReranker({1: 0.1, 2: 0.9, 4: 9.0, 5: 9.0, 6: 9.0}, same_scale=True)
+    result = RerankService({"late": fixed}, "late", k=2).rerank("late", "q", np.zeros(4), candidates)
+    assert fixed.seen == [1, 2]
+    assert result.order == [1, 0, 2, 3, 4, 5]
 
 
 def test_fallbacks_keep_the_first_stage_order_and_say_why() -> None:

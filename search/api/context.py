@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from flask import Flask, current_app
 
 from models.precision import PrecisionChoice
 from search.catalog import Catalog
+from search.ingestion import IngestionQueue
 from search.query import QueryService
 from search.segment_index import SegmentIndex
 from search.settings import Settings
-
-
-class QueueUnavailable(RuntimeError):
-    """The ingestion queue cannot take work right now (e.g. the broker is unreachable)."""
-
-
-class IngestionQueue(Protocol):
-    """Accepts ingestion work. Implemented by the indexer (in-process threads or Celery)."""
-
-    def validate(self, path: Path) -> None:
-        """Raise ``search.media_paths.MediaRejected`` if ``path`` is not a usable video."""
-
-    def enqueue(self, job_id: int) -> None:
-        """Schedule job ``job_id`` (already in the catalog) to run; raise :class:`QueueUnavailable`
-        if it cannot be scheduled."""
 
 
 @dataclass

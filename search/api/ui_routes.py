@@ -1,4 +1,4 @@
-"""The search web page (plain HTML/JS/CSS served by Flask)."""
+"""The search web page (plain HTML/JS/CSS served by Flask) and its icon."""
 
 from __future__ import annotations
 
@@ -14,4 +14,10 @@ def index():
     c = ctx()
     reranking = c.queries.reranking
     return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision, rerank=reranking.default,
-                           rerankers=set(reranking.rerankers))
+                           rerankers=reranking.availability())
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico whatever the page links; answer with the page's SVG icon."""
+    return bp.send_static_file("favicon.svg")

@@ -1,6 +1,7 @@
 """A randomly initialised, tiny LLaVA-OneVision (same classes and code path as the real ones) and a
-word-level tokenizer with Qwen's chat markers, for testing the llm reranker without downloading weights
-(``benchmarks/rerank_bench.py`` uses it too, at LLaVA-OV's real input geometry).
+word-level tokenizer with Qwen's chat markers, for the llm reranker's tests and ``benchmarks/rerank_bench.py``
+(at LLaVA-OV's real input geometry) without downloading weights. It lives here, not in ``tests/``, so
+that imports go one way: tests -> benchmarks (as ``benchmarks.common.temporary_database``), never back.
 
 Vision: SigLIP, 2 layers, width 32; by default 56 px with 8 px patches (a 7 x 7 grid, 16 tokens per frame
 after LLaVA-OV's 2 x 2 pooling; 384 px / 14 px gives LLaVA-OV's 27 x 27 -> 196). Language: Qwen2, width
