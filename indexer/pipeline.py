@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
-from indexer.decode import DecodeError, VideoInfo, iter_sampled_frames, probe, sample_times
+from indexer.decode import DecodeError, SampledFrame, VideoInfo, iter_sampled_frames, probe, sample_times
 from indexer.errors import TRANSIENT_ERRORS
 from indexer.frames import PreparedFrame, UniformFramePicker, batch_groups, drop_repeated_frames, group_frames, prepare_frames
 from indexer.leases import JobHeartbeat, LeaseLost, holder_is_dead, worker_identity
 from indexer.media import sha256_file
+from indexer.prefetch import Prefetcher
 from indexer.segment_writer import SegmentWriter
-from indexer.segments import SegmentBatchEncoder, SummaryBuilder
+from indexer.segments import SegmentBatchEncoder, SummaryBuilder, default_batch_segments
 from models.factory import space_key
 from models.encoders import SegmentEncoder
 from models.rerankers.llava import LlmUnavailableError
@@ -65,6 +66,9 @@ class VideoIngestor:
     def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None):
         self.settings, self.catalog, self.encoder = settings, catalog, encoder
         self.key = embedding_key(encoder)
+        device = encoder.backbone.device
+        self.batch_segments = settings.batch_segments or default_batch_segments(device, settings.segment_frames)
+        self.hardware_decode = device.type == "cuda"
         if llm is None and settings.llm_reranker:
             llm = LazyLlm.from_settings(settings)
         self.llm = llm
@@ -130,6 +134,7 @@ class VideoIngestor:
         self.catalog.mark_video_running(video.id, path)
         if previous != path:
             self._discard_upload(previous)  # an earlier upload of this content, now superseded
+        self.catalog.set_job_precision(job.id, self.encoder.backbone.precision.precision)
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info = encoded.info
         lease.check()
@@ -234,26 +239,38 @@ class VideoIngestor:
         params = {"retain_ratio": s.summary_retain} if s.summary == "holitom" else {}
         return SummaryBuilder(s.summary, s.summary_chunk_frames, params)
 
+    def sampled_frames(self, path: Path, info: VideoInfo) -> Prefetcher[SampledFrame]:
+        """``path``'s sampled frames, decoded and resized on a producer thread that runs up to one
+        batch plus one segment ahead of the encoder (``with`` it: leaving the block stops it)."""
+        s = self.settings
+        size = self.encoder.backbone.image_size
+
+        def decode() -> Iterator[SampledFrame]:
+            return iter_sampled_frames(path, s.sample_fps, s.max_frames, size, info, s.decode, self.hardware_decode)
+
+        depth = (self.batch_segments + 1) * s.segment_frames
+        return Prefetcher(decode, depth, name=f"vidseek-decode-{path.name}")
+
     def encode_video(self, path: Path, content_hash: str, progress: ProgressFn | None = None) -> EncodedVideo:
         """Decode, segment and encode ``path``; thumbnails are written, the catalog is not touched."""
         s = self.settings
         backbone = self.encoder.backbone
         info = probe(path)
         times = sample_times(info.duration, s.sample_fps, s.max_frames)
-        sampled = iter_sampled_frames(path, s.sample_fps, s.max_frames, short_side=backbone.image_size, info=info)
-        frames = prepare_frames(sampled, backbone)
-        if s.frame_dedup > 0:
-            frames = drop_repeated_frames(frames, backbone, s.frame_dedup)
         picker = UniformFramePicker(times, s.llm_frames) if self.llm is not None else None
-        if picker is not None:
-            frames = picker.tap(frames)
         summary = self.summary_builder()
         encoder = SegmentBatchEncoder(self.encoder, summary)
         writer = SegmentWriter(s.thumbnail_dir, content_hash, info.duration)
-        for batch in batch_groups(group_frames(frames, s.segment_frames), s.batch_segments):
-            writer.add(encoder.encode(batch))
-            if progress is not None:
-                progress(min(writer.frames_sampled / len(times), 0.999))
+        with self.sampled_frames(path, info) as sampled:
+            frames = prepare_frames(sampled, backbone)
+            if s.frame_dedup > 0:
+                frames = drop_repeated_frames(frames, backbone, s.frame_dedup)
+            if picker is not None:
+                frames = picker.tap(frames)
+            for batch in batch_groups(group_frames(frames, s.segment_frames), self.batch_segments):
+                writer.add(encoder.encode(batch))
+                if progress is not None:
+                    progress(min(writer.frames_sampled / len(times), 0.999))
         segments = writer.finish()
         llm_summary, llm_note = self.llm_summary(picker.frames()) if picker is not None else (None, None)
         summarized = summary.build() if summary is not None else None

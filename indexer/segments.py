@@ -13,6 +13,16 @@ from indexer.frames import FrameGroup
 from models.encoders import SegmentEncoder
 from models.summary import VideoSummary, concat, summarize
 
+CPU_BATCH_SEGMENTS = 4
+# Frames per forward pass on a CUDA device with at least CUDA_FULL_BATCH_GIB of memory; smaller
+# devices get a proportional share. A HEURISTIC, not a measurement: ViT-B/32 costs ~4.4 GFLOP
+# per 224 px frame, so 384 frames (~1.7 TFLOP per pass) should keep a data-centre GPU's kernels
+# busy, and its activations (~50 tokens x 768 wide per frame, plus TempMe/summary tokens) need
+# well under 1 GiB. To be replaced by a sweep on a GPU worker (benchmarks/ingest_bench.py
+# --batch-segments ...); no GPU was available when it was written.
+CUDA_BATCH_FRAMES = 384
+CUDA_FULL_BATCH_GIB = 16
+
 
 @dataclass(frozen=True)
 class EncodedSegment:
@@ -26,6 +36,17 @@ def weighted_segment_embedding(frame_embeddings: torch.Tensor, weights: torch.Te
     """``[T, E]`` normalised frame embeddings, ``[T]`` weights -> ``[E]`` normalised weighted mean.
     With unit weights this is the encoder's own mean pooling."""
     return F.normalize((frame_embeddings * weights[:, None]).sum(0), dim=-1)
+
+
+def default_batch_segments(device: torch.device, segment_frames: int) -> int:
+    """``VIDSEEK_BATCH_SEGMENTS=0`` (auto): :data:`CPU_BATCH_SEGMENTS` on CPU; on CUDA about
+    :data:`CUDA_BATCH_FRAMES` frames per pass, scaled down on devices under
+    :data:`CUDA_FULL_BATCH_GIB` (see the note on those constants: a heuristic awaiting measurement)."""
+    if device.type != "cuda":
+        return CPU_BATCH_SEGMENTS
+    memory_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    frames = CUDA_BATCH_FRAMES * min(1.0, memory_gib / CUDA_FULL_BATCH_GIB)
+    return max(CPU_BATCH_SEGMENTS, int(frames // segment_frames))
 
 
 class SummaryBuilder:

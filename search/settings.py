@@ -19,6 +19,7 @@ SUMMARIES = ("none", "holitom", "vqtoken")
 RERANKERS = ("none", "late", "llm")
 LLM_SUMMARIES = ("holitom", "vqtoken")
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
 
 
 class SettingsError(ValueError):
@@ -66,7 +67,8 @@ class Settings:
     sample_fps: float = 1.0
     segment_frames: int = 12
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
-    batch_segments: int = 4
+    batch_segments: int = 0  # segments per encoder forward pass; 0 = auto (4 on CPU, sized for the device on CUDA)
+    decode: str = "fast"  # fast: skip non-reference frames when sampling sparsely; exact: decode every frame
     index_dir: Path | None = None  # None -> data_dir / "index"
     index_type: str = "auto"  # exact flat while small, IVF from search.vector_index.AUTO_IVF_AT (100k) segments
     index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
@@ -120,8 +122,10 @@ class Settings:
             raise SettingsError("VIDSEEK_LLM_INNER_RATIO must be in [0, 1)")
         if self.frame_dedup < 0:
             raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
-        if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
-            raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
+        if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 0:
+            raise SettingsError("VIDSEEK_SEGMENT_FRAMES and VIDSEEK_MAX_FRAMES must be >= 1, VIDSEEK_BATCH_SEGMENTS >= 0 (0 = auto)")
+        if self.decode not in DECODE_MODES:
+            raise SettingsError(f"VIDSEEK_DECODE must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
         if self.index_auto_at < 0:
