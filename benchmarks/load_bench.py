@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import latency_percentiles, machine_description, temporary_database
 from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
-from indexer.service import settings_space_key  # noqa: E402
+from indexer.service import open_index, settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
 from models.factory import model_embed_dim  # noqa: E402
 from search.catalog import Catalog, embedding_to_bytes  # noqa: E402
@@ -83,17 +83,22 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 # ----- queries -----------------------------------------------------------------------------------
-def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0) -> None:
-    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk."""
-    rng = np.random.default_rng(seed)
+def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0,
+                 held: int = 0) -> None:
+    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk
+    transactions of 20 000; ``held`` > 0 resumes an interrupted fill (the videos and that many
+    segments are there)."""
+    rng = np.random.default_rng(seed + held)
     videos = -(-segments // per_video)
-    with catalog.session() as s:
-        s.execute(insert(Video), [
-            {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
-             "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key, "frames_sampled": 0}
-            for v in range(videos)
-        ])
-    for first in range(0, segments, 20_000):
+    if not held:
+        with catalog.session() as s:
+            s.execute(insert(Video), [
+                {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
+                 "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key,
+                 "frames_sampled": 0}
+                for v in range(videos)
+            ])
+    for first in range(held, segments, 20_000):
         n = min(20_000, segments - first)
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -165,12 +170,17 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
         catalog = Catalog(url)
         key, dim = settings_space_key(settings), model_embed_dim(settings.model)
         held = catalog.count_segments(key)
-        if held not in (0, args.segments):
-            raise SystemExit(f"{url} holds {held} segments, not {args.segments}")
+        if held > args.segments or held % 20_000:
+            raise SystemExit(f"{url} holds {held} segments: not a fill of {args.segments} by this script")
         t0 = time.perf_counter()
-        if not held:
-            fill_catalog(catalog, key, dim, args.segments, args.per_video)
+        fill_catalog(catalog, key, dim, args.segments, args.per_video, held=held)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
+        t0 = time.perf_counter()
+        index = open_index(settings, catalog, key, dim)  # built once, as `vidseek index rebuild` would:
+        index.refresh(force=True)  # every server process loads the snapshot instead of building its own
+        index.save()
+        print(f"index: {len(index)} segments, {index.structure}, built in {time.perf_counter() - t0:.1f}s", flush=True)
+        del index
         for batching in args.text_batch:
             env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
                    "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1",

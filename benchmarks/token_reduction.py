@@ -22,6 +22,12 @@ Methods (``models/``):
   encoding and leave the segment embedding unchanged; their row adds the compression to the
   encoding with tokens, and their cosine compares token sets (see ``cos tokens``).
 
+With ``--precision`` it runs instead the precision table of :mod:`benchmarks.precision_table`
+(open_clip's fp32 forward, full CLIP and TempMe at fp32 / ``auto`` / bf16 / CUDA fp16, with
+cosines to fp32) on the same frames::
+
+    PYTHONPATH=. python -m benchmarks.token_reduction --precision --segments 4 --frames 12
+
 A second table runs static-frame dropping per video at the ingestion sampling rate
 (``--sample-fps``), where it matters: frames kept, signature cost, speed-up, cosine.
 
@@ -62,6 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.precision_table import precision_report, render_precision
 from benchmarks.common import (
     Column,
     Timing,
@@ -517,7 +524,7 @@ def render(report: Report) -> str:
         f"{report.frames} frames",
         f"command: {report.command}",
         f"frames from: {', '.join(report.videos)}",
-        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
+        f"machine: {m['cpu']} ({m['capability']}), {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
         f"1-min load average {m['load_1min']:.2f} before, {report.machine_after['load_1min']:.2f} after",
         "",
         markdown_table(MAIN_COLUMNS, [_row_dict(r) for r in report.rows]),
@@ -775,6 +782,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "when they did not use more meanwhile ...")
     parser.add_argument("--quiet-timeout", type=float, default=30.0, help="... or after this many seconds of "
                         "waiting (0: do not wait)")
+    parser.add_argument("--precision", action="store_true", help="run the precision table instead (fp32, auto, "
+                        "bf16, CUDA fp16; see benchmarks/precision_table.py)")
+    parser.add_argument("--precision-repeats", type=int, default=3, help="timed repeats per call of the precision table")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     if args.segments < 1 or args.frames < 1:
@@ -785,10 +795,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Report:
+def run_precision(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The precision table over the main table's frames (see :mod:`benchmarks.precision_table`)."""
+    machine = machine_description()
+    with tempfile.TemporaryDirectory(prefix="vidseek-bench-") as workdir:
+        backbone = load_backbone(args.model, args.pretrained, "cpu", args.model_config_dir)
+        videos = args.video or default_videos(Path(workdir), args.segments)
+        pixels = load_frame_set(videos, backbone, args.segments, args.frames).pixels
+    report = {"command": command, "model": args.model, "pretrained": args.pretrained, "machine": machine,
+              **precision_report(args, pixels, quiet_start(args))}
+    print(f"# precision: {args.model} ({args.pretrained} weights), {args.segments} segments x {args.frames} frames")
+    print(f"command: {command}")
+    print(f"machine: {machine['cpu']} ({machine['capability']}), {machine['cores']} cores, torch {machine['torch']} with "
+          f"{machine['torch_threads']} threads")
+    print(render_precision(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> Report | dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks.token_reduction " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    if args.precision:
+        return run_precision(args, command)
     with tempfile.TemporaryDirectory(prefix="vidseek-bench-") as workdir:
         report = run(args, command, Path(workdir))
     print(render(report))

@@ -134,6 +134,7 @@ class VideoIngestor:
         self.catalog.mark_video_running(video.id, path)
         if previous != path:
             self._discard_upload(previous)  # an earlier upload of this content, now superseded
+        self.catalog.set_job_precision(job.id, self.encoder.backbone.precision.precision)
         encoded = self.encode_video(path, content_hash, self._progress_reporter(job.id, progress, lease))
         info = encoded.info
         lease.check()

@@ -75,13 +75,18 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 0) ->
         dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)
 
     def merge(x: torch.Tensor, mode: MergeMode = "mean") -> torch.Tensor:
-        head, rest = x[:, :protected], x[:, protected:]
+        # ToMe's gathers and scatter written straight into the output: no concatenation of
+        # [head, unm, dst] and no copy of dst for an out-of-place scatter (the same values).
+        rest = x[:, protected:]
         src, dst = rest[:, a_start::2], rest[:, b_start::2]
-        c = x.shape[-1]
-        unm = src.gather(dim=1, index=unm_idx.expand(-1, -1, c))
-        src = src.gather(dim=1, index=src_idx.expand(-1, -1, c))
-        dst = dst.scatter_reduce(1, dst_idx.expand(-1, -1, c), src, reduce=mode)
-        return torch.cat([head, unm, dst], dim=1)
+        c, n_unm = x.shape[-1], unm_idx.shape[1]
+        out = x.new_empty(x.shape[0], protected + n_unm + dst.shape[1], c)
+        out[:, :protected] = x[:, :protected]
+        torch.gather(src, 1, unm_idx.expand(-1, -1, c), out=out[:, protected : protected + n_unm])
+        merged = out[:, protected + n_unm :]
+        merged.copy_(dst)
+        merged.scatter_reduce_(1, dst_idx.expand(-1, -1, c), src.gather(1, src_idx.expand(-1, -1, c)), reduce=mode)
+        return out
 
     def unmerge(x: torch.Tensor) -> torch.Tensor:
         n_unm = unm_idx.shape[1]

@@ -192,6 +192,9 @@ def summarize(
     if patch_tokens.ndim != 3:
         raise ValueError(f"patch_tokens must be [T, N, W], got {tuple(patch_tokens.shape)}")
     frames, num_patches, dim = patch_tokens.shape
+    # HoliTom and VQToken cluster in float32 on the tokens cast up (the ViT may run in bf16/fp16).
+    patch_tokens = patch_tokens.float()
+    cls_attention = None if cls_attention is None else cls_attention.float()
     times = torch.as_tensor(frame_times, dtype=torch.float64).cpu()
     if tuple(times.shape) != (frames,):
         raise ValueError(f"frame_times must be [{frames}], got {tuple(times.shape)}")

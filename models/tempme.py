@@ -268,7 +268,9 @@ class TempMeEncoder:
                     clips = x.shape[0] // b
                     pos = _clip_positions(self.positions[layer], clips, t, trained_frames)
                     x = (x.view(b, clips, -1, x.shape[-1]) + pos[None, :, None]).flatten(0, 1)
-                x = join_clips(x, k, cls)
+                    x = join_clips(x, k, cls)
+                else:  # no positions: the metric is the joined input itself (joined once, not twice)
+                    x = metric
                 size = None if size is None else join_clips(size, k, cls)
                 source = None if source is None else join_sources(source, k, cls)
                 cls *= k

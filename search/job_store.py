@@ -98,6 +98,11 @@ class JobStore(Store):
         with self.session() as s:
             _set(s, job_id, values)
 
+    def set_job_precision(self, job_id: int, precision: str) -> None:
+        """Record the float type (``fp32`` / ``bf16`` / ``fp16``) the job's encoder runs at."""
+        with self.session() as s:
+            _set(s, job_id, {"precision": precision})
+
     def start_job(
         self, job_id: int, worker: str = "local", stale_before: datetime | None = None, dead_holder: str | None = None
     ) -> Job | None:

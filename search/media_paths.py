@@ -51,6 +51,14 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
+def is_directory(path: Path) -> bool:
+    """``path.is_dir()``, but False instead of an error for names the OS refuses (too long)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def require_utf8_name(path: Path) -> None:
     """Raise :class:`MediaRejected` if ``path`` is not valid UTF-8.
 

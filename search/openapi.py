@@ -153,6 +153,8 @@ _SCHEMAS: dict[str, Any] = {
             "message": {"type": ["string", "null"]},
             "error": {"type": ["string", "null"]},
             "attempts": {"type": "integer"},
+            "precision": {"type": ["string", "null"], "enum": ["fp32", "bf16", "fp16", None],
+                          "description": "float type the job's encoder ran at (null until it encodes)"},
             "job_url": {"type": "string"},
         },
     },

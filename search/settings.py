@@ -70,7 +70,7 @@ class Settings:
     batch_segments: int = 0  # segments per encoder forward pass; 0 = auto (4 on CPU, sized for the device on CUDA)
     decode: str = "fast"  # fast: skip non-reference frames when sampling sparsely; exact: decode every frame
     index_dir: Path | None = None  # None -> data_dir / "index"
-    index_type: str = "auto"  # exact flat while small, IVF once large (search.vector_index.AUTO_IVF_AT)
+    index_type: str = "auto"  # exact flat while small, IVF from search.vector_index.AUTO_IVF_AT (100k) segments
     index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
     index_refresh_seconds: float = 2.0
     index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on

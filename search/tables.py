@@ -124,6 +124,8 @@ class Job(Base):
     # The lease of the worker running the job: who, and when it last proved it is alive.
     worker: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The float type the job's encoder ran at (fp32 / bf16 / fp16); None until it encodes.
+    precision: Mapped[str | None] = mapped_column(String(8))
 
 
 CLIP_SPACE = "clip"  # summary tokens in the CLIP ViT's hidden space (late-interaction reranking)

@@ -50,7 +50,7 @@ def indexed(client: FlaskClient, samples_dir: Path) -> dict[str, int]:
     ids = {}
     for name in ("red_ball", "three_scenes"):
         job = add(client, samples_dir / f"{name}.mp4")
-        assert job["status"] == "done", job
+        assert job["status"] == "done" and job["precision"] == "fp32", job
         ids[name] = job["video_id"]
     return ids
 

@@ -182,6 +182,26 @@ def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
     assert [t["what"] for t in saved["targets"]] == [t.what for t in report.targets]
 
 
+def test_precision_table_on_the_tiny_model(tiny_config_dir, tmp_path, capsys):
+    """fp32, auto and bf16 rows (this test's machine may or may not have bf16 units), cosines to fp32."""
+    out = tmp_path / "precision.json"
+    report = main([
+        "--precision", "--model", "vidseek-tiny-ViT", "--pretrained", "random", "--model-config-dir",
+        str(tiny_config_dir), "--segments", "1", "--frames", "4", "--precision-repeats", "1", "--warmup", "0",
+        "--quiet-timeout", "0", "--json", str(out),
+    ])
+    rows = {(r["call"], r["precision"]): r for r in report["rows"]}
+    assert rows[("open_clip encode_image", "fp32")]["ratio"] == 1.0
+    for method in ("full (vidseek)", "tempme (vidseek)"):
+        assert rows[(method, "fp32")]["cos_min"] == pytest.approx(1.0, abs=1e-6)
+        bf16 = [r for (m, p), r in rows.items() if m == method and "bf16" in p]
+        assert len(bf16) == 1 and bf16[0]["cos_min"] >= 0.99
+    assert report["bookkeeping"]["cos_min"] == pytest.approx(1.0, abs=1e-5)
+    text = capsys.readouterr().out
+    assert "CPU capability: " in text and "VIDSEEK_PRECISION=auto chooses" in text
+    assert json.loads(out.read_text())["cpu_capability"] == report["cpu_capability"]
+
+
 def test_spine_bench_smoke(tiny_config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """benchmarks.spine_bench end to end on the tiny model: ingest, serve, query; no timing assertions."""
     from benchmarks.spine_bench import main as spine_main

@@ -85,7 +85,10 @@ def library(tmp_path_factory: pytest.TempPathFactory, samples_dir: Path, tiny_ch
     for path in (samples_dir / "three_scenes.mp4", samples_dir / "red_ball.mp4", root / "media" / "red_ball.mkv",
                  root / "media" / "holiday.mp4"):
         runtime.ingestor().run_job(runtime.catalog.create_job(path).id)
-    with serve(context_with_slow_query(runtime)) as (url, _):
+    context = context_with_slow_query(runtime)
+    context.banner = ("The CLIP weights could not be loaded (https://huggingface.co/timm/vit_base_patch32_clip_224."
+                      "openai/resolve/main/open_clip_pytorch_model.bin): results are meaningless.")  # must wrap on phones
+    with serve(context) as (url, _):
         yield url
 
 
@@ -150,6 +153,8 @@ def test_layout_fits_phones_tablets_and_desktops(browser, library: str, shots: P
     page.wait_for_function("() => /searchable/.test(document.querySelector('#library-count').textContent)")
     assert page.inner_text("#library-count").startswith("3 videos searchable") and "1 could not be indexed" in page.inner_text("#library-count")
     fits_width(page, width)
+    banner = page.locator("#banner").bounding_box()
+    assert banner["width"] <= width and page.locator("#banner").evaluate("b => b.scrollWidth <= b.clientWidth")
     for control in ("#query", "#rerank", "#search-form button[type=submit]", "#nav-library"):
         reachable(page, control, width)
     reachable(page, ".model-info", width, min_height=10)  # model (and precision) labels: on screen, not covered
@@ -248,6 +253,20 @@ def test_empty_library_no_results_and_server_gone(browser, tmp_path: Path, sampl
         page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('No videos match')")
         assert page.is_visible("#empty-library")
         page.screenshot(path=str(shots / "no-results-390.png"), full_page=True)
+
+        for i in range(25):  # queued videos (never ingested): the library pages them 20 at a time
+            runtime.catalog.get_or_create_video(tmp_path / "media" / f"clip{i:02d}.mp4", f"{i:064x}", 1000)
+        page.click("#nav-library")
+        page.wait_for_selector("#video-list .video-row")
+        assert page.locator(".video-row").count() == 20 and page.inner_text("#page-info") == "Page 1 of 2"
+        assert page.locator(".video-row .badge.queued").count() == 20 and page.is_disabled("#page-prev")
+        page.click("#page-next")
+        page.wait_for_function("() => document.querySelector('#page-info').textContent === 'Page 2 of 2'")
+        assert page.locator(".video-row").count() == 5 and page.is_disabled("#page-next")
+        assert page.locator(".video-row .name").last.inner_text() == "clip00.mp4"  # newest first
+        fits_width(page, 390)
+        page.screenshot(path=str(shots / "library-page2-390.png"), full_page=True)
+        page.click("#nav-search")
         httpd.shutdown()
         httpd.server_close()  # the server goes away mid-session
         page.fill("#query", "anything else")

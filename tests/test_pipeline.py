@@ -46,7 +46,7 @@ def test_grouping_into_segments_and_batches() -> None:
 def test_ingest_writes_segments_thumbnails_and_status(runtime: Runtime, samples_dir: Path) -> None:
     job_id = ingest(runtime, samples_dir / "three_scenes.mp4")
     job = runtime.catalog.get_job(job_id)
-    assert job.status is Status.done and job.progress == 1.0 and job.attempts == 1
+    assert job.status is Status.done and job.progress == 1.0 and job.attempts == 1 and job.precision == "fp32"
     video = runtime.catalog.get_video(job.video_id)
     assert video.status is Status.done and video.duration == pytest.approx(36.0, abs=0.1)
     assert (video.width, video.height, video.frames_sampled) == (320, 240, 36)

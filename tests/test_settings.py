@@ -12,6 +12,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
         "VIDSEEK_SAMPLE_FPS": "2.5",
         "VIDSEEK_SEGMENT_FRAMES": "8",
         "VIDSEEK_ENCODER": "tempme",
+        "VIDSEEK_PRECISION": "bf16",
         "VIDSEEK_API_KEY": "s3cret",
         "UNRELATED": "x",
     }
@@ -19,7 +20,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
     assert s.data_dir == tmp_path
     assert s.media_roots == (tmp_path / "a", tmp_path / "b")
     assert s.sample_fps == 2.5 and s.segment_frames == 8
-    assert s.encoder == "tempme" and s.api_key == "s3cret"
+    assert s.encoder == "tempme" and s.api_key == "s3cret" and s.precision == "bf16"
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'catalog.db'}"
     assert s.resolved_index_dir == tmp_path / "index"
     assert s.runs_in_process
@@ -28,7 +29,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
 def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     s = Settings(data_dir=tmp_path / "d")
-    assert s.model == "ViT-B-32" and s.pretrained == "openai"
+    assert s.model == "ViT-B-32" and s.pretrained == "openai" and s.precision == "auto"
     assert s.allowed_media_roots == (tmp_path.resolve(), (tmp_path / "d/uploads").resolve(), (tmp_path / "d/samples").resolve())
     assert not Settings(broker_url="redis://x").runs_in_process
 
@@ -37,6 +38,7 @@ def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     "env, message",
     [
         ({"VIDSEEK_ENCODER": "fast"}, "VIDSEEK_ENCODER"),
+        ({"VIDSEEK_PRECISION": "int8"}, "VIDSEEK_PRECISION"),
         ({"VIDSEEK_SUMMARY": "zip"}, "VIDSEEK_SUMMARY"),
         ({"VIDSEEK_INDEX_TYPE": "lsh"}, "VIDSEEK_INDEX_TYPE"),
         ({"VIDSEEK_SAMPLE_FPS": "0"}, "VIDSEEK_SAMPLE_FPS"),

@@ -129,6 +129,7 @@ def job_json(job: Job) -> dict:
         "message": job.message,
         "error": job.error,
         "attempts": job.attempts,
+        "precision": job.precision,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

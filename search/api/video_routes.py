@@ -24,6 +24,7 @@ from search.media_paths import (
     MediaRejected,
     PathNotAllowed,
     confine,
+    is_directory,
     is_regular_file,
     is_video_name,
     remove_empty_folders,
@@ -126,7 +127,7 @@ def add_video():
         path = confine(body["path"], ctx().settings.allowed_media_roots)
     except PathNotAllowed as exc:
         raise ApiError(403, str(exc)) from None
-    if path.is_dir():
+    if is_directory(path):
         raise ApiError(422, f"{body['path']} is a directory; the API ingests one file — use the CLI "
                             "(vidseek ingest) for folders")
     if not is_regular_file(path):
