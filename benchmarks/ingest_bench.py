@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
         row["speedup"] = row["video_seconds_per_second"] / ref["video_seconds_per_second"]
 
     machine = machine_description()
+    backbone = runtime_cache.get("backbone")
+    precision = backbone.precision.precision if backbone is not None else f"precision {base.precision}"
     print(f"\n{machine['cpu']} ({machine['capability']}), {machine['cores']} cores, {args.threads} torch threads, "
-          f"load {machine['load_1min']:.1f}; {args.model} ({args.pretrained} weights), encoder {args.encoder} fp32, "
+          f"load {machine['load_1min']:.1f}; {args.model} ({args.pretrained} weights), encoder {args.encoder} {precision}, "
           f"{args.sample_fps:g} sample/s, device {args.device}, median of {args.repeats}")
     print("\nDecode only\n" + markdown_table(DECODE_COLUMNS, decode_rows))
     if ingest_rows:
