@@ -46,7 +46,9 @@ from indexer.service import build_runtime
 from search.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_MEDIA = REPO.parent / "shared" / "media"
+# ../shared/media beside the checkout (a git worktree may sit a level deeper: the nearest one up)
+SHARED_MEDIA = next((d / "shared" / "media" for d in REPO.parents if (d / "shared" / "media").is_dir()),
+                    REPO.parent / "shared" / "media")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidseek-bench"
 DECODE_MODES = ("exact", "fast")
 INGEST_MODES = ("today", "exact", "fast")
@@ -125,10 +127,10 @@ class IngestRun:
     peak_rss_mib: float
 
 
-def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float) -> DecodeRun:
+def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float, hardware: bool = False) -> DecodeRun:
     _reset_peak_rss()
     start = time.perf_counter()
-    frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, mode))
+    frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, mode, hardware))
     seconds = time.perf_counter() - start
     times = sample_times(info.duration, sample_fps, 3600)
     return DecodeRun(
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-config-dir", type=Path, default=None)
     parser.add_argument("--encoder", default="tempme")
     parser.add_argument("--sample-fps", type=float, default=1.0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda also decodes on NVDEC where it can)")
     parser.add_argument("--batch-segments", type=int, default=0, help="VIDSEEK_BATCH_SEGMENTS (0 = auto)")
     parser.add_argument("--seconds", type=int, default=60, help="length of the generated 1080p clip")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the generated clip is kept")
@@ -242,20 +245,21 @@ def main(argv: list[str] | None = None) -> dict:
         clips += sorted(p for p in args.media.iterdir() if p.suffix in (".mp4", ".mpg", ".mkv", ".mov", ".webm"))
     infos = {p: probe(p) for p in clips}
     base = Settings(model=args.model, pretrained=args.pretrained, model_config_dir=args.model_config_dir,
-                    encoder=args.encoder, device="cpu", sample_fps=args.sample_fps, batch_segments=args.batch_segments,
+                    encoder=args.encoder, device=args.device, sample_fps=args.sample_fps, batch_segments=args.batch_segments,
                     media_roots=tuple(sorted({p.parent for p in clips})), log_level="WARNING", log_format="text")
 
     decode_runs: dict[tuple[str, str], list[DecodeRun]] = {}
     ingest_runs: dict[tuple[str, str], list[IngestRun]] = {}
     runtime_cache: dict = {}
+    hardware = args.device.startswith("cuda")
     for path in clips:  # warm-up: page cache, model load, first-call allocations
-        decode_once(path, infos[path], "fast", args.sample_fps)
+        decode_once(path, infos[path], "fast", args.sample_fps, hardware)
     if not args.no_ingest:
         ingest_once(clips[0], infos[clips[0]], "fast", base, runtime_cache)
     for _ in range(args.repeats):  # round-robin, so load from other processes falls on every mode alike
         for path in clips:
             for mode in DECODE_MODES:
-                decode_runs.setdefault((path.name, mode), []).append(decode_once(path, infos[path], mode, args.sample_fps))
+                decode_runs.setdefault((path.name, mode), []).append(decode_once(path, infos[path], mode, args.sample_fps, hardware))
             for mode in () if args.no_ingest else INGEST_MODES:
                 ingest_runs.setdefault((path.name, mode), []).append(ingest_once(path, infos[path], mode, base, runtime_cache))
 
@@ -269,9 +273,11 @@ def main(argv: list[str] | None = None) -> dict:
         row["speedup"] = row["video_seconds_per_second"] / ref["video_seconds_per_second"]
 
     machine = machine_description()
+    backbone = runtime_cache.get("backbone")
+    precision = backbone.precision.precision if backbone is not None else f"precision {base.precision}"
     print(f"\n{machine['cpu']} ({machine['capability']}), {machine['cores']} cores, {args.threads} torch threads, "
-          f"load {machine['load_1min']:.1f}; {args.model} ({args.pretrained} weights), encoder {args.encoder} fp32, "
-          f"{args.sample_fps:g} sample/s, median of {args.repeats}")
+          f"load {machine['load_1min']:.1f}; {args.model} ({args.pretrained} weights), encoder {args.encoder} {precision}, "
+          f"{args.sample_fps:g} sample/s, device {args.device}, median of {args.repeats}")
     print("\nDecode only\n" + markdown_table(DECODE_COLUMNS, decode_rows))
     if ingest_rows:
         print("\nWhole ingestion (decode -> sample -> encode -> catalog)\n" + markdown_table(INGEST_COLUMNS, ingest_rows))

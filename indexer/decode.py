@@ -229,7 +229,8 @@ def iter_sampled_frames(
     resuming after the samples already yielded.
 
     ``hardware=True`` (a CUDA worker) first tries NVDEC through FFmpeg's CUDA hwaccel, and falls
-    back to software decoding with a log line when the build, the driver or the codec refuse.
+    back to software decoding with a log line when the build, the driver or the codec refuse (any
+    error of a hardware attempt falls back; a software attempt falls back on decoding errors only).
 
     Raises:
         DecodeError: the file cannot be decoded, decodes to no frames, or is truncated
@@ -245,8 +246,9 @@ def iter_sampled_frames(
         try:
             yield from _decode_samples(path, info, times, size, plan, cursor)
             return
-        except (DecodeError, _AttemptUnusable, av.error.FFmpegError) as exc:
-            if attempt == len(plans) - 1:
+        except Exception as exc:  # noqa: BLE001 -- which ones fall back is decided here
+            retryable = isinstance(exc, (DecodeError, _AttemptUnusable, av.error.FFmpegError)) or plan.hardware
+            if attempt == len(plans) - 1 or not retryable:
                 raise
             log.warning(
                 "%s of %s failed (%s); falling back to %s", plan.describe(), path.name, exc, plans[attempt + 1].describe()

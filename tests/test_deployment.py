@@ -40,9 +40,10 @@ def test_environment_is_valid_settings() -> None:
 
 
 def test_gpu_services_reserve_a_gpu_and_use_the_gpu_image() -> None:
+    """``video`` mounts the driver's NVDEC library: without it hardware decoding falls back to software."""
     for name in ("worker-gpu", "api-gpu"):
         service = COMPOSE["services"][name]
         assert service["profiles"] == ["gpu"] and service["build"]["target"] == "gpu"
-        assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+        assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu", "video"]
         assert service["environment"]["VIDSEEK_DEVICE"] == "cuda"
     assert "FROM base AS gpu" in (REPO / "Dockerfile").read_text()
