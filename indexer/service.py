@@ -16,7 +16,6 @@ from indexer.pipeline import VideoIngestor, embedding_key, space_key
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
 from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_identity
 from models.encoders import SegmentEncoder, build_encoder
-from models.rerankers.late import LateParams
 from search.api import create_app
 from search.api.context import ApiContext
 from search.catalog import Catalog
@@ -24,7 +23,7 @@ from search.ingestion import IngestionQueue
 from search.db import upgrade
 from search.logs import configure_logging
 from search.query import QueryService
-from search.rerank_service import LateReranker, LazyLlm, LlmReranker, Reranker, RerankService, llm_summary_key
+from search.rerank_service import LazyLlm, RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
 from search.vector_index import IndexOptions
@@ -91,24 +90,17 @@ class Runtime:
         )
 
 
-def late_reranker(settings: Settings, catalog: Catalog, encoder: SegmentEncoder) -> LateReranker:
-    """Late interaction over the CLIP-space summaries that ``encoder`` wrote to ``catalog``."""
-    return LateReranker(catalog, embedding_key(encoder), encoder.backbone.project,
-                        LateParams(weight=settings.rerank_weight), last_frame_seconds=1.0 / settings.sample_fps)
+def reranker_inputs(settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None) -> RerankerInputs:
+    """What the reranker factories build from: the CLIP-space summaries ``encoder`` wrote to ``catalog``,
+    and the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
+    return RerankerInputs(settings, catalog, embedding_key(encoder), encoder.backbone.project, llm)
 
 
-def build_reranking(
-    settings: Settings, catalog: Catalog, backbone: ClipBackbone, encoder: SegmentEncoder, llm: LazyLlm | None
-) -> RerankService:
-    """The rerankers ``settings`` make available: late interaction always (videos without a CLIP-space
-    summary just keep their first-stage score), the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
-    rerankers: dict[str, Reranker] = {"late": late_reranker(settings, catalog, encoder)}
-    unavailable = {}
-    if llm is not None:
-        key = llm_summary_key(settings.llm_reranker, settings.llm_summary)
-        rerankers["llm"] = LlmReranker(catalog, key, llm, settings.rerank_timeout, settings.llm_batch_tokens)
-    else:
-        unavailable["llm"] = "no video LLM is configured (set VIDSEEK_LLM_RERANKER)"
+def build_reranking(settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None) -> RerankService:
+    """The registered rerankers ``settings`` make available (``models.registry.RERANKERS``): late interaction
+    always (videos without a CLIP-space summary just keep their first-stage score), the video LLM when
+    ``VIDSEEK_LLM_RERANKER`` is set."""
+    rerankers, unavailable = build_rerankers(reranker_inputs(settings, catalog, encoder, llm))
     return RerankService(rerankers, settings.default_rerank, settings.rerank_k, unavailable)
 
 
@@ -122,7 +114,7 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
         return backbone.encode_text([text])[0].cpu().numpy()
 
     llm = LazyLlm.from_settings(settings) if settings.llm_reranker else None
-    reranking = build_reranking(settings, catalog, backbone, encoder, llm)
+    reranking = build_reranking(settings, catalog, encoder, llm)
     queries = QueryService(catalog, index, encode_query, settings.search_candidates, reranking)
     queue: IngestionQueue
     if settings.runs_in_process:

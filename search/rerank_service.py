@@ -46,6 +46,7 @@ from models.rerankers.llava import (
     LlmUnavailableError,
     plan_batches,
 )
+from models.registry import RERANKERS
 from models.summary import VideoSummary
 from search.catalog import Catalog
 from search.settings import Settings
@@ -179,6 +180,45 @@ class RerankService:
         return RerankResult(order, outcome.scores, info, timings)
 
 
+class RerankerUnavailable(RuntimeError):
+    """A registered reranker cannot be built with this configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class RerankerInputs:
+    """What a reranker factory (``models.registry.RERANKERS``) may build from.
+
+    Attributes:
+        settings: the process's settings.
+        catalog: where the summaries are stored.
+        space_key: the CLIP embedding space ingestion writes (``indexer.pipeline.embedding_key``).
+        project: the backbone's projection of hidden-space tokens ``[M, W]`` into the joint space ``[M, E]``.
+        llm: the video LLM, or None when none is configured.
+    """
+
+    settings: Settings
+    catalog: Catalog
+    space_key: str
+    project: Callable[[torch.Tensor], torch.Tensor]
+    llm: LazyLlm | None = None
+
+
+def build_rerankers(inputs: RerankerInputs, names: Sequence[str] | None = None) -> tuple[dict[str, Reranker], dict[str, str]]:
+    """Every registered reranker (or those of ``names``) that ``inputs`` can build, by name, and why the
+    others cannot be."""
+    built: dict[str, Reranker] = {}
+    unavailable: dict[str, str] = {}
+    for name in names if names is not None else RERANKERS.names():
+        method = RERANKERS[name]
+        if method.factory is None:
+            continue
+        try:
+            built[name] = method.load()(inputs)
+        except RerankerUnavailable as exc:
+            unavailable[name] = str(exc)
+    return built, unavailable
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A video's summary ready for late interaction: projected tokens and frame coverage, query-independent."""
@@ -208,6 +248,13 @@ class LateReranker:
         self.cache_size = cache_size
         self._cache: OrderedDict[int, _Prepared] = OrderedDict()
         self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, inputs: RerankerInputs) -> LateReranker:
+        """Late interaction over the CLIP-space summaries written in ``inputs.space_key``."""
+        s = inputs.settings
+        return cls(inputs.catalog, inputs.space_key, inputs.project, LateParams(weight=s.rerank_weight),
+                   last_frame_seconds=1.0 / s.sample_fps)
 
     def prepared(self, video_ids: Sequence[int]) -> dict[int, _Prepared]:
         """Prepared summaries of those of ``video_ids`` that have one (with tokens)."""
@@ -293,6 +340,15 @@ class LlmReranker:
         self.catalog, self.summary_key, self.llm = catalog, summary_key, llm
         self.timeout, self.batch_tokens = timeout, batch_tokens
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidseek-llm")
+
+    @classmethod
+    def build(cls, inputs: RerankerInputs) -> LlmReranker:
+        """P("yes") of ``inputs.llm`` over the LLM-space summaries ingestion writes with it."""
+        s = inputs.settings
+        if inputs.llm is None:
+            raise RerankerUnavailable("no video LLM is configured (set VIDSEEK_LLM_RERANKER)")
+        key = llm_summary_key(s.llm_reranker, s.llm_summary)
+        return cls(inputs.catalog, key, inputs.llm, s.rerank_timeout, s.llm_batch_tokens)
 
     def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome:
         t0 = time.perf_counter()

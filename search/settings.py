@@ -12,10 +12,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-ENCODERS = ("full", "tempme")
-SUMMARIES = ("none", "holitom", "vqtoken")
-RERANKERS = ("none", "late", "llm")
-LLM_SUMMARIES = ("holitom", "vqtoken")
+from models.registry import ENCODERS as ENCODER_REGISTRY
+from models.registry import RERANKERS as RERANKER_REGISTRY
+from models.registry import SUMMARIZERS
+
+# The choices come from the method registries (models.registry), which import no torch to list them.
+ENCODERS = ENCODER_REGISTRY.names()
+SUMMARIES = ("none", *SUMMARIZERS.names())
+RERANKERS = RERANKER_REGISTRY.names()
+LLM_SUMMARIES = SUMMARIZERS.names()
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 
 

@@ -19,8 +19,8 @@ from indexer.cli import main
 from indexer.decode import center_crop, iter_sampled_frames
 from indexer.evaluation.annotations import Annotations, Caption, resolve_videos
 from indexer.evaluation.flops import count_flops
+from indexer.evaluation import harness
 from indexer.evaluation.harness import (
-    RERANKERS,
     EvalError,
     EvalRequest,
     MeteredEncoder,
@@ -33,7 +33,9 @@ from indexer.samples import captions
 from models.backbone import ClipBackbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import FullClipEncoder
+from models.registry import RERANKERS, Method
 from models.tempme import TempMeEncoder
+from search.rerank_service import RerankOutcome, Rescored
 from search.settings import Settings
 from tests.conftest import REPO, settings_env
 
@@ -172,13 +174,19 @@ def test_multi_sentence_set_and_a_custom_reranker(
 ) -> None:
     """Several captions per video take the multi-sentence protocol; a registered reranker
     scores the same ingestion through its rewritten similarity matrix."""
-    seen = {}
+    seen: dict[str, list] = {"videos": [], "texts": []}
 
-    def reverse(ingested, sim):
-        seen["videos"], seen["texts"] = ingested.video_ids, ingested.texts
-        return -sim
+    class Reverse:
+        """Negates first-stage scores (a same-scale reranker built from the registry like the search's)."""
 
-    monkeypatch.setitem(RERANKERS, "reverse", reverse)
+        name, same_scale = "reverse", True
+
+        def rescore(self, query, vector, candidates):
+            seen["texts"].append(query)
+            seen["videos"].append(sorted(c.video_id for c in candidates))
+            return RerankOutcome({c.video_id: Rescored(-c.score) for c in candidates})
+
+    monkeypatch.setitem(RERANKERS.methods, "reverse", Method("reverse", lambda inputs: Reverse()))
     texts = {"red_ball": ["a red ball", "a ball rolls"], "snow": ["snow falls", "white flakes"], "stripes": ["stripes"]}
     ann = Annotations(tuple(Caption(v, t) for v, ts in texts.items() for t in ts), "msrvtt-json")
     request = EvalRequest(
@@ -190,7 +198,8 @@ def test_multi_sentence_set_and_a_custom_reranker(
     assert (run.videos, run.captions) == (3, 5)
     assert plain.metrics.multi_sentence and plain.metrics.text_to_video.count == 5
     assert plain.efficiency is reversed_.efficiency and reversed_.name == "full +rerank reverse"
-    assert len(seen["videos"]) == 3 and seen["texts"][0] == "a red ball"
+    assert len(seen["texts"]) == 5 and seen["texts"][0] == "a red ball"
+    assert all(len(ids) == 3 for ids in seen["videos"])  # every caption's 3 videos (rerank_k = 50)
     # Reversing the scores reverses every caption's ranking: rank r becomes V - 1 - r.
     assert plain.metrics.text_to_video.mean_rank + reversed_.metrics.text_to_video.mean_rank == pytest.approx(3 + 1)
 
@@ -223,11 +232,14 @@ def test_late_reranking_rescores_each_captions_top_videos(
     from search.catalog import CLIP_SPACE
 
     checked = {}
-    real_late = RERANKERS["late"]
+    real_rerank = harness.rerank_similarities
 
-    def spy(ingested, sim):
+    def spy(method, ingested, sim):
         """Check the reranked matrix against a direct computation while the catalog exists."""
-        rescored = real_late(ingested, sim)
+        rescored = real_rerank(method, ingested, sim)
+        if method == "none":
+            assert rescored is sim
+            return rescored
         assert ingested.settings.summary == "holitom"
         summaries = ingested.catalog.summaries(list(ingested.video_ids), embedding_key(ingested.encoder), CLIP_SPACE)
         assert set(summaries) == set(ingested.video_ids)
@@ -242,7 +254,7 @@ def test_late_reranking_rescores_each_captions_top_videos(
                 checked[q, v] = True
         return rescored
 
-    monkeypatch.setitem(RERANKERS, "late", spy)
+    monkeypatch.setattr(harness, "rerank_similarities", spy)
     texts = {"red_ball": ["a red ball"], "snow": ["snow falls"], "three_scenes": ["stripes, then snow"]}
     ann = Annotations(tuple(Caption(v, t) for v, ts in texts.items() for t in ts), "msrvtt-json")
     request = EvalRequest(

@@ -38,12 +38,13 @@ from indexer.evaluation.annotations import Annotations
 from indexer.evaluation.flops import count_flops
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
-from indexer.service import late_reranker, load_encoder, load_model, open_catalog
+from indexer.service import load_encoder, load_model, open_catalog, reranker_inputs
 from models.backbone import ClipBackbone, weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import SegmentEncoder, SegmentEncoding
+from models.registry import RERANKERS
 from search.catalog import Catalog, embedding_from_bytes
-from search.rerank_service import Candidate
+from search.rerank_service import Candidate, build_rerankers
 from search.settings import Settings, SettingsError
 from search.tables import Status
 
@@ -105,40 +106,49 @@ class IngestedSet:
     texts: tuple[str, ...]
 
 
-# A reranker rescores the caption x video similarities ``[Q, V]`` of an ingested set.
-Reranker = Callable[[IngestedSet, np.ndarray], np.ndarray]
-# Rerankers that need a compressed token summary per video at ingestion.
-NEEDS_SUMMARY = frozenset({"late"})
+# Rerankers are the search's (models.registry.RERANKERS); those that read CLIP-space summaries get them
+# made at ingestion (config_settings). The LLM-space ones need a video LLM and its own summaries, which
+# eval does not make.
 # Videos outside a caption's reranked top-k stay below every reranked one (scores are cosines).
 OUTSIDE_TOP_K = 10.0
 
 
-def late_rerank(ingested: IngestedSet, sim: np.ndarray) -> np.ndarray:
-    """The search's late-interaction reranker (``search.rerank_service.LateReranker``) applied per
-    caption to its top ``rerank_k`` videos, as ``GET /api/search?rerank=late`` does; the others keep
-    their first-stage order below them."""
+def rerank_similarities(method: str, ingested: IngestedSet, sim: np.ndarray) -> np.ndarray:
+    """The caption x video similarities ``[Q, V]`` rescored by the search's reranker ``method``, applied per
+    caption to its top ``rerank_k`` videos as ``GET /api/search?rerank=...`` does; the others keep their
+    first-stage order below them. ``none`` returns ``sim``. The reranker's scores must be on the
+    first-stage scale (``same_scale``): they are compared across videos as they are."""
+    if RERANKERS[method].factory is None:
+        return sim
     s = ingested.settings
-    late = late_reranker(s, ingested.catalog, ingested.encoder)
+    built, unavailable = build_rerankers(reranker_inputs(s, ingested.catalog, ingested.encoder), [method])
+    if method not in built:
+        raise EvalError(f"reranker {method!r} cannot run here: {unavailable.get(method)}")
+    reranker = built[method]
+    if not reranker.same_scale:
+        raise EvalError(f"reranker {method!r} scores on its own scale; vidseek eval compares scores across videos")
     texts = encode_texts(ingested.backbone, ingested.texts)
     out = sim - OUTSIDE_TOP_K
     for q, row in enumerate(sim):
         top = np.argsort(-row, kind="stable")[: s.rerank_k]
         # whole videos are scored here, so the first-stage moment (start, end) plays no part
         candidates = [Candidate(ingested.video_ids[v], float(row[v]), 0.0, 0.0) for v in top]
-        rescored = late.rescore(ingested.texts[q], texts[q], candidates).scores
+        rescored = reranker.rescore(ingested.texts[q], texts[q], candidates).scores
         for v, c in zip(top, candidates):
             out[q, v] = rescored[c.video_id].score if c.video_id in rescored else row[v]
     return out
 
 
-RERANKERS: dict[str, Reranker] = {"none": lambda ingested, sim: sim, "late": late_rerank}
+def eval_rerankers() -> tuple[str, ...]:
+    """The registered rerankers an evaluation can run (all but those reading LLM-space summaries)."""
+    return tuple(name for name, m in RERANKERS.items() if m.summary_space != "llm")
 
 
 def check_rerankers(names: Sequence[str]) -> None:
-    """Raise :class:`EvalError` for a reranker name that is unknown."""
+    """Raise :class:`EvalError` for a reranker name that is unknown or cannot run in an evaluation."""
     for name in names:
-        if name not in RERANKERS:
-            raise EvalError(f"unknown reranker {name!r}; available: {', '.join(RERANKERS)}")
+        if name not in eval_rerankers():
+            raise EvalError(f"unknown reranker {name!r}; available: {', '.join(eval_rerankers())}")
 
 
 # ----- measuring the encoder ----------------------------------------------------------------
@@ -336,7 +346,7 @@ def config_settings(request: EvalRequest, config: EncoderConfig, data_dir: Path)
     HoliTom if it has none)."""
     roots = tuple(dict.fromkeys(p.parent for p in request.videos.values()))
     summary = "none"
-    if NEEDS_SUMMARY & set(request.rerankers):
+    if any(RERANKERS[name].summary_space == "clip" for name in request.rerankers):
         summary = request.base.summary if request.base.summary != "none" else "holitom"
     return request.base.with_overrides(
         data_dir=data_dir,
@@ -431,7 +441,7 @@ def run_configuration(request: EvalRequest, config: EncoderConfig) -> list[Confi
                     config.name,
                     name,
                     dict(config.overrides),
-                    retrieval_metrics(RERANKERS[name](ingested, sim), caption_video),
+                    retrieval_metrics(rerank_similarities(name, ingested, sim), caption_video),
                     efficiency,
                 )
                 for name in request.rerankers

@@ -50,6 +50,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.holitom import inner_llm_merge
+from models.registry import SUMMARIZERS
 from models.summary import VideoSummary, summarize
 
 QUESTION = "Does this video show: {query}? Answer yes or no."
@@ -63,7 +64,6 @@ YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-OV's image processor (SigLIP) normalisation
 SIGLIP_STD = (0.5, 0.5, 0.5)
-LLM_METHODS = ("holitom", "vqtoken")
 
 
 class LlmUnavailableError(RuntimeError):
@@ -404,8 +404,8 @@ def llm_space_summary(features: VisualFeatures, times: Sequence[float], method: 
     tokens (``code_vectors="raw"``), because without VQToken's trained VQ-Attention the LLM has to read
     them as ordinary visual tokens, at the projector's scale. Positions are indices on the pooled grid.
     """
-    if method not in LLM_METHODS:
-        raise ValueError(f"unknown LLM summary method {method!r}; expected one of {LLM_METHODS}")
+    if method not in SUMMARIZERS:
+        raise ValueError(f"unknown LLM summary method {method!r}; expected one of {SUMMARIZERS.names()}")
     return summarize(method, features.tokens.float(), features.attention.float(), list(times), code_vectors="raw", **params)
 
 
