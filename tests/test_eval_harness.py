@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from indexer.cli import main
 from indexer.decode import center_crop, iter_sampled_frames
 from indexer.evaluation.annotations import Annotations, Caption, resolve_videos
-from indexer.evaluation.flops import count_flops
 from indexer.evaluation import harness
 from indexer.evaluation.harness import (
     EvalError,
@@ -33,6 +32,7 @@ from indexer.samples import captions
 from models.backbone import ClipBackbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import FullClipEncoder
+from models.flops import count_flops
 from models.registry import RERANKERS, Method
 from models.tempme import TempMeEncoder
 from search.rerank_service import RerankOutcome, Rescored

@@ -35,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from indexer.evaluation.annotations import Annotations
-from indexer.evaluation.flops import count_flops
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
 from indexer.service import load_encoder, load_model, open_catalog, reranker_inputs
 from models.backbone import ClipBackbone, weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import SegmentEncoder, SegmentEncoding
+from models.flops import count_flops
 from models.registry import RERANKERS
 from search.catalog import Catalog, embedding_from_bytes
 from search.rerank_service import Candidate, build_rerankers

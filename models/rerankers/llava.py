@@ -46,8 +46,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from models.holitom import inner_llm_merge
 from models.registry import SUMMARIZERS
@@ -339,60 +337,6 @@ def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-# ----- FLOPs ------------------------------------------------------------------------------------
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the matrix products ``fn()`` runs, counted by ``torch.utils.flop_counter.FlopCounterMode``.
-
-    Attention runs on SDPA's math backend here: the fused CPU kernel is an op ``FlopCounterMode`` has no
-    formula for (it would count 0), the math backend decomposes into ``bmm`` products it counts.
-    """
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        fn()
-    return int(counter.get_total_flops())
-
-
-def prefill_layer_lengths(
-    text_tokens: int, visual_tokens: int, num_layers: int, inner: InnerMergeParams | None
-) -> list[int]:
-    """Tokens each decoder layer of a batch-1 prefill sees: ``text + visual`` before the inner-merge
-    layer, ``text + round(visual * (1 - r))`` from it on."""
-    full = text_tokens + visual_tokens
-    if inner is None:
-        return [full] * num_layers
-    merged = text_tokens + round(visual_tokens * (1 - inner.ratio))
-    return [full] * inner.layer + [merged] * (num_layers - inner.layer)
-
-
-def analytic_prefill_flops(text_config: Any, text_tokens: int, visual_tokens: int, inner: InnerMergeParams | None) -> int:
-    """Matrix-product FLOPs of :func:`prefill` for one sequence, counted the way ``FlopCounterMode`` counts
-    them (``2 * m * n * k`` per product; attention as two full ``L x L`` products per head, causality not
-    discounted) -- decoder layers, the LM head on the last token and, with the inner merge, its extra
-    work: the last-token attention row of layer ``k - 1`` and the merge's cosine similarities.
-
-    Args:
-        text_config: a ``Qwen2Config`` (hidden_size, heads, key/value heads, intermediate_size, vocab_size).
-        text_tokens: prompt tokens around the video.
-        visual_tokens: the visual span, newline included.
-        inner: the inner merge, or None.
-    """
-    d = text_config.hidden_size
-    heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
-    head_dim = getattr(text_config, "head_dim", None) or d // heads
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    per_token = 2 * (d * q_out + 2 * d * kv_out + q_out * d + 3 * d * text_config.intermediate_size)
-    lengths = prefill_layer_lengths(text_tokens, visual_tokens, text_config.num_hidden_layers, inner)
-    total = sum(n * per_token + 4 * heads * n * n * head_dim for n in lengths) + 2 * d * text_config.vocab_size
-    if inner is not None:
-        n = lengths[inner.layer - 1]
-        keep = round(visual_tokens * (1 - inner.ratio))
-        total += 2 * d * q_out + 2 * n * d * kv_out + 2 * heads * n * head_dim  # last-token attention row
-        if keep < visual_tokens:
-            total += 2 * (visual_tokens - keep) * keep * d  # cosine similarities of merged vs kept tokens
-    return total
 
 
 # ----- the model -------------------------------------------------------------------------------
