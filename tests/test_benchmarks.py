@@ -19,11 +19,13 @@ from benchmarks.common import (
     others_busy_share,
     peak_tensor_bytes,
 )
+from benchmarks import token_reduction
 from benchmarks.token_reduction import (
     MAIN_COLUMNS,
     SUMMARIES,
     FrameSet,
     dedup_encode,
+    default_videos,
     load_frame_set,
     main,
 )
@@ -99,11 +101,17 @@ def test_load_frame_set_deals_segments_to_videos(tiny_backbone, samples_dir):
     assert bool((three_scenes[1:] > three_scenes[:-1]).all()) and float(three_scenes[-1]) > 30  # spread over 36 s
 
 
-def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
+def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys, monkeypatch):
+    """The whole benchmark on the tiny model, kept short: one generated clip for both tables (the real
+    clips only matter for real runs) and VQToken's adaptive K over 12..14 instead of 12..32 (its elbow
+    is tested in test_vqtoken.py)."""
     out = tmp_path / "report.json"
+    monkeypatch.setattr(token_reduction, "SUMMARIES", (*SUMMARIES[:-1], ("vqtoken", "vqtoken", {"k_min": 12, "k_max": 14})))
+    clip = str(default_videos(tmp_path, 1)[0])
     report = main([
         "--model", "vidseek-tiny-ViT", "--pretrained", "random", "--model-config-dir", str(tiny_config_dir),
         "--segments", "1", "--repeats", "1", "--warmup", "0", "--quiet-timeout", "0", "--json", str(out),
+        "--video", clip, "--dedup-video", clip,
     ])
     methods = ["full", "tempme", "bvllm-dedup"] + [name for name, _, _ in SUMMARIES]
     assert [r.method for r in report.rows] == methods
@@ -118,7 +126,8 @@ def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
     assert rows["tempme"].tokens == 97 and rows["full"].tokens == 600
     assert rows["full"].vit_gmacs == pytest.approx(rows["full"].vit_gmacs_analytic, rel=0)
     assert rows["tempme"].vit_gmacs == pytest.approx(rows["tempme"].vit_gmacs_analytic, rel=0)
-    assert report.dedup and report.dedup[0].kept < report.dedup[0].frames  # the still stretch collapses
+    assert report.videos == ["still_then_motion.mp4"] and len(report.dedup) == 1
+    assert report.dedup[0].kept < report.dedup[0].frames  # the still stretch collapses
     saved = json.loads(out.read_text())
     assert [r["method"] for r in saved["rows"]] == methods
     assert set(saved["rows"][0]) >= {c.key for c in MAIN_COLUMNS}
