@@ -251,16 +251,6 @@ def code_frame_spans(index_map: torch.Tensor, num_codes: int) -> tuple[torch.Ten
     return torch.where(end >= 0, start, -1), end
 
 
-def token_information_density(accuracy: float, num_tokens: float) -> float:
-    """TokDense, the paper's token information density: task accuracy divided by the number of
-    tokens given to the model, ``TokDense = Accuracy / Token Count`` (VQToken paper, section on the
-    Extreme Short Token Reduction metrics; e.g. 57.46 % accuracy with 32 tokens -> 1.796). ``accuracy``
-    is in whatever unit the caller reports (the paper uses percent)."""
-    if num_tokens <= 0:
-        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
-    return accuracy / num_tokens
-
-
 def video_summary(
     patch_tokens: torch.Tensor, cls_attention: torch.Tensor | None, frame_times: torch.Tensor, code_vectors: str = "unit",
     **params: object,

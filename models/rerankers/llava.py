@@ -37,7 +37,7 @@ Deviations, all deliberate:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,6 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 PROMPT_TEMPLATE = (
     "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{video}\n{question}<|im_end|>\n<|im_start|>assistant\n"
 )
-VIDEO_SLOT = "<video>"
 YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-OV's image processor (SigLIP) normalisation
@@ -360,7 +359,7 @@ class LlavaReranker:
         model: ``LlavaOnevisionForConditionalGeneration`` (eval mode is set here).
         tokenizer: its tokenizer; ``Yes``/``yes``/``No``/``no`` must each be one token (those that are not
             are left out, at least one of each is needed).
-        name: model id or directory, part of :attr:`key`.
+        name: model id or directory.
         inner: HoliTom's inner merge, or None for plain prefill.
     """
 
@@ -378,11 +377,6 @@ class LlavaReranker:
             raise ValueError("the tokenizer has no single-token 'yes'/'no' answer words")
         prefix, suffix = PROMPT_TEMPLATE.split("{video}")
         self._prefix_template, self._suffix_template = prefix, suffix
-
-    @property
-    def key(self) -> str:
-        """Identity of the visual space summaries are stored in (model id or directory)."""
-        return f"llava:{self.name}"
 
     @property
     def device(self) -> torch.device:
