@@ -39,16 +39,11 @@ from benchmarks.tiny_llava import save_tiny_llava
 from indexer.decode import iter_sampled_frames
 from indexer.samples import ensure_samples
 from indexer.service import build_runtime
-from models.rerankers.llava import (
-    InnerMergeParams,
-    LlavaReranker,
-    VisualFeatures,
-    llm_space_summary,
-)
+from models.rerankers.llava import LlavaReranker, VisualFeatures, llm_space_summary, llm_summary_key
+from models.rerankers.prefill import InnerMergeParams
 from models.flops import analytic_prefill_flops, count_flops
 from models.summary import summarize
 from search.catalog import SegmentRecord, SummaryRecord
-from search.rerank_service import llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE
 

@@ -26,11 +26,11 @@ from indexer.media import sha256_file
 from models.backbone import ClipBackbone
 from models.bvllm import drop_static_frames
 from models.encoders import SegmentEncoder
+from models.rerankers.llava import LazyLlm, LlmUnavailableError, llm_summary_key
+from models.rerankers.prefill import InnerMergeParams
 from models.summary import VideoSummary, concat, summarize
-from models.rerankers.llava import LlmUnavailableError
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file
-from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE, Job, Status, utcnow
 
@@ -233,6 +233,13 @@ class UniformFramePicker:
         return self.picked
 
 
+def lazy_llm(settings: Settings) -> LazyLlm | None:
+    """The video LLM ``VIDSEEK_LLM_RERANKER`` names (loaded on first use), or None when none is set."""
+    if not settings.llm_reranker:
+        return None
+    return LazyLlm.of(settings.llm_reranker, settings.device, InnerMergeParams(settings.llm_inner_layer, settings.llm_inner_ratio))
+
+
 class VideoIngestor:
     """Runs ingestion jobs against one catalog with one loaded encoder (and, when
     ``VIDSEEK_LLM_RERANKER`` is set, the video LLM that summarises videos for the llm reranker)."""
@@ -240,9 +247,7 @@ class VideoIngestor:
     def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None):
         self.settings, self.catalog, self.encoder = settings, catalog, encoder
         self.key = embedding_key(encoder)
-        if llm is None and settings.llm_reranker:
-            llm = LazyLlm.from_settings(settings)
-        self.llm = llm
+        self.llm = llm if llm is not None else lazy_llm(settings)
 
     # ----- one job ------------------------------------------------------------------------
     def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str = "local") -> Status:

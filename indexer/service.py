@@ -12,18 +12,19 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from indexer.pipeline import VideoIngestor, embedding_key, space_key
+from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm, space_key
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
 from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_identity
 from models.encoders import SegmentEncoder, build_encoder
+from models.rerankers.llava import LazyLlm
 from search.api import create_app
 from search.api.context import ApiContext
 from search.catalog import Catalog
-from search.ingestion import IngestionQueue
 from search.db import upgrade
+from search.ingestion import IngestionQueue
 from search.logs import configure_logging
 from search.query import QueryService
-from search.rerank_service import LazyLlm, RerankerInputs, RerankService, build_rerankers
+from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
 from search.vector_index import IndexOptions
@@ -113,7 +114,7 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     def encode_query(text: str):
         return backbone.encode_text([text])[0].cpu().numpy()
 
-    llm = LazyLlm.from_settings(settings) if settings.llm_reranker else None
+    llm = lazy_llm(settings)
     reranking = build_reranking(settings, catalog, encoder, llm)
     queries = QueryService(catalog, index, encode_query, settings.search_candidates, reranking)
     queue: IngestionQueue

@@ -230,7 +230,7 @@ def tempme_loads(shape: VitShape, plans: Sequence[LayerPlan], segments: int, fra
 
 # ----- analytic: a Qwen2 prefill with HoliTom's inner merge ----------------------------------------
 class InnerMerge(Protocol):
-    """HoliTom's inner-LLM merge (``models.rerankers.llava.InnerMergeParams``): at decoder layer ``layer``
+    """HoliTom's inner-LLM merge (``models.rerankers.prefill.InnerMergeParams``): at decoder layer ``layer``
     a fraction ``ratio`` of the visual span is merged away."""
 
     layer: int

@@ -133,6 +133,6 @@ RERANKERS = Registry(
     Method("none", None, label="off"),
     Method("late", "search.rerank_service:LateReranker.build", params="models.rerankers.late:LateParams",
            label="late interaction", summary_space="clip"),
-    Method("llm", "search.rerank_service:LlmReranker.build", params="models.rerankers.llava:InnerMergeParams",
+    Method("llm", "search.rerank_service:LlmReranker.build", params="models.rerankers.prefill:InnerMergeParams",
            label="video LLM", summary_space="llm"),
 )

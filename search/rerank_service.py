@@ -40,24 +40,15 @@ from models.rerankers.late import (
     pack,
     project_summaries,
 )
-from models.rerankers.llava import (
-    InnerMergeParams,
-    LlavaReranker,
-    LlmUnavailableError,
-    plan_batches,
-)
+from models.rerankers.llava import LazyLlm, LlmUnavailableError, llm_summary_key
 from models.registry import RERANKERS
+from models.rerankers.prefill import plan_batches
 from models.summary import VideoSummary
 from search.catalog import Catalog
 from search.settings import Settings
 from search.tables import CLIP_SPACE, LLM_SPACE
 
 log = logging.getLogger(__name__)
-
-
-def llm_summary_key(source: str, method: str) -> str:
-    """Catalog ``embedding_key`` of LLM-space summaries made by model ``source`` with ``method``."""
-    return f"llava:{source}|{method}"
 
 
 @dataclass(frozen=True)
@@ -293,37 +284,6 @@ class LateReranker:
         t2 = time.perf_counter()
         timings = {"load": round((t1 - t0) * 1e3, 3), "score": round((t2 - t1) * 1e3, 3)}
         return RerankOutcome(scores, timings_ms=timings, details={"summary_tokens": sum(p.summary.num_tokens for p in ready.values())})
-
-
-class LazyLlm:
-    """Loads the video LLM once per process on first use, thread-safely; a failure is remembered (and
-    reported) instead of retried on every request."""
-
-    def __init__(self, load: Callable[[], LlavaReranker]):
-        self._load = load
-        self._lock = threading.Lock()
-        self._model: LlavaReranker | None = None
-        self._error: LlmUnavailableError | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LazyLlm:
-        inner = InnerMergeParams(settings.llm_inner_layer, settings.llm_inner_ratio)
-        return cls(lambda: LlavaReranker.load(settings.llm_reranker, settings.device, inner))
-
-    def get(self) -> LlavaReranker:
-        """The model. Raises :class:`LlmUnavailableError` if it cannot be loaded."""
-        with self._lock:
-            if self._model is None and self._error is None:
-                try:
-                    self._model = self._load()
-                except LlmUnavailableError as exc:
-                    self._error = exc
-                except ValueError as exc:  # loaded, but unusable (e.g. the merge layer is past its layers)
-                    self._error = LlmUnavailableError(str(exc))
-            if self._error is not None:
-                raise self._error
-            assert self._model is not None
-            return self._model
 
 
 class LlmReranker:

@@ -20,7 +20,7 @@ from models.flops import (
     vit_macs,
 )
 from models.holitom import HoliTomParams, holitom
-from models.rerankers.llava import InnerMergeParams
+from models.rerankers.prefill import InnerMergeParams
 from models.tempme import TempMeConfig, TempMeEncoder, plan_layers
 
 # open_clip ViT-B-32: width 768, 12 heads, MLP 3072, 12 blocks, 7 x 7 patches of 3 x 32 x 32, proj 768 -> 512.

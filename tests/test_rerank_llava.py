@@ -13,16 +13,18 @@ from benchmarks.tiny_llava import TINY_LAYERS, save_tiny_llava, tiny_llava, tiny
 from models.flops import analytic_prefill_flops, count_flops
 from models.holitom import inner_llm_merge
 from models.rerankers.llava import (
+    LlavaReranker,
+    LlmUnavailableError,
+    llm_space_summary,
+    pixels_for_tower,
+)
+from models.rerankers.prefill import (
     PROMPT_TEMPLATE,
     QUESTION,
     SYSTEM_PROMPT,
     InnerMergeParams,
-    LlavaReranker,
-    LlmUnavailableError,
     assemble,
     last_token_attention,
-    llm_space_summary,
-    pixels_for_tower,
     plan_batches,
     yes_probability,
 )
