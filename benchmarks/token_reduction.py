@@ -42,6 +42,10 @@ How it measures (helpers in :mod:`benchmarks.common`):
 
 With random weights (``--pretrained random``) costs and token counts are those of the real model,
 but cosines only say that nothing is broken: they are no measure of retrieval quality.
+
+The module runs past 400 lines on purpose: it is one benchmark script (its frames, its methods, its report
+and its command line); what other code shares -- op counts, timing, memory, tables -- lives in
+``models.flops`` and ``benchmarks.common``.
 """
 
 from __future__ import annotations

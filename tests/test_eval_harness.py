@@ -20,11 +20,11 @@ from indexer.evaluation import harness
 from indexer.evaluation.harness import (
     EvalError,
     EvalRequest,
-    MeteredEncoder,
     parse_encoder_config,
     pool_segments,
     run_eval,
 )
+from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import retrieval_metrics
 from indexer.samples import captions
 from models.backbone import ClipBackbone
