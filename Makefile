@@ -1,5 +1,6 @@
 # vidseek — the two commands a newcomer runs:
 #   make demo   set up, ingest the bundled sample videos, serve the web UI + API on http://127.0.0.1:8000
+#               (another port: make demo PORT=8001, or VIDSEEK_PORT=8001 make demo)
 #   make test   set up and run the whole test suite (what .ci/run calls)
 
 PYTHON ?= python3.11
@@ -34,7 +35,7 @@ browser:
 	  || { echo "could not install chromium (apt-get as root is needed)"; exit 1; }; }
 
 demo: $(VENV)/.installed
-	$(BIN)/vidseek demo
+	$(BIN)/vidseek demo $(if $(PORT),--port $(PORT))
 
 test: $(VENV)/.installed-test services browser
 	$(BIN)/python -m pytest

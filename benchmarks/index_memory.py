@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/index_memory.py --vectors 1000000 --kinds flat ivf ivfpq64 ivfpq32
     PYTHONPATH=. python benchmarks/index_memory.py --vectors 200000 --kinds hnsw
+    PYTHONPATH=. python benchmarks/index_memory.py --vectors 20000 50000 100000 200000 1000000 --kinds flat auto-ivf
 
 Each kind is built in a fresh child process through ``search.vector_index.VectorIndex`` (the code
 the API runs), from 512-d unit vectors drawn around 4096 random centres (real CLIP embeddings
@@ -10,6 +11,9 @@ memory added by the index (RSS after adding minus RSS before, per million vector
 its snapshot file, build time, the mean latency of single-query searches for the API's 200
 candidates, recall@10 against exact search on queries near stored vectors, and how many of the
 exact top 10 are among the 200 candidates (what a re-scoring stage after the index would see).
+``auto`` is the default ``VIDSEEK_INDEX_TYPE`` (flat below its threshold), ``auto-ivf`` the IVF it
+becomes above it, measured at any size: flat against ``auto-ivf`` over several ``--vectors`` is how
+the threshold was chosen (docs/performance.md). IVF kinds train on a sample as the rebuild draws it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from search.vector_index import IndexOptions, IndexState, VectorIndex  # noqa: E402
+from benchmarks.common import machine_description  # noqa: E402
+from search.segment_index import MAX_TRAINING_SAMPLE  # noqa: E402
+from search.vector_index import TRAINED_KINDS, IndexOptions, IndexState, VectorIndex  # noqa: E402
 
 DIM = 512
 CENTRES = 4096
@@ -38,6 +44,8 @@ KINDS = {
     "ivfpq64": IndexOptions("ivfpq", nlist=1024, nprobe=32, pq_m=64),
     "ivfpq32": IndexOptions("ivfpq", nlist=1024, nprobe=32, pq_m=32),
     "hnsw": IndexOptions("hnsw"),
+    "auto": IndexOptions("auto"),
+    "auto-ivf": IndexOptions("auto", auto_at=1),
 }
 
 
@@ -62,10 +70,11 @@ def chunk(i: int, n: int, c: np.ndarray) -> np.ndarray:
 def measure(kind: str, total: int, queries: int = 100) -> dict:
     c = centres()
     sizes = [min(CHUNK, total - s) for s in range(0, total, CHUNK)]
-    index = VectorIndex(DIM, KINDS[kind], use_gpu=False)
+    options = KINDS[kind]
+    index = VectorIndex(DIM, options, use_gpu=False)
     t0 = time.perf_counter()
-    if kind.startswith(("ivf",)):
-        index.train(chunk(0, min(total, 100_000), c))  # the streaming rebuild's sample size for this nlist
+    if options.kind in TRAINED_KINDS and total >= options.train_at:  # the rebuild's sample size
+        index.train(chunk(0, min(MAX_TRAINING_SAMPLE, options.training_size(total)), c), size=total)
     trained = time.perf_counter() - t0
     before = rss()
     for i, n in enumerate(sizes):
@@ -87,9 +96,11 @@ def measure(kind: str, total: int, queries: int = 100) -> dict:
         ids = np.concatenate([exact, np.arange(i * CHUNK, i * CHUNK + n)[None].repeat(queries, 0)], axis=1)
         top = np.argsort(-merged, axis=1)[:, :10]
         best, exact = np.take_along_axis(merged, top, 1), np.take_along_axis(ids, top, 1)
-    t1 = time.perf_counter()
-    found = [index.search(q[i : i + 1], 200)[1][0] for i in range(queries)]
-    latency = (time.perf_counter() - t1) / queries
+    found, latencies = [], []
+    for i in range(queries):
+        t1 = time.perf_counter()
+        found.append(index.search(q[i : i + 1], 200)[1][0])
+        latencies.append(time.perf_counter() - t1)
     recall = np.mean([len(set(f[:10]) & set(e)) / 10 for f, e in zip(found, exact)])
     candidate_recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,32 +108,34 @@ def measure(kind: str, total: int, queries: int = 100) -> dict:
         file_bytes = (Path(tmp) / "segments.faiss").stat().st_size
     per_million = 1e6 / total
     return {
-        "kind": kind, "options": KINDS[kind].__dict__, "vectors": total,
+        "kind": kind, "options": options.__dict__, "vectors": total, "nlist": index.nlist,
         "rss_mb_per_million": round(added * per_million / 2**20, 1),
         "file_mb_per_million": round(file_bytes * per_million / 2**20, 1),
         "train_s": round(trained, 1), "build_s": round(build, 1),
-        "search_ms": round(latency * 1e3, 2), "recall_at_10": round(float(recall), 3),
+        "search_ms": round(float(np.mean(latencies)) * 1e3, 2),
+        "search_ms_p50": round(float(np.median(latencies)) * 1e3, 2), "recall_at_10": round(float(recall), 3),
         "top10_in_200_candidates": round(float(candidate_recall), 3),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--vectors", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "ivfpq64", "ivfpq32"], choices=sorted(KINDS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="append the results to this JSON-lines file")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.vectors)))
+        print(json.dumps(measure(args.child, args.vectors[0]) | {"machine": machine_description()}))
         return
-    for kind in args.kinds:  # one process per kind: RSS is not shared between measurements
-        out = subprocess.run([sys.executable, __file__, "--child", kind, "--vectors", str(args.vectors)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        print(out, flush=True)
-        if args.json:
-            with args.json.open("a") as fh:
-                fh.write(out + "\n")
+    for vectors in args.vectors:
+        for kind in args.kinds:  # one process per kind: RSS is not shared between measurements
+            out = subprocess.run([sys.executable, __file__, "--child", kind, "--vectors", str(vectors)],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            print(out, flush=True)
+            if args.json:
+                with args.json.open("a") as fh:
+                    fh.write(out + "\n")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """Load benchmark (not a test): query throughput and latency of the API under concurrent clients,
 and ingestion throughput with 1 and 2 Celery workers, on this machine's Redis and PostgreSQL.
 
-    PYTHONPATH=. python benchmarks/load_bench.py query  --segments 100000 --clients 8 --requests 400
+    PYTHONPATH=. python benchmarks/load_bench.py query  --segments 1000000 --clients 1 8 --requests 400
     PYTHONPATH=. python benchmarks/load_bench.py ingest --workers 1 2 --videos 8
 
 ``query`` fills a fresh catalog with synthetic segments (unit vectors in the model's embedding
 space, ``--per-video`` per video), starts ``vidseek serve`` (gunicorn) on it and lets
-``--clients`` threads send ``--requests`` searches in total, each with a distinct text (so every
-request runs the text encoder: no cache hits), over keep-alive connections. ``ingest`` generates
+``--clients`` threads (each count in turn) send ``--requests`` searches in total, each with a
+distinct text (so every request runs the text encoder: no cache hits), over keep-alive
+connections; it does so with the text batcher off and on (``--text-batch``), one server after the
+other on the same catalog, and reports the server's mean time per query in the text encoder
+(waiting for a shared forward included), the index and the catalog reads. ``ingest`` generates
 ``--videos`` distinct synthetic videos, starts N ``vidseek worker`` processes, warms each up (model
 loaded), queues every video and times them from the first job's start to the last one's end.
 
 Both use ``VIDSEEK_MODEL`` (default ViT-B-32) with random weights unless ``--pretrained`` is
-given: the compute is the same as with trained weights. Results are printed and, with
-``--json``, appended to a file.
+given: the compute is the same as with trained weights. Results are printed with the CPU model and
+capability and, with ``--json``, appended to a file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,7 @@ import time
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,11 @@ from sqlalchemy import insert
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import latency_percentiles, temporary_database
+from benchmarks.common import latency_percentiles, machine_description, temporary_database
 from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
 from indexer.service import settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
-from models.backbone import model_embed_dim  # noqa: E402
+from models.factory import model_embed_dim  # noqa: E402
 from search.catalog import Catalog, embedding_to_bytes  # noqa: E402
 from search.db import upgrade  # noqa: E402
 from search.settings import Settings  # noqa: E402
@@ -79,24 +82,23 @@ def stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=60)
 
 
-def machine() -> str:
-    """The machine, and its load average when the run ended (other processes skew the numbers)."""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load {load}"
-
-
 # ----- queries -----------------------------------------------------------------------------------
-def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0) -> None:
-    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk."""
-    rng = np.random.default_rng(seed)
+def fill_catalog(catalog: Catalog, key: str, dim: int, segments: int, per_video: int, seed: int = 0,
+                 held: int = 0) -> None:
+    """``segments`` synthetic segments (L2-normalised random vectors), ``per_video`` per video, in bulk
+    transactions of 20 000; ``held`` > 0 resumes an interrupted fill (the videos and that many
+    segments are there)."""
+    rng = np.random.default_rng(seed + held)
     videos = -(-segments // per_video)
-    with catalog.session() as s:
-        s.execute(insert(Video), [
-            {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
-             "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key, "frames_sampled": 0}
-            for v in range(videos)
-        ])
-    for first in range(0, segments, 20_000):
+    if not held:
+        with catalog.session() as s:
+            s.execute(insert(Video), [
+                {"id": v + 1, "path": f"/media/synthetic/{v:07d}.mp4", "title": f"synthetic {v}", "content_hash": f"{v:064x}",
+                 "size_bytes": 0, "duration": 12.0 * per_video, "status": Status.done, "embedding_key": key,
+                 "frames_sampled": 0}
+                for v in range(videos)
+            ])
+    for first in range(held, segments, 20_000):
         n = min(20_000, segments - first)
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -141,47 +143,67 @@ def run_clients(port: int, clients: int, requests: int, k: int) -> tuple[list[fl
     return latencies, time.perf_counter() - start_t, errors[0], mean_stages
 
 
-def bench_query(args: argparse.Namespace) -> dict:
-    with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
+def wait_ready(port: int, segments: int, api: subprocess.Popen, log: Path, timeout: float = 1800) -> None:
+    """Until ``/healthz`` reports every segment indexed (the server built or loaded its index)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if json.loads(conn.getresponse().read()).get("index_segments") == segments:
+                return
+        except OSError:
+            pass
+        if api.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(log.read_text()[-3000:])
+        time.sleep(1)
+
+
+def bench_query(args: argparse.Namespace) -> list[dict]:
+    """One catalog; for each ``--text-batch`` setting a server on it, measured with each ``--clients`` count."""
+    rows = []
+    database = nullcontext(args.database_url) if args.database_url else temporary_database("vidseek_bench")
+    with database as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, model=args.model, pretrained=args.pretrained,
                             device="cpu", index_type=args.index_type)
         upgrade(url)
         catalog = Catalog(url)
         key, dim = settings_space_key(settings), model_embed_dim(settings.model)
+        held = catalog.count_segments(key)
+        if held > args.segments or held % 20_000:
+            raise SystemExit(f"{url} holds {held} segments: not a fill of {args.segments} by this script")
         t0 = time.perf_counter()
-        fill_catalog(catalog, key, dim, args.segments, args.per_video)
+        fill_catalog(catalog, key, dim, args.segments, args.per_video, held=held)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
-        env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
-               "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
-        port = 18000 + os.getpid() % 1000
-        api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
-                    env, Path(tmp) / "api.log")
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    conn.request("GET", "/healthz")
-                    health = json.loads(conn.getresponse().read())
-                    if health.get("index_segments") == args.segments:
-                        break
-                except OSError:
-                    pass
-                if api.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit((Path(tmp) / "api.log").read_text()[-3000:])
-                time.sleep(1)
-            run_clients(port, args.clients, args.clients * 4, args.k)  # warm up every process and thread
-            latencies, wall, errors, stages = run_clients(port, args.clients, args.requests, args.k)
-        finally:
-            stop([api])
-            catalog.dispose()
-    return {
-        "benchmark": "query", "machine": machine(), "model": args.model, "index": args.index_type,
-        "segments": args.segments, "clients": args.clients, "requests": args.requests, "k": args.k,
-        "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
-        "throughput_rps": round(len(latencies) / wall, 1), "latency_ms": latency_percentiles([t * 1e3 for t in latencies]),
-        "server_stage_ms": stages,
-    }
+        for batching in args.text_batch:
+            env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
+                   "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1",
+                   "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
+            port = 18000 + os.getpid() % 1000
+            log = Path(tmp) / f"api-{batching}.log"
+            t0 = time.perf_counter()
+            api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
+                        env, log)
+            try:
+                wait_ready(port, args.segments, api, log)
+                print(f"server (text batcher {batching}) ready in {time.perf_counter() - t0:.1f}s", flush=True)
+                for clients in args.clients:
+                    run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
+                    latencies, wall, errors, stages = run_clients(port, clients, args.requests, args.k)
+                    rows.append({
+                        "benchmark": "query", "machine": machine_description(), "model": args.model,
+                        "index": args.index_type, "segments": args.segments, "text_batcher": batching,
+                        "clients": clients, "requests": args.requests, "k": args.k,
+                        "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
+                        "throughput_rps": round(len(latencies) / wall, 1),
+                        "latency_ms": latency_percentiles([t * 1e3 for t in latencies]),
+                        "server_stage_ms": stages,
+                    })
+                    print(json.dumps(rows[-1]), flush=True)
+            finally:
+                stop([api])
+        catalog.dispose()
+    return rows
 
 
 # ----- ingestion ---------------------------------------------------------------------------------
@@ -245,7 +267,7 @@ def bench_ingest_once(args: argparse.Namespace, workers: int, media: Path, video
         failed = [j.error for j in finished if j.status is not Status.done]
         catalog.dispose()
     return {
-        "benchmark": "ingest", "machine": machine(), "model": args.model, "workers": workers,
+        "benchmark": "ingest", "machine": machine_description(), "model": args.model, "workers": workers,
         "torch_threads_per_worker": int(threads), "videos": len(videos),
         "failed": failed, "seconds": round(window, 1), "videos_per_min": round(60 * len(videos) / window, 2),
         "video_seconds_per_s": round(video_seconds / window, 2), "frames_per_s": round(frames / window, 2),
@@ -268,15 +290,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the results to this JSON-lines file")
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("query")
-    q.add_argument("--segments", type=int, default=100_000)
+    q.add_argument("--segments", type=int, default=1_000_000)
+    q.add_argument("--database-url", help="use (and keep) this catalog database, filled only when empty; "
+                                          "default: a temporary PostgreSQL database")
     q.add_argument("--per-video", type=int, default=10)
-    q.add_argument("--clients", type=int, default=8)
+    q.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     q.add_argument("--requests", type=int, default=400)
     q.add_argument("--k", type=int, default=10)
     q.add_argument("--processes", type=int, default=2)
     q.add_argument("--threads", type=int, default=4)
     q.add_argument("--torch-threads", type=int, default=1)
-    q.add_argument("--index-type", default="flat")
+    q.add_argument("--index-type", default="auto")
+    q.add_argument("--text-batch", nargs="+", choices=("off", "on"), default=["off", "on"],
+                   help="run a server with the text batcher off (VIDSEEK_TEXT_BATCH_MAX=1) and/or on")
     i = sub.add_parser("ingest")
     i.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     i.add_argument("--videos", type=int, default=8)
@@ -284,9 +310,10 @@ def main() -> None:
     i.add_argument("--batch-segments", type=int, default=4)
     i.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     args = parser.parse_args()
-    results = [bench_query(args)] if args.what == "query" else bench_ingest(args)
+    results = bench_query(args) if args.what == "query" else bench_ingest(args)
     for result in results:
-        print(json.dumps(result))
+        if args.what == "ingest":
+            print(json.dumps(result))
         if args.json:
             with args.json.open("a") as fh:
                 fh.write(json.dumps(result) + "\n")

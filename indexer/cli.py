@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
@@ -28,11 +31,12 @@ from indexer.service import (
     settings_space_key,
 )
 from indexer.tasks import INGEST_TASK, CeleryQueue, LazyIngestor, make_celery
-from models.backbone import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
+from models.factory import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
 from search.catalog import Catalog
 from search.db import current_revision, upgrade
 from search.logs import configure_logging
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, require_utf8_name
+from search.query import QueryError, validate_query
 from search.settings import Settings, SettingsError
 from search.tables import Job, Status
 
@@ -40,13 +44,12 @@ log = logging.getLogger("vidseek")
 
 
 # ----- ingest ---------------------------------------------------------------------------------
-def plan_jobs(settings: Settings, catalog: Catalog, paths: Sequence[Path], key: str) -> tuple[list[Job], int, list[str]]:
-    """Create a job for every video not yet indexed in embedding space ``key``.
-
-    Returns (new jobs, number skipped as already indexed, rejection messages).
-    """
-    jobs, skipped, rejected = [], 0, []
-    for path in tqdm(list(find_videos(paths)), desc="checking", unit="file", leave=False):
+def check_paths(settings: Settings, paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The video files that ``paths`` name (folders searched recursively), resolved and confined to
+    the media roots, and a rejection message for every other one. A relative path is taken relative
+    to the working directory, as a shell user expects; nothing is opened but the directory entries."""
+    accepted, rejected = [], []
+    for path in find_videos(Path.cwd() / p for p in paths):
         try:
             resolved = confine(path, settings.allowed_media_roots)
         except PathNotAllowed as exc:
@@ -60,12 +63,23 @@ def plan_jobs(settings: Settings, catalog: Catalog, paths: Sequence[Path], key: 
         except MediaRejected as exc:
             rejected.append(str(exc))
             continue
-        video = catalog.find_video_by_hash(sha256_file(resolved))
+        accepted.append(resolved)
+    return accepted, rejected
+
+
+def plan_jobs(catalog: Catalog, files: Sequence[Path], key: str) -> tuple[list[Job], int]:
+    """Create a job for every file not yet indexed in embedding space ``key``.
+
+    Returns (new jobs, number skipped as already indexed).
+    """
+    jobs, skipped = [], 0
+    for path in tqdm(files, desc="checking", unit="file", leave=False):
+        video = catalog.find_video_by_hash(sha256_file(path))
         if video is not None and video.status is Status.done and video.embedding_key == key:
             skipped += 1
             continue
-        jobs.append(catalog.create_job(resolved))
-    return jobs, skipped, rejected
+        jobs.append(catalog.create_job(path))
+    return jobs, skipped
 
 
 def run_jobs_in_process(ingestor: VideoIngestor, jobs: Sequence[Job]) -> None:
@@ -112,20 +126,22 @@ def report(catalog: Catalog, jobs: Sequence[Job], skipped: int, rejected: Sequen
 
 
 def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, ingestor: VideoIngestor | None = None) -> int:
-    catalog = open_catalog(settings)
-    if settings.runs_in_process:
-        ingestor = ingestor or VideoIngestor(settings, catalog, load_encoder(settings))
-        jobs, skipped, rejected = plan_jobs(settings, catalog, paths, ingestor.key)
-        run_jobs_in_process(ingestor, jobs)
-    else:
-        jobs, skipped, rejected = plan_jobs(settings, catalog, paths, settings_space_key(settings))
-        app = make_celery(settings)
-        for job in jobs:
-            app.send_task(INGEST_TASK, args=[job.id])
-        print(f"queued {len(jobs)} jobs on {settings.broker_url}")
-        if not wait:
-            return 0
-        wait_for_jobs(catalog, jobs)
+    """Ingest ``paths``; the model is loaded only once there is a file to encode."""
+    with logging_redirect_tqdm():
+        files, rejected = check_paths(settings, paths)
+        catalog = open_catalog(settings)
+        jobs, skipped = plan_jobs(catalog, files, ingestor.key if ingestor else settings_space_key(settings))
+        if settings.runs_in_process:
+            if jobs:
+                run_jobs_in_process(ingestor or VideoIngestor(settings, catalog, load_encoder(settings)), jobs)
+        else:
+            app = make_celery(settings)
+            for job in jobs:
+                app.send_task(INGEST_TASK, args=[job.id])
+            print(f"queued {len(jobs)} jobs on {settings.broker_url}")
+            if not wait:
+                return 0
+            wait_for_jobs(catalog, jobs)
     return report(catalog, jobs, skipped, rejected)
 
 
@@ -134,12 +150,41 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # ----- serving --------------------------------------------------------------------------------
-def serve(app, host: str, port: int) -> None:
-    """The development server (one process, threads): for ``vidseek demo``."""
-    from werkzeug.serving import run_simple
+class PortUnavailable(OSError):
+    """The server could not bind its address."""
 
-    print(f"vidseek is serving on http://{host}:{port}/  (Ctrl+C to stop)")
-    run_simple(host, port, app, threaded=True)
+
+def _unavailable(host: str, port: int, exc: OSError) -> PortUnavailable:
+    return PortUnavailable(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
+                           "choose another port with --port or VIDSEEK_PORT (make demo PORT=8001)")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, not after minutes of ingestion, if ``host:port`` cannot be bound."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe_socket:
+        probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe_socket.bind((host, port))
+        except OSError as exc:
+            raise _unavailable(host, port, exc) from None
+
+
+def serve(app, host: str, port: int) -> None:
+    """The development server (one process, threads): for ``vidseek demo``. Says where it serves
+    only once the socket is bound."""
+    from werkzeug.serving import make_server
+
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        raise _unavailable(host, port, exc) from None
+    print(f"vidseek is serving on http://{host}:{server.server_port}/  (Ctrl+C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -158,11 +203,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("errorlog", "-")
+            self.cfg.set("when_ready", lambda _arbiter: print(  # after binding, not before
+                f"vidseek is serving on http://{args.host}:{args.port}/ with {args.workers} processes × {args.threads} threads",
+                flush=True))
 
         def load(self):
             return create_service_app(settings)
 
-    print(f"vidseek is serving on http://{args.host}:{args.port}/ with {args.workers} processes × {args.threads} threads")
     Server().run()
     return 0
 
@@ -203,13 +250,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     # the demo runs everything in this process, for a person at a terminal
     settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
     configure_logging(settings.log_level, settings.log_format)
+    check_port(args.host, args.port)
     samples = ensure_samples(settings.samples_dir)
     banner = None
     try:
         backbone = load_model(settings)
     except WeightsUnavailableError as exc:
         print(f"\n!! {exc}\n!! The demo continues with RANDOM weights so you can try the UI; "
-              "search results will not be meaningful.\n", file=sys.stderr)
+              "search results will not be meaningful.\n!! To search this catalog from the shell meanwhile: "
+              "VIDSEEK_PRETRAINED=random vidseek search \"a red ball\"\n", file=sys.stderr)
         banner = ("Running with random model weights: results are not meaningful. "
                   "Set VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin (or run where the "
                   "'openai' weights can be downloaded) and restart.")
@@ -219,6 +268,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     print(f"ingesting {len(samples)} sample videos from {settings.samples_dir}")
     ingest_paths(settings, samples, ingestor=runtime.ingestor())
     runtime.index.refresh(force=True)
+    runtime.index.refresh_in_background()
     from search.api import create_app
 
     serve(create_app(runtime.api_context()), args.host, args.port)
@@ -227,6 +277,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        validate_query(args.query, args.k)  # before the model loads: a typo costs no wait
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     runtime = build_runtime(settings)
     result = runtime.queries.search(args.query, args.k)
     for rank, hit in enumerate(result.hits, 1):
@@ -278,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("demo", cmd_demo, "ingest the sample videos and serve the UI")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--port", type=int, default=None, help="default: VIDSEEK_PORT (8000)")
         p.set_defaults(func=func)
         if name == "serve":
             p.add_argument("--workers", type=int, default=2, help="processes, each with its own model and index")
@@ -310,6 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands a person runs at a terminal and reads the answer of; services (serve, worker, beat) log JSON.
+INTERACTIVE_COMMANDS = ("search", "ingest")
+
+
+def interactive_logging(settings: Settings, command: str, environ: Mapping[str, str], terminal: bool) -> Settings:
+    """``settings`` with readable text logs at WARNING for an interactive command whose stderr is a
+    terminal -- unless ``VIDSEEK_LOG_FORMAT`` / ``VIDSEEK_LOG_LEVEL`` say otherwise."""
+    if command not in INTERACTIVE_COMMANDS or not terminal:
+        return settings
+    changes = {}
+    if not environ.get("VIDSEEK_LOG_FORMAT"):
+        changes["log_format"] = "text"
+    if not environ.get("VIDSEEK_LOG_LEVEL"):
+        changes["log_level"] = "WARNING"
+    return settings.with_overrides(**changes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -317,10 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    settings = interactive_logging(settings, args.command, os.environ, sys.stderr.isatty())
+    if getattr(args, "port", "absent") is None:
+        args.port = settings.port
     configure_logging(settings.log_level, settings.log_format)
     try:
         return args.func(settings, args)
-    except WeightsUnavailableError as exc:
+    except (WeightsUnavailableError, PortUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,10 +8,18 @@ Sampling follows CLIP4Clip/TempMe preprocessing: frames at ``sample_fps`` (frame
 samples, ``max_frames`` of those instants are kept, uniformly spaced
 (``np.linspace(0, n - 1, max_frames)``). Frames are resized so the short side is
 ``short_side`` (bicubic) and centre-cropped square by :func:`center_crop` for the model.
+
+Decoding less (``VIDSEEK_DECODE=fast``, the default): when a sampling interval spans more than
+a few source frames, non-reference frames and the deblocking filter are skipped, so a sample
+may land a frame or so before its instant (:func:`iter_sampled_frames` says how far). Every
+decoding attempt that fails -- hardware decoding without a usable CUDA decoder, fast decoding
+that errs or yields nothing -- falls back to the next (:func:`decode_plans`), logged, ending
+with exact software decoding, whose errors are the ones reported.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,15 +28,27 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.codec.hwaccel import HWAccel
 
+from indexer.containers import is_still_image_format, iso_bmff_incomplete
 from search.media_paths import MediaRejected, is_regular_file
+
+log = logging.getLogger(__name__)
 
 # A video that decodes to less than this share of its advertised duration is truncated.
 TRUNCATION_TOLERANCE = 0.9
+DECODE_MODES = ("fast", "exact")
+# Fast decoding pays off when a sampling interval spans more source frames than this.
+FAST_MIN_FRAMES_PER_SAMPLE = 4
 
 
 class DecodeError(MediaRejected):
-    """The file is not a decodable video; the message says why in words a user understands."""
+    """The file is not a decodable video; the message says why in words a user understands (no
+    server paths, no FFmpeg error numbers); ``detail`` keeps FFmpeg's own words for operators' logs."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -53,13 +73,20 @@ class SampledFrame:
 
 def _open(path: Path) -> av.container.InputContainer:
     if not is_regular_file(path):
-        raise DecodeError(f"{path} does not exist or is not a file")
+        raise DecodeError(f"{path.name} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path.name} is empty (0 bytes)")
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"{path.name} is not a readable video container: {exc}") from exc
+        if iso_bmff_incomplete(path):
+            raise DecodeError(f"{path.name} is truncated or incomplete: its index (moov box) is missing or cut off",
+                              detail=str(exc)) from exc
+        raise DecodeError(f"{path.name} is not a readable video container", detail=str(exc)) from exc
+    if is_still_image_format(container.format.name):
+        container.close()
+        raise DecodeError(f"{path.name} is an image, not a video ({container.format.name})")
+    return container
 
 
 def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
@@ -132,61 +159,159 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """How one decoding attempt runs: ``skip`` non-reference frames and deblocking, ``hardware``
+    decoding on the CUDA device (NVDEC, through FFmpeg's hwaccel)."""
+
+    skip: bool = False
+    hardware: bool = False
+
+    def describe(self) -> str:
+        return f"{'hardware' if self.hardware else 'software'} {'fast' if self.skip else 'exact'} decoding"
+
+
+def decode_plans(info: VideoInfo, sample_fps: float, mode: str = "exact", hardware: bool = False) -> list[DecodePlan]:
+    """The attempts to make, in order; each falls back to the next (logged) when it fails.
+
+    ``mode="fast"`` skips frames only when the sampling interval spans more than
+    :data:`FAST_MIN_FRAMES_PER_SAMPLE` source frames (otherwise most frames are samples anyway);
+    a file without a frame rate is decoded exactly. The last attempt is always software exact
+    decoding, whose errors are the ones reported, so a bad file fails with the same message in
+    both modes.
+    """
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+    skip = mode == "fast" and info.fps > 0 and info.fps / sample_fps > FAST_MIN_FRAMES_PER_SAMPLE
+    plans = [DecodePlan(skip, hardware), DecodePlan(skip, False), DecodePlan(False, False)]
+    return list(dict.fromkeys(plans))
+
+
+class _AttemptUnusable(Exception):
+    """This attempt cannot decode the file (no CUDA decoder, or frames fast decoding cannot time)."""
+
+
+@dataclass
+class _Cursor:
+    """Progress of sampling over all attempts: the next instant to serve, samples yielded, and
+    the time of the last one (an attempt resumed after a fallback never yields it again)."""
+
+    next_sample: int = 0
+    emitted: int = 0
+    last_yielded: float = -math.inf
+
+
 def iter_sampled_frames(
     path: Path,
     sample_fps: float = 1.0,
     max_frames: int = 3600,
     short_side: int = 224,
     info: VideoInfo | None = None,
+    mode: str = "exact",
+    hardware: bool = False,
 ) -> Iterator[SampledFrame]:
     """Decode ``path`` once, front to back, yielding the frame shown at each sample instant.
 
-    Each instant gets the last frame whose presentation time is at or before it (the frame
-    on screen then). When several instants fall on one frame (a video slower than
+    Each instant gets the last decoded frame whose presentation time is at or before it, with
+    that frame's own timestamp. When several instants fall on one frame (a video slower than
     ``sample_fps``) the frame is yielded once.
+
+    ``mode="exact"`` decodes every frame, so a sample is the frame on screen at its instant.
+    ``mode="fast"`` -- when the sampling interval spans more than
+    :data:`FAST_MIN_FRAMES_PER_SAMPLE` source frames -- does not decode non-reference frames
+    (``skip_frame=NONREF``: the B-frames nothing is predicted from) and skips the in-loop
+    deblocking filter (the frames are downscaled to ``short_side`` anyway). A sample then lands
+    on the last *reference* frame at or before its instant: at most the longest run of
+    consecutive non-reference frames before it, i.e. 1 source frame period for x264's default
+    pyramid B-frames, 2 for MPEG-2's IBBP, ``bframes`` for H.264 without a B-pyramid (3 for
+    x264 presets without one) -- never after the instant. Files whose frames fast decoding
+    cannot time, or that fail or give no frames with it, are decoded again exactly (logged),
+    resuming after the samples already yielded.
+
+    ``hardware=True`` (a CUDA worker) first tries NVDEC through FFmpeg's CUDA hwaccel, and falls
+    back to software decoding with a log line when the build, the driver or the codec refuse.
 
     Raises:
         DecodeError: the file cannot be decoded, decodes to no frames, or is truncated
-            (decoding stops well before the advertised duration).
+            (decoding stops well before the advertised duration). The message is the exact
+            software decoder's whatever the mode.
     """
     info = info or probe(path)
     times = sample_times(info.duration, sample_fps, max_frames)
-    out_w, out_h = resized_size(info.width, info.height, short_side)
-    next_sample = 0
-    emitted = 0
+    size = resized_size(info.width, info.height, short_side)
+    cursor = _Cursor()
+    plans = decode_plans(info, sample_fps, mode, hardware)
+    for attempt, plan in enumerate(plans):
+        try:
+            yield from _decode_samples(path, info, times, size, plan, cursor)
+            return
+        except (DecodeError, _AttemptUnusable, av.error.FFmpegError) as exc:
+            if attempt == len(plans) - 1:
+                raise
+            log.warning(
+                "%s of %s failed (%s); falling back to %s", plan.describe(), path.name, exc, plans[attempt + 1].describe()
+            )
+
+
+def _open_decoder(path: Path, plan: DecodePlan) -> av.container.InputContainer:
+    """The container, its first video stream's decoder set up for ``plan``."""
+    if not plan.hardware:
+        return _open(path)
+    try:
+        return av.open(str(path), metadata_errors="ignore", hwaccel=HWAccel("cuda", allow_software_fallback=False))
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise _AttemptUnusable(f"no CUDA decoder: {exc}") from exc
+
+
+def _decode_samples(
+    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor
+) -> Iterator[SampledFrame]:
+    """One decoding attempt under ``plan``, serving the instants from ``cursor.next_sample`` on."""
+    out_w, out_h = size
     last_time = -1.0
     pending = None  # (time, frame): latest decoded frame not past the next instant
-    with _open(path) as container:
+    with _open_decoder(path, plan) as container:
         stream = _video_stream(container, path.name)
         stream.thread_type = "AUTO"
+        if plan.skip:
+            stream.codec_context.options = {"skip_frame": "noref", "skip_loop_filter": "all"}
         default_step = Fraction(1, 25) if not info.fps else Fraction(1 / info.fps).limit_denominator(1000)
         try:
             for frame in container.decode(stream):
+                if frame.time is None and plan.skip:
+                    raise _AttemptUnusable("frames without timestamps")
                 t = frame.time if frame.time is not None else (last_time + float(default_step))
                 last_time = max(last_time, t)
-                while next_sample < len(times) and t > times[next_sample] + 1e-6:
+                while cursor.next_sample < len(times) and t > times[cursor.next_sample] + 1e-6:
                     # the frame on screen at times[next_sample] is the pending one (or this one if none)
                     source_time, source = pending if pending is not None else (t, frame)
-                    yield SampledFrame(emitted, max(source_time, 0.0), _to_rgb(source, out_w, out_h))
-                    emitted += 1
+                    if source_time > cursor.last_yielded:
+                        yield _sample(cursor, source_time, source, out_w, out_h)
                     skip_to = np.searchsorted(times, t, side="left")
-                    next_sample = max(next_sample + 1, int(skip_to))
+                    cursor.next_sample = max(cursor.next_sample + 1, int(skip_to))
                     pending = None
-                if next_sample >= len(times):
+                if cursor.next_sample >= len(times):
                     break
                 pending = (t, frame)
         except av.error.FFmpegError as exc:
-            raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s ({exc})") from exc
-    if next_sample < len(times) and pending is not None:
-        yield SampledFrame(emitted, max(pending[0], 0.0), _to_rgb(pending[1], out_w, out_h))
-        emitted += 1
-    if emitted == 0:
+            raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s",
+                              detail=str(exc)) from exc
+    if cursor.next_sample < len(times) and pending is not None and pending[0] > cursor.last_yielded:
+        yield _sample(cursor, pending[0], pending[1], out_w, out_h)
+    if cursor.emitted == 0:
         raise DecodeError(f"{path.name} contains no decodable video frames")
     frame_period = 1.0 / info.fps if info.fps else 0.04
     if last_time + frame_period < TRUNCATION_TOLERANCE * info.duration - 1.0:
         raise DecodeError(
             f"{path.name} is truncated: frames stop at {last_time:.1f}s of an advertised {info.duration:.1f}s"
         )
+
+
+def _sample(cursor: _Cursor, time: float, frame: av.VideoFrame, width: int, height: int) -> SampledFrame:
+    sample = SampledFrame(cursor.emitted, max(time, 0.0), _to_rgb(frame, width, height))
+    cursor.emitted += 1
+    cursor.last_yielded = time
+    return sample
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:

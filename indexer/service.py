@@ -8,13 +8,16 @@ Production WSGI entry: ``vidseek serve`` (gunicorn), or ``gunicorn 'indexer.serv
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from flask import Flask
 
-from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm, space_key
+from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
-from models.backbone import ClipBackbone, backbone_key, load_backbone, weights_identity
+from models.backbone import ClipBackbone
+from models.factory import embedding_space_key, load_backbone
 from models.encoders import SegmentEncoder, build_encoder
 from models.rerankers.llava import LazyLlm
 from search.api import create_app
@@ -23,10 +26,11 @@ from search.catalog import Catalog
 from search.db import upgrade
 from search.ingestion import IngestionQueue
 from search.logs import configure_logging
-from search.query import QueryService
+from search.query import QueryService, TextEncoder
 from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
+from search.text_batcher import TextBatcher
 from search.vector_index import IndexOptions
 
 log = logging.getLogger(__name__)
@@ -39,27 +43,39 @@ def open_catalog(settings: Settings) -> Catalog:
 
 
 def load_model(settings: Settings) -> ClipBackbone:
-    return load_backbone(settings.model, settings.pretrained, settings.device, settings.model_config_dir)
+    """The CLIP backbone of ``settings``, its weights cast once to ``VIDSEEK_PRECISION``."""
+    return load_backbone(settings.model, settings.pretrained, settings.device, settings.model_config_dir, settings.precision)
 
 
 def load_encoder(settings: Settings, backbone: ClipBackbone | None = None) -> SegmentEncoder:
-    """The segment encoder ``settings`` ask for, over ``backbone`` (loaded if not given)."""
+    """The segment encoder ``settings`` ask for, over ``backbone`` (loaded if not given; with
+    TempMe's trained weights, over a copy carrying them: use ``encoder.backbone`` for queries)."""
     return build_encoder(settings.encoder, backbone or load_model(settings), settings.tempme_weights)
 
 
 def settings_space_key(settings: Settings) -> str:
     """The embedding space ``settings`` produce (as ``embedding_key(load_encoder(settings))``),
     computed without loading the model."""
-    key = backbone_key(settings.model, weights_identity(settings.pretrained))
-    if settings.encoder == "tempme" and settings.tempme_weights is not None:
-        key += f"+tempme-{weights_identity(str(settings.tempme_weights))}"
-    return space_key(key, settings.encoder)
+    return embedding_space_key(settings.model, settings.pretrained, settings.encoder, settings.tempme_weights)
 
 
 def open_index(settings: Settings, catalog: Catalog, key: str, dim: int) -> SegmentIndex:
     """The FAISS index of embedding space ``key`` in ``settings``' index folder."""
-    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m)
+    options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m,
+                           auto_at=settings.index_auto_at)
     return SegmentIndex(catalog, settings.resolved_index_dir, key, dim, options, settings.index_refresh_seconds)
+
+
+def text_encoder(settings: Settings, backbone: ClipBackbone) -> TextEncoder:
+    """Query text -> embedding ``[D]``: through the process's one :class:`TextBatcher`, or one
+    forward per query when ``VIDSEEK_TEXT_BATCH_MAX`` is 1."""
+
+    def encode_batch(texts: Sequence[str]) -> np.ndarray:
+        return backbone.encode_text(texts).cpu().numpy()
+
+    if settings.text_batch_max == 1:
+        return lambda text: encode_batch([text])[0]
+    return TextBatcher(encode_batch, settings.text_batch_max, settings.text_batch_wait_ms / 1e3)
 
 
 @dataclass
@@ -87,6 +103,7 @@ class Runtime:
             queries=self.queries,
             ingestion=self.queue,
             model_name=self.backbone.key,
+            precision=self.backbone.precision,
             banner=self.banner,
         )
 
@@ -107,16 +124,13 @@ def build_reranking(settings: Settings, catalog: Catalog, encoder: SegmentEncode
 
 def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
     catalog = open_catalog(settings)
-    backbone = backbone or load_model(settings)
     encoder = load_encoder(settings, backbone)
+    backbone = encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
     index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
-
-    def encode_query(text: str):
-        return backbone.encode_text([text])[0].cpu().numpy()
 
     llm = lazy_llm(settings)
     reranking = build_reranking(settings, catalog, encoder, llm)
-    queries = QueryService(catalog, index, encode_query, settings.search_candidates, reranking)
+    queries = QueryService(catalog, index, text_encoder(settings, backbone), settings.search_candidates, reranking)
     queue: IngestionQueue
     if settings.runs_in_process:
         queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm)))
@@ -131,4 +145,5 @@ def create_service_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level, settings.log_format)
     runtime = build_runtime(settings)
     runtime.index.refresh(force=True)
+    runtime.index.refresh_in_background()
     return create_app(runtime.api_context())

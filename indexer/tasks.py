@@ -10,7 +10,9 @@ failure is survived:
   note, and the task is retried with exponential backoff (:func:`backoff_seconds`), up to
   ``VIDSEEK_TASK_MAX_RETRIES`` times, then the job fails saying why.
 - *A pool process dies* (out of memory, segfault): tasks are acknowledged late and rejected
-  when their worker process is lost, so the broker hands the message to another worker at once.
+  when their worker process is lost, so the broker hands the message to another worker at once;
+  that worker proves the old lease's holder dead (``indexer.leases.holder_is_dead``: same
+  machine, pid gone or reused) and takes the job over without waiting for its lease to go stale.
 - *A whole worker is killed* (SIGKILL, container or machine gone): its job's heartbeat stops;
   ``vidseek beat`` re-queues the job once the heartbeat is ``VIDSEEK_JOB_STALE_SECONDS`` old
   (:mod:`indexer.reaper`). The unacknowledged message also comes back by itself after the
@@ -33,7 +35,8 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from indexer.decode import probe
 from indexer.leases import worker_identity
-from indexer.pipeline import TRANSIENT_ERRORS, VideoIngestor
+from indexer.errors import TRANSIENT_ERRORS
+from indexer.pipeline import VideoIngestor
 from search.ingestion import QueueUnavailable
 from search.catalog import Catalog, JobLeased
 from search.settings import Settings

@@ -77,8 +77,9 @@ class FullClipEncoder:
 
 def build_encoder(name: str, backbone: ClipBackbone, tempme_weights: Path | None = None) -> SegmentEncoder:
     """The encoder called ``name`` (``VIDSEEK_ENCODER``, one of ``models.registry.ENCODERS``) over
-    ``backbone``; ``tempme_weights`` is an optional trained TempMe checkpoint (LoRA + video positions,
-    see ``models.tempme``), handed to the encoders whose entry takes ``weights``."""
+    ``backbone``; ``tempme_weights`` is an optional trained TempMe checkpoint (LoRA + video positions),
+    handed to the encoders whose entry takes ``weights``: the encoder then runs over a new backbone
+    carrying them (``encoder.backbone``; ``backbone`` is left unchanged)."""
     method = ENCODERS[name]
     options = {"weights": tempme_weights} if "weights" in method.options else {}
     return method.load()(backbone, **options)

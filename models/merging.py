@@ -64,7 +64,8 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 0) ->
 
     with torch.no_grad():
         # ToMe divides by the norm; F.normalize differs only in not dividing zero vectors by zero.
-        m = F.normalize(metric[:, protected:], dim=-1)
+        # In float32 whatever the model's dtype: bf16 would round the cosines and so the matching.
+        m = F.normalize(metric[:, protected:].float(), dim=-1)
         scores = m[:, a_start::2] @ m[:, b_start::2].transpose(-1, -2)  # [B, |A|, |B|]
         node_max, node_idx = scores.max(dim=-1)
         # A stable sort only fixes the order of exact ties, which ToMe leaves to the backend.
@@ -98,12 +99,21 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 0) ->
 
 def merge_wavg(merge: MergeFn, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge ``x`` ``[B, L, C]`` by size-weighted average; ``size`` ``[B, L, 1]`` (None: all ones)
-    counts the original tokens each token holds. Returns ``(x [B, L', C], size [B, L', 1])``."""
+    counts the original tokens each token holds. Returns ``(x [B, L', C], size [B, L', 1])``.
+
+    Sizes are float32 (counts, exact) and the weighted sums and the division are formed in
+    float32 whatever ``x``'s dtype, which ``x`` gets back at the end. ``x * size`` and ``size``
+    travel through one ``merge`` (one gather and one scatter) as ``C + 1`` channels: each channel
+    is reduced on its own, so this is ToMe's two merges in one call.
+    """
     if size is None:
-        size = torch.ones_like(x[..., :1])
-    x = merge(x * size, mode="sum")
-    size = merge(size, mode="sum")
-    return x / size, size
+        size = torch.ones(*x.shape[:2], 1, dtype=torch.float32, device=x.device)
+    weighted = torch.empty(*x.shape[:2], x.shape[2] + 1, dtype=torch.float32, device=x.device)
+    torch.mul(x, size, out=weighted[..., :-1])
+    weighted[..., -1:] = size
+    merged = merge(weighted, mode="sum")
+    size = merged[..., -1:]
+    return (merged[..., :-1] / size).to(x.dtype), size
 
 
 def merge_source(merge: MergeFn, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:

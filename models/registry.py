@@ -118,7 +118,7 @@ class Registry(Mapping[str, Method]):
 ENCODERS = Registry(
     "encoder",
     Method("full", "models.encoders:FullClipEncoder", label="plain CLIP on every frame"),
-    Method("tempme", "models.tempme:TempMeEncoder", params="models.tempme:TempMeConfig",
+    Method("tempme", "models.factory:tempme_encoder", params="models.tempme:TempMeConfig",
            label="TempMe token merging inside the ViT", options=("weights",)),
 )
 

@@ -36,7 +36,7 @@ cross-clip merge -> after the block) 68 -> 48 -> 44, 88 -> 62 -> 56, 168 -> 118 
 
 Training-free TempMe is frozen CLIP plus this merging: TempMe's trained parameters, LoRA
 ``B`` matrices and video positional embeddings, start at zero. Trained ones can be loaded,
-see :func:`load_tempme_weights`.
+see :func:`models.factory.tempme_encoder`.
 
 Segments whose length ``T`` is not a multiple of the clip sizes (the official code asserts
 it is; a video's last segment is usually shorter than 12 frames): at each ClipMe block the
@@ -49,14 +49,13 @@ block 11 (the official formula would subtract a cross-clip merge that does not h
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from models.backbone import ClipBackbone, _file_fingerprint
+from models.backbone import ClipBackbone
 from models.encoders import SegmentEncoding, pool_frames
 from models.merging import bipartite_soft_matching, merge_source, merge_wavg, source_owner
 from models.vit_blocks import run_attention, run_mlp
@@ -148,116 +147,6 @@ def plan_layers(config: TempMeConfig, frames: int, tokens_per_frame: int, depth:
     return tuple(plans)
 
 
-# ----- trained weights ---------------------------------------------------------------------
-_KEY = re.compile(
-    r"^clip\.(?P<tower>visual\.)?transformer\.resblocks\.(?P<layer>\d+)\."
-    r"(?P<name>attn\.TVPt_LoRA_a|attn\.TVPt_LoRA_b|TVPt_Video_Positional_embedding)$"
-)
-
-
-@dataclass(frozen=True)
-class TempMeWeights:
-    """TempMe's trained parameters.
-
-    Attributes:
-        visual_lora: block -> ``(A [R, W], B [3W, R])`` of the vision tower.
-        text_lora: block -> ``(A, B)`` of the text tower.
-        video_positions: ClipMe block -> ``[P, W]`` positional embedding of the ``P`` clips
-            entering that block in a training segment (12, 6, 3 for the defaults).
-        fingerprint: identifies the checkpoint file.
-    """
-
-    visual_lora: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    text_lora: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    video_positions: dict[int, torch.Tensor]
-    fingerprint: str
-
-
-def load_tempme_weights(path: str | Path) -> TempMeWeights:
-    """Read TempMe's trained parameters from a checkpoint saved by the official code.
-
-    The official ``save_model`` writes ``VTRModel.state_dict()``; the trained parameters are
-    those named ``TVPt_*`` (``prep_optimizer`` freezes all others, so the CLIP weights in the
-    file equal the CLIP TempMe started from -- load the backbone with those). Key mapping:
-
-    * ``clip.visual.transformer.resblocks.{i}.attn.TVPt_LoRA_a`` ``[R, W]`` and ``..._b``
-      ``[3W, R]`` -> ``visual_lora[i]``: q, k, v of block ``i`` become
-      ``in_proj(x) + x @ A.T @ B.T`` (rank ``R`` = ``--lora_dim`` 8, no alpha scaling), i.e.
-      ``in_proj_weight + B @ A``.
-    * ``clip.transformer.resblocks.{i}.attn.TVPt_LoRA_a`` / ``_b`` -> ``text_lora[i]``, the
-      same on the text tower.
-    * ``clip.visual.transformer.resblocks.{l}.TVPt_Video_Positional_embedding``
-      ``[1, P, 1, W]`` -> ``video_positions[l]`` ``[P, W]``: added to every token of clip ``p``
-      right before the cross-clip merge of ClipMe block ``l``.
-
-    Other keys are ignored; an unexpected ``TVPt_*`` key or an inconsistent shape raises
-    ``ValueError``.
-    """
-    path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    lora: dict[tuple[bool, int], dict[str, torch.Tensor]] = {}
-    positions: dict[int, torch.Tensor] = {}
-    for key, value in state.items():
-        match = _KEY.match(key)
-        if match is None:
-            if "TVPt_" in key:
-                raise ValueError(f"unexpected TempMe parameter {key!r} in {path}")
-            continue
-        layer, name = int(match["layer"]), match["name"]
-        if name == "TVPt_Video_Positional_embedding":
-            if match["tower"] is None or value.dim() != 4 or value.shape[0] != 1 or value.shape[2] != 1:
-                raise ValueError(f"{key}: expected a visual [1, P, 1, W] tensor, got {tuple(value.shape)}")
-            positions[layer] = value[0, :, 0].float()
-        else:
-            lora.setdefault((match["tower"] is not None, layer), {})[name[-1]] = value.float()
-    visual, text = {}, {}
-    for (is_visual, layer), ab in lora.items():
-        if set(ab) != {"a", "b"}:
-            raise ValueError(f"{path}: block {layer} has only LoRA {'/'.join(ab)}")
-        a, b = ab["a"], ab["b"]
-        if a.dim() != 2 or b.shape != (3 * a.shape[1], a.shape[0]):
-            raise ValueError(f"{path}: block {layer} LoRA shapes {tuple(a.shape)}, {tuple(b.shape)} do not fit")
-        (visual if is_visual else text)[layer] = (a, b)
-    if not visual and not positions:
-        raise ValueError(f"{path} holds no TempMe parameters (TVPt_*)")
-    return TempMeWeights(visual, text, positions, _file_fingerprint(path))
-
-
-@torch.no_grad()
-def apply_lora(backbone: ClipBackbone, weights: TempMeWeights) -> None:
-    """Fold TempMe's LoRA into the backbone's ``in_proj_weight`` of both towers, in place.
-
-    ``in_proj(x) + (x @ A.T) @ B.T`` equals ``x @ (W + B @ A).T + bias`` exactly (up to float
-    rounding), so folding costs nothing at run time, and text queries -- encoded by the same
-    backbone -- get the text LoRA they were trained with. ``backbone.key`` gains the weights'
-    fingerprint so stored embeddings from other weights are seen as stale. Applying the same
-    weights again is a no-op; other TempMe weights on top raise ``ValueError``.
-    """
-    tag = f"+tempme-{weights.fingerprint}"
-    if backbone.key.endswith(tag):
-        return
-    if "+tempme-" in backbone.key:
-        raise ValueError(f"backbone {backbone.key} already carries other TempMe weights")
-    towers = {"visual": (backbone.visual.transformer.resblocks, weights.visual_lora)}
-    if weights.text_lora:
-        text = getattr(backbone.model, "transformer", None)
-        if text is None:
-            raise ValueError(f"{backbone.name} has no open_clip text transformer for TempMe's text LoRA")
-        towers["text"] = (text.resblocks, weights.text_lora)
-    for tower, (blocks, lora) in towers.items():
-        for layer, (a, b) in lora.items():
-            if layer >= len(blocks):
-                raise ValueError(f"TempMe {tower} LoRA for block {layer}, the tower has {len(blocks)}")
-            w = blocks[layer].attn.in_proj_weight
-            if w.shape != (b.shape[0], a.shape[1]):
-                raise ValueError(f"TempMe {tower} LoRA of block {layer} does not fit in_proj {tuple(w.shape)}")
-    for blocks, lora in towers.values():
-        for layer, (a, b) in lora.items():
-            w = blocks[layer].attn.in_proj_weight
-            w.add_((b @ a).to(w))
-    backbone.key += tag
-
-
 # ----- token bookkeeping -------------------------------------------------------------------
 def join_clips(x: torch.Tensor, k: int, cls: int) -> torch.Tensor:
     """``[M * k, L, C]`` -> ``[M, k * L, C]``: join ``k`` consecutive clips, putting the ``k * cls``
@@ -319,32 +208,35 @@ class TempMeEncoder:
     """TempMe over ``backbone``'s ViT: ``T`` frames per segment, CLS tokens of all frames kept.
 
     Args:
-        backbone: open_clip ViT backbone.
+        backbone: open_clip ViT backbone (not modified: trained LoRA is folded into a copy by
+            :func:`models.factory.tempme_encoder`, which builds the encoder over that copy).
         config: merge schedule; None for the official defaults.
-        weights: optional TempMe checkpoint (:func:`load_tempme_weights`). Its LoRA is folded
-            into ``backbone`` in place (both towers, see :func:`apply_lora`); its video
-            positional embeddings must be for ``config.clip_layers``.
+        positions: trained video positional embeddings, ClipMe block -> ``[P, W]``, for
+            ``config.clip_layers`` (none: training-free).
+
+    Precision: the matrices run at the backbone's dtype; the bookkeeping does not round -- token
+    sizes are float32, ``log(size)`` of proportional attention is added in float32, and the
+    size-weighted averages, the merge metric's normalisation and similarities, and the returned
+    attention's softmax are computed in float32 (see :mod:`models.merging`, :mod:`models.vit_blocks`).
     """
 
     name = "tempme"
 
-    def __init__(self, backbone: ClipBackbone, config: TempMeConfig | None = None, weights: str | Path | None = None):
+    def __init__(
+        self, backbone: ClipBackbone, config: TempMeConfig | None = None, positions: Mapping[int, torch.Tensor] | None = None
+    ):
         self.backbone = backbone
         self.config = config or TempMeConfig()
         self.depth = len(backbone.visual.transformer.resblocks)
         plan_layers(self.config, 1, 1 + backbone.num_patches, self.depth)  # validates the config
-        self.positions: dict[int, torch.Tensor] = {}
-        if weights is not None:
-            loaded = load_tempme_weights(weights)
-            if loaded.video_positions and set(loaded.video_positions) != set(self.config.clip_layers):
-                raise ValueError(
-                    f"{weights} has video positions for blocks {sorted(loaded.video_positions)}, "
-                    f"the config merges clips at {list(self.config.clip_layers)}"
-                )
-            if any(p.shape[1] != backbone.width for p in loaded.video_positions.values()):
-                raise ValueError(f"{weights}: video positional embeddings do not match width {backbone.width}")
-            apply_lora(backbone, loaded)
-            self.positions = {l: p.to(backbone.device) for l, p in loaded.video_positions.items()}
+        positions = dict(positions or {})
+        if positions and set(positions) != set(self.config.clip_layers):
+            raise ValueError(
+                f"video positions for blocks {sorted(positions)}, the config merges clips at {list(self.config.clip_layers)}"
+            )
+        if any(p.shape[-1] != backbone.width for p in positions.values()):
+            raise ValueError(f"video positional embeddings do not match width {backbone.width}")
+        self.positions = {l: p.to(backbone.device, backbone.dtype) for l, p in positions.items()}
 
     def plan(self, frames: int) -> tuple[LayerPlan, ...]:
         """Token schedule for segments of ``frames`` frames."""
@@ -392,7 +284,7 @@ class TempMeEncoder:
             if out.attention is not None:
                 cls_attention = out.attention[:, :, :cls].mean(dim=1)
                 last_source = source
-                last_size = size if size is not None else torch.ones_like(x[..., :1])
+                last_size = size if size is not None else _unit_sizes(x)
             if plan.intra_r > 0:
                 merge, _ = bipartite_soft_matching(out.metric, plan.intra_r, protected=cls)
                 source = None if source is None else merge_source(merge, x, source)
@@ -400,7 +292,7 @@ class TempMeEncoder:
             x = run_mlp(block, x)
             counts.append((joined, attended, x.shape[1]))
         if size is None:
-            size = torch.ones_like(x[..., :1])
+            size = _unit_sizes(x)
         return TempMeTokens(x, size, tuple(counts), source, last_source, last_size, cls_attention)
 
     @torch.inference_mode()
@@ -437,6 +329,11 @@ class TempMeEncoder:
             cls_attention=cls_attention,
             tokens_per_segment=out.hidden.shape[0] // b * out.hidden.shape[1],
         )
+
+
+def _unit_sizes(x: torch.Tensor) -> torch.Tensor:
+    """``[B, L, 1]`` float32 ones: the sizes of tokens that hold one original token each."""
+    return torch.ones(*x.shape[:2], 1, dtype=torch.float32, device=x.device)
 
 
 def _patch_owners(source: torch.Tensor, span: int) -> torch.Tensor:

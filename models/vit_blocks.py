@@ -62,11 +62,14 @@ def qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return split_heads(q, attn.num_heads), split_heads(k, attn.num_heads), split_heads(v, attn.num_heads)
 
 
-def size_bias(size: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Proportional attention: token sizes ``[B, L, 1]`` -> additive logit bias ``[B, 1, 1, L]``."""
+def size_bias(size: torch.Tensor | None) -> torch.Tensor | None:
+    """Proportional attention: token sizes ``[B, L, 1]`` -> additive float32 logit bias ``[B, 1, 1, L]``.
+
+    Kept in float32 also when the model runs in bf16/fp16 (``scaled_dot_product_attention`` takes
+    a float32 mask with lower-precision queries): ``log(size)`` is not rounded to 8 bits."""
     if size is None:
         return None
-    return size.log().to(dtype)[:, None, None, :, 0]
+    return size.float().log()[:, None, None, :, 0]
 
 
 def attend(
@@ -83,16 +86,17 @@ def attend(
         size: ``[B, L, 1]`` number of original tokens each token stands for, or None.
         return_attention: also return the ``[B, H, L, L]`` softmax map (slower path).
     Returns:
-        ``([B, H, L, d], attention or None)``.
+        ``([B, H, L, d] in q's dtype, attention or None)``; the returned ``[B, H, L, L]`` attention
+        is float32: the logits are summed with the bias and soft-maxed in float32.
     """
-    bias = size_bias(size, q.dtype)
+    bias = size_bias(size)
     if not return_attention:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
-    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    logits = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float()
     if bias is not None:
         logits = logits + bias
     attention = logits.softmax(dim=-1)
-    return attention @ v, attention
+    return attention.to(v.dtype) @ v, attention
 
 
 def run_attention(

@@ -51,6 +51,14 @@ def is_regular_file(path: Path) -> bool:
         return False
 
 
+def is_directory(path: Path) -> bool:
+    """``path.is_dir()``, but False instead of an error for names the OS refuses (too long)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def require_utf8_name(path: Path) -> None:
     """Raise :class:`MediaRejected` if ``path`` is not valid UTF-8.
 
@@ -62,6 +70,18 @@ def require_utf8_name(path: Path) -> None:
     except UnicodeEncodeError:
         shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         raise MediaRejected(f"{shown}: the file name is not valid UTF-8; rename the file") from None
+
+
+def remove_empty_folders(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and then its parents while they are empty, up to (not including) ``stop``."""
+    stop = stop.resolve()
+    folder = folder.resolve()
+    while folder != stop and folder.is_relative_to(stop):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone, or not ours to remove)
+            return
+        folder = folder.parent
 
 
 def is_video_name(path: Path) -> bool:

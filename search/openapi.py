@@ -65,6 +65,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "video_id": {"type": "integer"},
             "title": {"type": "string"},
+            "file_name": {"type": "string", "description": "the file's name (tells apart files with the same stem)"},
+            "folder": {"type": "string", "description": "the name of the folder holding the file (not its path)"},
             "score": {"type": "number", "description": "what the hits are ordered by: rerank_score when set, else first_stage_score"},
             "first_stage_score": {"type": "number", "description": "cosine similarity of the query and the best segment"},
             "rerank_score": {"type": ["number", "null"],
@@ -113,6 +115,8 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "integer"},
             "title": {"type": "string"},
+            "file_name": {"type": "string"},
+            "folder": {"type": "string", "description": "the name of the folder holding the file"},
             "path": {"type": "string"},
             "content_hash": {"type": "string"},
             "size_bytes": {"type": "integer"},
@@ -123,6 +127,7 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
             "error": {"type": ["string", "null"]},
             "stream_url": {"type": "string"},
+            "segment_count": {"type": "integer", "description": "segments stored (in listings and single videos)"},
             "segments": {"type": "array", "items": {"type": "object"}},
         },
     },
@@ -151,14 +156,43 @@ _SCHEMAS: dict[str, Any] = {
             "job_url": {"type": "string"},
         },
     },
+    "Library": {
+        "type": "object",
+        "required": ["videos", "segments_indexed", "rerankers", "write_key_required"],
+        "properties": {
+            "videos": {"type": "object", "description": "total, and how many are queued, running, done, failed",
+                       "additionalProperties": {"type": "integer"}},
+            "segments_indexed": {"type": "integer", "description": "segments this process's index searches"},
+            "model": {"type": "string"},
+            "default_rerank": {"type": "string", "enum": list(RERANKERS)},
+            "rerankers": {"type": "array", "items": {
+                "type": "object", "required": ["name", "available", "reason"],
+                "properties": {"name": {"type": "string", "enum": list(RERANKERS)},
+                               "available": {"type": "boolean", "description": "it can rescore some video of the library now"},
+                               "reason": {"type": ["string", "null"], "description": "why not, when unavailable"}}}},
+            "ingestion": {"type": "boolean", "description": "this process accepts ingestion requests"},
+            "write_key_required": {"type": "boolean", "description": "write routes need the API key"},
+            "max_upload_mb": {"type": "integer"},
+            "video_extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["ok", "degraded"]},
             "database": {"type": "string"},
-            "index_segments": {"type": "integer"},
+            "index_segments": {"type": "integer", "description": "segments in this process's index"},
+            "index_refreshed_seconds_ago": {
+                "type": ["number", "null"],
+                "description": "how long ago the index last pulled catalog changes (every VIDSEEK_INDEX_REFRESH_SECONDS)",
+            },
+            "index": {"type": "string", "enum": ["flat", "ivf", "ivfpq", "hnsw"],
+                      "description": "the index structure searched now (VIDSEEK_INDEX_TYPE=auto: flat, then ivf)"},
             "model": {"type": "string"},
+            "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
+                          "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},
+            "precision_reason": {"type": "string", "description": "why, e.g. 'auto: CPU AVX2 (no bf16 units)'"},
         },
     },
 }
@@ -249,7 +283,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "403": _error("path outside the media roots"),
                         "404": _error("no such file"),
                         "413": _error("upload larger than the limit"),
-                        "422": _error("not a usable video"),
+                        "422": _error("not a usable video, or a directory (the API ingests one file)"),
                         "503": _error("ingestion unavailable"),
                     },
                 },
@@ -280,7 +314,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "200": {"description": "the whole file", "content": {"video/*": {}}},
                         "206": {"description": "the requested byte range", "content": {"video/*": {}}},
                         "404": _error("no such video or file"),
-                        "416": _error("range not satisfiable"),
+                        "416": _error("range not satisfiable (with Content-Range: bytes */<size>)"),
                     },
                 }
             },
@@ -300,6 +334,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {"200": _json("Job", "the job"), "404": _error("no such job")},
                 }
             },
+            "/api/library": {
+                "get": {
+                    "operationId": "librarySummary",
+                    "summary": "What the library holds (videos by status, indexed segments) and which rerankers can act on it",
+                    "responses": {"200": _json("Library", "the library")},
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "health",
@@ -314,6 +355,10 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/": {
                 "get": {"operationId": "webUi", "summary": "The search web page",
                         "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}
+            },
+            "/favicon.ico": {
+                "get": {"operationId": "favicon", "summary": "The web page's icon (SVG)",
+                        "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}}}
             },
         },
         "components": {

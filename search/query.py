@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from search.catalog import Catalog, SegmentMeta
+from search.catalog import Catalog, SegmentMeta, VideoName
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
 from search.settings import RERANKERS
@@ -44,12 +44,16 @@ class VideoHit:
     thumbnail is the one to show), else None."""
 
     video_id: int
-    title: str
+    name: VideoName
     score: float
     moment: Moment
     more: list[Moment] = field(default_factory=list)
     rerank: Rescored | None = None
     preview: SegmentMeta | None = None
+
+    @property
+    def title(self) -> str:
+        return self.name.title
 
     @property
     def start(self) -> float:
@@ -125,11 +129,11 @@ class QueryService:
         t2 = time.perf_counter()
         meta = self.catalog.segment_meta(ids.tolist())
         grouped = group_by_video(scores, ids, meta, depth)
-        titles = self.catalog.video_titles([vid for vid, _ in grouped])
+        names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
-            VideoHit(vid, titles.get(vid, str(vid)), moments[0].score, moments[0], moments[1:])
+            VideoHit(vid, names[vid], moments[0].score, moments[0], moments[1:])
             for vid, moments in grouped
-            if vid in titles
+            if vid in names
         ]
         t3 = time.perf_counter()
         timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t2) * 1e3}

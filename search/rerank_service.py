@@ -95,6 +95,9 @@ class Reranker(Protocol):
 
     def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome: ...
 
+    def idle_reason(self) -> str | None:
+        """Why this reranker can rescore no video of the library as it is now (None: it can rescore some)."""
+
 
 @dataclass(frozen=True)
 class RerankInfo:
@@ -149,6 +152,17 @@ class RerankService:
     def __init__(self, rerankers: Mapping[str, Reranker], default: str, k: int, unavailable: Mapping[str, str] | None = None):
         self.rerankers, self.default, self.k = dict(rerankers), default, k
         self.unavailable = dict(unavailable or {})  # name -> why it is not configured
+
+    def availability(self) -> dict[str, str | None]:
+        """Each reranker name (``none`` included) -> None when a request for it can rescore something on
+        the library now, else why not (not configured, or no video has the summary it reads)."""
+        state: dict[str, str | None] = {"none": None}
+        for name in RERANKERS:
+            if name == "none":
+                continue
+            reranker = self.rerankers.get(name)
+            state[name] = self.unavailable.get(name, f"{name} is not available") if reranker is None else reranker.idle_reason()
+        return state
 
     def rerank(self, method: str, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankResult:
         """Rerank the first ``k`` candidates with ``method``; the rest keep their place after them."""
@@ -285,6 +299,11 @@ class LateReranker:
         timings = {"load": round((t1 - t0) * 1e3, 3), "score": round((t2 - t1) * 1e3, 3)}
         return RerankOutcome(scores, timings_ms=timings, details={"summary_tokens": sum(p.summary.num_tokens for p in ready.values())})
 
+    def idle_reason(self) -> str | None:
+        if self.catalog.count_summaries(self.space_key, CLIP_SPACE):
+            return None
+        return "no video has a token summary for this model yet (ingest with VIDSEEK_SUMMARY=holitom or vqtoken)"
+
 
 class LlmReranker:
     """P("yes") of a LLaVA-OneVision model over the LLM-space summaries (``models.rerankers.llava``).
@@ -330,6 +349,11 @@ class LlmReranker:
             return RerankOutcome({}, fallback=f"the video LLM failed: {type(exc).__name__}: {exc}", timings_ms={"load": load_ms})
         return RerankOutcome(scores, timings_ms={"load": load_ms, "score": round((time.perf_counter() - t0) * 1e3 - load_ms, 3)},
                              details=details)
+
+    def idle_reason(self) -> str | None:
+        if self.catalog.count_summaries(self.summary_key, LLM_SPACE):
+            return None
+        return "no video has a summary for the video LLM yet (ingest with VIDSEEK_LLM_RERANKER set)"
 
     def _score(self, query: str, ids: list[int], records: Mapping, cancel: threading.Event) -> tuple[dict[int, Rescored], dict[int, int]]:
         model = self.llm.get()

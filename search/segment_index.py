@@ -94,13 +94,52 @@ class SegmentIndex:
     def __len__(self) -> int:
         return len(self.index)
 
+    def refresh_age(self) -> float | None:
+        """Seconds since the index last pulled catalog changes (None: never)."""
+        last = self._last_refresh
+        return None if last == -float("inf") else time.monotonic() - last
+
+    def refresh_in_background(self) -> threading.Thread:
+        """Refresh every ``refresh_seconds`` (at least every 0.1 s) on a daemon thread, so that what
+        the index holds -- and ``/healthz`` reports -- follows ingestion without waiting for a search.
+        Database errors are logged and retried at the next tick."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(max(self.refresh_seconds, 0.1))
+                try:
+                    self.refresh(force=True)
+                except Exception as exc:  # the catalog briefly unreachable: try again next tick
+                    log.warning("index refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+        thread = threading.Thread(target=loop, name="index-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def structure(self) -> str:
+        """What is searched now: ``flat`` (also an IVF kind not trained yet), ``ivf``, ``ivfpq`` or ``hnsw``."""
+        kind = "ivf" if self.options.kind == "auto" else self.options.kind
+        return kind if kind not in TRAINED_KINDS or self.index.trained else "flat"
+
     def refresh(self, force: bool = False) -> SyncReport:
-        """Apply catalog changes since the watermarks (at most every ``refresh_seconds`` unless forced)."""
-        with self._lock:
+        """Apply catalog changes since the watermarks (at most every ``refresh_seconds`` unless forced).
+
+        A refresh that is not forced skips when another one is running, so searches never queue
+        behind one. An ``auto`` index switches here: an empty one over a catalog already past its
+        threshold is built as IVF straight away; one that grows past it (or to 4x the vectors its
+        lists were trained for) is rebuilt from the catalog as IVF, while other threads keep
+        searching the old one.
+        """
+        if not self._lock.acquire(blocking=force):
+            return SyncReport(0, 0, len(self.index))
+        try:
             now = time.monotonic()
             if not force and now - self._last_refresh < self.refresh_seconds:
                 return SyncReport(0, 0, len(self.index))
             self._last_refresh = now
+            if self._starts_large():
+                return self._rebuild_locked()
             tomb_id, deleted = self.catalog.tombstones_after(self.state.tombstone_watermark)
             if deleted:
                 self.index.remove(np.asarray(deleted, np.int64))
@@ -111,33 +150,57 @@ class SegmentIndex:
                 added += len(ids)
             self.state.tombstone_watermark = tomb_id
             self._dirty |= bool(added or deleted)
-            if self._dirty and time.monotonic() - self._last_save >= self.save_interval:
+            if self._outgrown():
+                self._rebuild_locked()
+                log.info("auto index rebuilt as IVF", extra={"segments": len(self.index), "nlist": self.index.nlist})
+            elif self._dirty and time.monotonic() - self._last_save >= self.save_interval:
                 self._save_locked()
             return SyncReport(added, len(deleted), len(self.index))
+        finally:
+            self._lock.release()
+
+    def _starts_large(self) -> bool:
+        """An ``auto`` index that holds nothing yet over a catalog past its threshold (one count query,
+        made only while the index has never read a segment)."""
+        if self.options.kind != "auto" or self.state.segment_watermark or len(self.index):
+            return False
+        return self.catalog.count_segments(self.state.embedding_key) >= self.options.train_at
+
+    def _outgrown(self) -> bool:
+        """``auto`` only: still flat past the threshold, or IVF with a quarter of the lists it should have."""
+        if self.options.kind != "auto":
+            return False
+        n = len(self.index)
+        if not self.index.trained:
+            return n >= self.options.train_at
+        return not self.options.nlist and self.options.nlist_for(n) >= 2 * self.index.nlist
 
     def rebuild(self) -> SyncReport:
         """Throw the index away and rebuild it from every catalog segment of this embedding space,
         streaming (IVF kinds first train on a uniform sample of up to ``MAX_TRAINING_SAMPLE``)."""
         with self._lock:
-            tomb = self.catalog.max_tombstone_id()
-            fresh = VectorIndex(self.state.dim, self.options)
-            count = self.catalog.count_segments(self.state.embedding_key)
-            if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
-                fresh.train(self._training_sample(count))
-            watermark = 0
-            for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
-                fresh.add(ids, vectors)
-                watermark = int(ids[-1])
-            self.state.segment_watermark = watermark
-            self.state.tombstone_watermark = tomb
-            self.index = fresh
-            self._save_locked()
-            return SyncReport(len(fresh), 0, len(fresh))
+            return self._rebuild_locked()
+
+    def _rebuild_locked(self) -> SyncReport:
+        tomb = self.catalog.max_tombstone_id()
+        fresh = VectorIndex(self.state.dim, self.options)
+        count = self.catalog.count_segments(self.state.embedding_key)
+        if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
+            fresh.train(self._training_sample(count), size=count)
+        watermark = 0
+        for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+            fresh.add(ids, vectors)
+            watermark = int(ids[-1])
+        self.state.segment_watermark = watermark
+        self.state.tombstone_watermark = tomb
+        self.index = fresh
+        self._save_locked()
+        return SyncReport(len(fresh), 0, len(fresh))
 
     def _training_sample(self, count: int) -> np.ndarray:
-        """Every ``step``-th catalog vector of this space: about ``64·nlist`` of them, within
-        ``[train_at, MAX_TRAINING_SAMPLE]``. Returns float32 ``[n, dim]``."""
-        wanted = min(count, MAX_TRAINING_SAMPLE, max(self.options.train_at, 64 * self.options.nlist_for(count)))
+        """Every ``step``-th catalog vector of this space: about ``IndexOptions.training_size`` of them,
+        at most ``MAX_TRAINING_SAMPLE``. Returns float32 ``[n, dim]``."""
+        wanted = min(MAX_TRAINING_SAMPLE, self.options.training_size(count))
         step = max(1, count // wanted)
         parts, seen = [], 0
         for _, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):

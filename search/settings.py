@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from models.precision import PRECISIONS
 from models.registry import ENCODERS as ENCODER_REGISTRY
 from models.registry import RERANKERS as RERANKER_REGISTRY
 from models.registry import SUMMARIZERS
@@ -21,7 +22,8 @@ ENCODERS = ENCODER_REGISTRY.names()
 SUMMARIES = ("none", *SUMMARIZERS.names())
 RERANKERS = RERANKER_REGISTRY.names()
 LLM_SUMMARIES = SUMMARIZERS.names()
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
 
 
 class SettingsError(ValueError):
@@ -49,6 +51,7 @@ class Settings:
     pretrained: str = "openai"  # open_clip tag, a checkpoint path, or "random"
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: weights cast once at load (models/precision.py)
     encoder: str = "tempme"  # TempMe holds its numbers (docs/performance.md); "full" for plain CLIP
     tempme_weights: Path | None = None  # trained TempMe checkpoint (optional; training-free without)
     summary: str = "none"  # compressed token summary per video, for reranking
@@ -68,14 +71,18 @@ class Settings:
     sample_fps: float = 1.0
     segment_frames: int = 12
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
-    batch_segments: int = 4
+    batch_segments: int = 0  # segments per encoder forward pass; 0 = auto (4 on CPU, sized for the device on CUDA)
+    decode: str = "fast"  # fast: skip non-reference frames when sampling sparsely; exact: decode every frame
     index_dir: Path | None = None  # None -> data_dir / "index"
-    index_type: str = "flat"
+    index_type: str = "auto"  # exact flat while small, IVF from search.vector_index.AUTO_IVF_AT (100k) segments
+    index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
     index_refresh_seconds: float = 2.0
     index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
     index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
     index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
     search_candidates: int = 200
+    text_batch_max: int = 32  # queries per shared text-encoder forward; 1 turns the batcher off
+    text_batch_wait_ms: float = 2.0  # how long a batch waits for more queries, only when queries come together
     api_key: str = ""
     protect_reads: bool = False  # require the API key on read routes too (/healthz stays open)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () -> CORS off
@@ -86,12 +93,15 @@ class Settings:
     job_max_attempts: int = 3  # a job whose worker died this many times fails (a poison video)
     reap_interval_seconds: float = 15.0  # how often `vidseek beat` looks for stale jobs
     task_max_retries: int = 8  # retries of a job after transient errors (database or broker down)
+    port: int = 8000  # `vidseek serve` / `vidseek demo` without --port
     log_level: str = "INFO"
     log_format: str = "json"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise SettingsError(f"VIDSEEK_ENCODER must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"VIDSEEK_PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
         if self.summary not in SUMMARIES:
             raise SettingsError(f"VIDSEEK_SUMMARY must be one of {SUMMARIES}, got {self.summary!r}")
         if self.index_type not in INDEX_TYPES:
@@ -116,10 +126,16 @@ class Settings:
             raise SettingsError("VIDSEEK_LLM_INNER_RATIO must be in [0, 1)")
         if self.frame_dedup < 0:
             raise SettingsError("VIDSEEK_FRAME_DEDUP must be >= 0 (0 turns it off)")
-        if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 1:
-            raise SettingsError("VIDSEEK_SEGMENT_FRAMES, VIDSEEK_MAX_FRAMES and VIDSEEK_BATCH_SEGMENTS must be >= 1")
+        if self.segment_frames < 1 or self.max_frames < 1 or self.batch_segments < 0:
+            raise SettingsError("VIDSEEK_SEGMENT_FRAMES and VIDSEEK_MAX_FRAMES must be >= 1, VIDSEEK_BATCH_SEGMENTS >= 0 (0 = auto)")
+        if self.decode not in DECODE_MODES:
+            raise SettingsError(f"VIDSEEK_DECODE must be one of {DECODE_MODES}, got {self.decode!r}")
         if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
+        if self.index_auto_at < 0:
+            raise SettingsError("VIDSEEK_INDEX_AUTO_AT must be >= 0 (0: the measured default)")
+        if self.text_batch_max < 1 or self.text_batch_wait_ms < 0:
+            raise SettingsError("VIDSEEK_TEXT_BATCH_MAX must be >= 1 and VIDSEEK_TEXT_BATCH_WAIT_MS >= 0")
         if self.heartbeat_seconds <= 0 or self.job_stale_seconds <= 2 * self.heartbeat_seconds:
             raise SettingsError("VIDSEEK_JOB_STALE_SECONDS must exceed twice VIDSEEK_HEARTBEAT_SECONDS (> 0)")
         if self.protect_reads and not self.api_key:

@@ -2,7 +2,10 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. Index kinds:
 
-- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)`` — the default, right up to ~1M segments
+- ``auto`` (the default): exact ``flat`` while the library is small, ``ivf`` once it holds
+  ``AUTO_IVF_AT`` segments (where flat search stops being cheap: measured, see below);
+  ``search.segment_index`` makes the switch (and retrains as the library grows).
+- ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``; its time grows with the library
   (about 2.1 GB per million 512-d vectors).
 - ``ivf``: ``IndexIVFFlat`` with native ids: the same memory as flat, much faster search.
 - ``ivfpq``: ``IndexIVFPQ`` with ``pq_m`` bytes per vector (8-bit codes): for 10M+ segments,
@@ -33,10 +36,18 @@ import numpy as np
 
 INDEX_FILE = "segments.faiss"
 STATE_FILE = "segments.json"
-KINDS = ("flat", "ivf", "ivfpq", "hnsw")
-TRAINED_KINDS = ("ivf", "ivfpq")
+KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+TRAINED_KINDS = ("auto", "ivf", "ivfpq")
 MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x 256 of them)
 MAX_NPROBE = 128
+# ``auto``: segments from which the index is IVF rather than exact flat, and lists probed per query.
+# Measured with ``benchmarks/index_memory.py --vectors 20000 50000 100000 --kinds flat auto-ivf``
+# (docs/performance.md): 100k is the smallest library at which this IVF keeps recall@10 >= 0.98
+# against exact search (0.69 at 20k, 0.96 at 50k, 0.983 at 100k), while flat search there already
+# costs ~170x the IVF search (median 333 vs 2.0 ms on a loaded 2-core EPYC; ~16 ms flat when quiet).
+AUTO_IVF_AT = 100_000
+AUTO_NPROBE = 32
+AUTO_KMEANS_ITERATIONS = 10  # auto trains in a serving process: 10 k-means rounds, not faiss's 25
 
 
 @dataclass
@@ -55,7 +66,8 @@ class IndexOptions:
     """How to build the FAISS index (``VIDSEEK_INDEX_*`` settings).
 
     ``nlist`` 0 picks about ``4·sqrt(n)`` lists for the ``n`` training vectors; ``nprobe`` 0
-    probes ``nlist / 8`` of them (at most ``MAX_NPROBE``); ``pq_m`` is the IVF-PQ code size in bytes.
+    probes ``nlist / 8`` of them (at most ``MAX_NPROBE``; ``auto``: ``AUTO_NPROBE``); ``pq_m`` is
+    the IVF-PQ code size in bytes; ``auto_at`` 0 means ``AUTO_IVF_AT``.
     """
 
     kind: str = "flat"
@@ -63,20 +75,37 @@ class IndexOptions:
     nprobe: int = 0
     pq_m: int = 64
     hnsw_m: int = 32
+    auto_at: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}")
 
     def nlist_for(self, n: int) -> int:
-        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n),
+        """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n)
+        (``auto``: ~2·sqrt(n), a quarter of the k-means work when it trains in a serving process),
         with at least 39 training points per list."""
-        wanted = self.nlist or int(4 * math.sqrt(max(n, 1)))
+        wanted = self.nlist or int((2 if self.kind == "auto" else 4) * math.sqrt(max(n, 1)))
         return max(1, min(wanted, n // 39))
+
+    def nprobe_for(self, nlist: int) -> int:
+        if self.nprobe:
+            return self.nprobe
+        return min(nlist, AUTO_NPROBE) if self.kind == "auto" else max(1, min(nlist // 8, MAX_NPROBE))
+
+    def training_size(self, count: int) -> int:
+        """Vectors to train on for a library of ``count``: 64 per list (``auto``: 40, just over the
+        39 faiss asks for, to keep a switch in a serving process short), at least ``train_at``
+        (not for ``auto``), at most ``count``."""
+        if self.kind == "auto":
+            return min(count, 40 * self.nlist_for(count))
+        return min(count, max(self.train_at, 64 * self.nlist_for(count)))
 
     @property
     def train_at(self) -> int:
         """Vectors collected (searched exactly) before an IVF index trains."""
+        if self.kind == "auto":
+            return max(self.auto_at or AUTO_IVF_AT, 39 * self.nlist)
         return max(MIN_TRAIN, 39 * self.nlist)
 
 
@@ -100,22 +129,25 @@ class VectorIndex:
         self._index: faiss.Index = self._to_gpu(self._new_index())
 
     # ----- construction -------------------------------------------------------------------
-    def _new_index(self, train: np.ndarray | None = None) -> faiss.Index:
-        """A CPU index of this kind; IVF kinds are trained on ``train`` ``[n, dim]``, or are an
-        exact flat index (the untrained stage) when ``train`` is None."""
+    def _new_index(self, train: np.ndarray | None = None, size: int = 0) -> faiss.Index:
+        """A CPU index of this kind; IVF kinds are trained on ``train`` ``[n, dim]`` with lists for
+        ``size`` vectors (at least n; at most n / 39 lists), or are an exact flat index (the
+        untrained stage) when ``train`` is None."""
         o = self.options
         if self.kind == "hnsw":
             return faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dim, o.hnsw_m, faiss.METRIC_INNER_PRODUCT))
         if self.kind == "flat" or train is None:
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        nlist = o.nlist_for(len(train))
+        nlist = min(o.nlist_for(max(size, len(train))), max(1, len(train) // 39))
         quantizer = faiss.IndexFlatIP(self.dim)
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "auto"):
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, o.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        if self.kind == "auto":
+            index.cp.niter = AUTO_KMEANS_ITERATIONS
         index.train(np.ascontiguousarray(train, dtype=np.float32))
-        index.nprobe = o.nprobe or max(1, min(nlist // 8, MAX_NPROBE))
+        index.nprobe = o.nprobe_for(nlist)
         return index
 
     def _to_gpu(self, index: faiss.Index) -> faiss.Index:
@@ -132,14 +164,22 @@ class VectorIndex:
         """False while an IVF kind still holds its vectors in the exact untrained stage."""
         return self._trained
 
-    def train(self, sample: np.ndarray) -> None:
-        """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39), moving any vectors
-        already held into it. A no-op for kinds that need no training."""
+    @property
+    def nlist(self) -> int:
+        """Inverted lists of a trained IVF index (0 when it is not one)."""
+        with self._lock:
+            cpu = self._cpu_index()
+            return int(cpu.nlist) if isinstance(cpu, faiss.IndexIVF) else 0
+
+    def train(self, sample: np.ndarray, size: int = 0) -> None:
+        """Train an IVF index on ``sample`` float32 ``[n, dim]`` (n >= 39) with lists for ``size``
+        vectors (default: n, or the vectors held if more), moving any vectors already held into it.
+        A no-op for kinds that need no training."""
         if self.kind not in TRAINED_KINDS:
             return
         with self._lock:
             ids, vectors = self._export_locked()
-            fresh = self._new_index(train=sample)
+            fresh = self._new_index(train=sample, size=max(size, len(ids)))
             if len(ids):
                 fresh.add_with_ids(vectors, ids)
             self._index = self._to_gpu(fresh)
@@ -161,7 +201,7 @@ class VectorIndex:
                 self._compact_locked()  # the old vectors for real, or they would come back
             self._index.add_with_ids(vectors, ids)
             self._max_id = max(self._max_id, int(ids.max()))
-            if not self.trained and self._index.ntotal >= self.options.train_at:
+            if self.kind != "auto" and not self.trained and self._index.ntotal >= self.options.train_at:
                 self.train(self._export_locked()[1])
 
     def remove(self, ids: np.ndarray | list[int]) -> None:

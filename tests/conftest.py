@@ -22,7 +22,8 @@ import torch
 from benchmarks.common import PG_ADMIN_URL
 from benchmarks.common import temporary_database as new_database
 from indexer.samples import ensure_samples
-from models.backbone import ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
+from models.factory import load_backbone
 from search.settings import Settings
 
 ASSETS = Path(__file__).parent / "assets"
@@ -64,7 +65,9 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def settings(tmp_path: Path, samples_dir: Path, tiny_checkpoint: Path) -> Settings:
-    """Embedded defaults (SQLite, in-process) in a fresh folder, with the tiny model."""
+    """Embedded defaults (SQLite, in-process) in a fresh folder, with the tiny model. Decoding is
+    exact: these tests pin samples to their instants (0 s, 1 s, ...); fast decoding, the
+    product default, has its own tests (tests/test_fast_decode.py, end to end included)."""
     return Settings(
         data_dir=tmp_path / "data",
         media_roots=(samples_dir, tmp_path / "media"),
@@ -72,6 +75,8 @@ def settings(tmp_path: Path, samples_dir: Path, tiny_checkpoint: Path) -> Settin
         pretrained=str(tiny_checkpoint),
         model_config_dir=TINY_CONFIG_DIR,
         device="cpu",
+        decode="exact",
+        precision="fp32",  # the same numbers on AVX2 and AMX machines; auto has its own tests
         index_refresh_seconds=0.0,
         log_format="text",
     )
@@ -90,7 +95,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         VIDSEEK_PRETRAINED=settings.pretrained,
         VIDSEEK_MODEL_CONFIG_DIR=str(settings.model_config_dir),
         VIDSEEK_DEVICE=settings.device,
+        VIDSEEK_PRECISION=settings.precision,
         VIDSEEK_ENCODER=settings.encoder,
+        VIDSEEK_DECODE=settings.decode,
         VIDSEEK_INDEX_REFRESH_SECONDS=str(settings.index_refresh_seconds),
         VIDSEEK_API_KEY=settings.api_key,
         VIDSEEK_LOG_FORMAT="text",

@@ -3,13 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.backbone import (
-    ClipBackbone,
-    WeightsUnavailableError,
-    load_backbone,
-    model_embed_dim,
-    weights_identity,
-)
+from models.backbone import ClipBackbone
+from models.factory import WeightsUnavailableError, load_backbone, model_embed_dim, weights_identity
 from models.vit_blocks import run_block
 from tests.conftest import TINY_CONFIG_DIR, TINY_MODEL
 
@@ -30,14 +25,30 @@ def test_random_weights_are_explicit_and_seeded() -> None:
 
 
 def test_unreachable_pretrained_weights_explain_the_offline_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not cached and no network: fails at once (no retries) and says how to use a local checkpoint."""
+    """Not cached and no network: fails with a typed error that says how to use a local checkpoint,
+    without touching the process-global HF_HUB_OFFLINE switch and without a DNS probe of its own."""
     import socket
+    import time
+
+    from huggingface_hub import constants
 
     def no_dns(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    with pytest.raises(WeightsUnavailableError, match=r"cannot be reached.*VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model\.bin"):
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the hub client's retry back-off (~25 s)
+    offline = constants.HF_HUB_OFFLINE
+    with pytest.raises(WeightsUnavailableError, match=r"not in the local cache.*VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model\.bin"):
+        load_backbone("ViT-B-32", "openai", "cpu")
+    assert constants.HF_HUB_OFFLINE == offline
+
+
+def test_offline_mode_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1 (the user's switch) and nothing cached: the same clear error, no network call."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsUnavailableError, match="VIDSEEK_PRETRAINED="):
         load_backbone("ViT-B-32", "openai", "cpu")
 
 

@@ -7,6 +7,7 @@ k=-1 and k=10^9 (tests/test_api.py)."""
 from __future__ import annotations
 
 import fractions
+import logging
 import struct
 import threading
 import time
@@ -17,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from indexer.cli import plan_jobs
+from indexer.cli import check_paths, plan_jobs
 from indexer.decode import iter_sampled_frames, probe
 from indexer.service import Runtime, build_runtime, settings_space_key
 from search.api import create_app
@@ -175,7 +176,8 @@ def test_non_utf8_file_names_are_refused_with_the_reason(runtime: Runtime, good:
     raw = media / Path(b"caf\xe9.mp4".decode("utf-8", "surrogateescape"))
     raw.write_bytes(b"\0" * 64)
     (media / "café.mp4").write_bytes(b"\0" * 64)
-    jobs, skipped, rejected = plan_jobs(runtime.settings, runtime.catalog, [media], settings_space_key(runtime.settings))
+    files, rejected = check_paths(runtime.settings, [media])
+    jobs, skipped = plan_jobs(runtime.catalog, files, settings_space_key(runtime.settings))
     assert [Path(j.path).name for j in jobs] == ["café.mp4"] and skipped == 0
     assert len(rejected) == 1 and "caf\ufffd.mp4: the file name is not valid UTF-8" in rejected[0]
 
@@ -183,3 +185,47 @@ def test_non_utf8_file_names_are_refused_with_the_reason(runtime: Runtime, good:
     resp = client.post("/api/videos", json={"path": str(raw)})
     assert resp.status_code == 422 and "not valid UTF-8" in resp.get_json()["error"]["message"]
     assert_untouched(runtime, good)
+
+
+def test_a_still_image_named_like_a_video_is_refused(runtime: Runtime, good: int, tmp_path: Path) -> None:
+    """FFmpeg's image demuxer opens a JPEG as a one-frame video; vidseek says what it is."""
+    from PIL import Image
+
+    photo = tmp_path / "media" / "holiday.mp4"
+    photo.parent.mkdir(parents=True)
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(photo, format="JPEG")
+    job = ingest(runtime, photo)
+    assert job.status is Status.failed and job.error == "holiday.mp4 is an image, not a video (jpeg_pipe)"
+    client = create_app(runtime.api_context()).test_client()
+    resp = client.post("/api/videos", json={"path": str(photo)})
+    assert resp.status_code == 422 and "is an image, not a video" in resp.get_json()["error"]["message"]
+    assert_untouched(runtime, good)
+
+
+def test_clients_get_short_reasons_and_operators_ffmpegs_own(runtime: Runtime, good: int, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """No FFmpeg errno numbers or server paths in the stored (client-visible) reason; the full
+    FFmpeg message goes to the log for operators."""
+    fake = tmp_path / "media" / "notes.mp4"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("not a video\n" * 40)
+    with caplog.at_level(logging.WARNING, logger="indexer.pipeline"):
+        job = ingest(runtime, fake)
+    assert job.error == "notes.mp4 is not a readable video container"
+    assert runtime.catalog.get_video(job.video_id).error == job.error
+    (record,) = [r for r in caplog.records if r.getMessage() == "video rejected"]
+    assert "Invalid data found" in record.detail and str(fake.parent) in record.detail  # FFmpeg's words, for operators
+    assert_untouched(runtime, good)
+
+
+def test_an_mp4_cut_before_its_index_is_reported_truncated(runtime: Runtime, tmp_path: Path) -> None:
+    """Index at the end (no faststart) and the file cut to 30 %: FFmpeg only says "invalid data";
+    vidseek recognises the missing index and says the file is truncated or incomplete."""
+    whole = write_frames(tmp_path / "whole.mp4", [i / 4 for i in range(80)])
+    assert whole.read_bytes()[4:8] == b"ftyp" and whole.read_bytes().rfind(b"moov") > whole.read_bytes().find(b"mdat")
+    cut = tmp_path / "media" / "cut.mp4"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.3)])
+    job = ingest(runtime, cut)
+    assert job.status is Status.failed and "cut.mp4 is truncated or incomplete" in job.error
+    assert probe(whole).duration > 0  # the uncut file is fine

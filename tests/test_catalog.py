@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, text, update
 
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.db import current_revision, upgrade
-from search.tables import CLIP_SPACE, LLM_SPACE, Status
+from search.tables import CLIP_SPACE, LLM_SPACE, Job, Status
 from tests.conftest import temporary_database
 
 
@@ -28,6 +28,12 @@ def catalog(database_url: str):
         for table in ("segment_tombstones", "segments", "jobs", "videos"):
             s.execute(text(f"DELETE FROM {table}"))
     cat.dispose()
+
+
+def force_job(catalog: Catalog, job_id: int, **values: object) -> None:
+    """Write job columns directly, as a worker on another machine (or time) would have left them."""
+    with catalog.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
 def _segments(n: int, dim: int = 4, seed: int = 0) -> list[SegmentRecord]:
@@ -92,7 +98,7 @@ def test_delete_video_removes_segments_and_records_tombstones(catalog: Catalog) 
     video = catalog.get_or_create_video(Path("/m/v.mp4"), "d" * 64, 1)
     ids = catalog.replace_segments(video.id, _segments(2), "s")
     job = catalog.create_job(Path("/m/v.mp4"))
-    catalog.update_job(job.id, video_id=video.id)
+    catalog.attach_video(job.id, video.id)
     assert catalog.delete_video(video.id) == ["t/0.jpg", "t/1.jpg"]
     assert catalog.get_video(video.id) is None and catalog.segment_meta(ids) == {}
     assert sorted(catalog.tombstones_after(0)[1]) == ids

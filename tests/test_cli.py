@@ -2,6 +2,7 @@
 search, index rebuild, db upgrade, and the demo command serving the UI."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -10,15 +11,99 @@ import time
 import urllib.request
 from pathlib import Path
 
+from indexer.cli import interactive_logging
 from search.settings import Settings
 from tests.conftest import REPO, settings_env
 
 
-def vidseek(settings: Settings, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def vidseek(settings: Settings, *args: str, env: dict | None = None, timeout: float = 300,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "indexer.cli", *args],
-        cwd=REPO, env={**settings_env(settings), **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env={**settings_env(settings), **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Weights that cannot load: a command that got as far as loading the model would say so.
+UNLOADABLE = {"VIDSEEK_PRETRAINED": "/no/such/weights.bin"}
+
+
+def test_a_bad_query_is_refused_before_the_model_loads(settings: Settings) -> None:
+    for args, reason in ((["search", ""], "query is empty"), (["search", "x", "-k", "0"], "k must be between 1")):
+        result = vidseek(settings, *args, env=UNLOADABLE)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and reason in result.stderr
+        assert "Traceback" not in result.stderr and "\n" not in result.stderr.strip()  # one line
+
+
+def test_ingest_checks_paths_before_the_model_loads(settings: Settings) -> None:
+    result = vidseek(settings, "ingest", "/etc/passwd", env=UNLOADABLE, timeout=60)
+    assert result.returncode == 1 and "outside the media roots" in result.stderr
+    assert "weights" not in result.stderr  # the model was never loaded
+
+
+def test_relative_cli_paths_resolve_against_the_working_directory(settings: Settings, samples_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """With the media root /tmp/x/m and the working directory /tmp/x, `ingest m/clips` means /tmp/x/m/clips
+    (not /tmp/x/m/m/clips, as when relative paths were taken from the first media root)."""
+    media = tmp_path / "m"
+    (media / "clips").mkdir(parents=True)
+    shutil.copy(samples_dir / "snow.mp4", media / "clips" / "snow.mp4")
+    result = vidseek(settings, "ingest", "m/clips", env={"VIDSEEK_MEDIA_ROOTS": str(media)}, cwd=tmp_path)
+    assert result.returncode == 0 and "indexed 1, already indexed 0, failed 0, rejected 0" in result.stdout, result.stderr
+    escaped = vidseek(settings, "ingest", "other.mp4", env={"VIDSEEK_MEDIA_ROOTS": str(media)}, cwd=tmp_path)
+    assert escaped.returncode == 1 and "outside the media roots" in escaped.stderr  # tmp/other.mp4, not m/other.mp4
+
+
+def test_interactive_commands_log_text_at_warning_on_a_terminal(settings: Settings) -> None:
+    """`vidseek search` at a terminal prints the answer, not JSON log lines; services keep JSON."""
+    import pty
+
+    env = {k: v for k, v in settings_env(settings).items() if k not in ("VIDSEEK_LOG_FORMAT", "VIDSEEK_LOG_LEVEL")}
+    primary, secondary = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "indexer.cli", "search", "snow", "-k", "1"], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=300)
+        os.close(secondary)
+        terminal = _read_all(primary)
+    finally:
+        os.close(primary)
+    assert result.returncode == 0 and "ms)" in result.stdout
+    assert '{"ts"' not in terminal and " info " not in f" {terminal}", terminal
+    piped = subprocess.run([sys.executable, "-m", "indexer.cli", "search", "snow", "-k", "1"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and '{"ts"' in piped.stderr  # not a terminal: JSON, as before
+
+    on_terminal = interactive_logging(settings, "search", {}, terminal=True)
+    assert (on_terminal.log_format, on_terminal.log_level) == ("text", "WARNING")
+    chosen = interactive_logging(settings, "ingest", {"VIDSEEK_LOG_LEVEL": "DEBUG", "VIDSEEK_LOG_FORMAT": "json"}, True)
+    assert (chosen.log_format, chosen.log_level) == (settings.log_format, settings.log_level)
+    for service in ("serve", "worker", "beat"):
+        assert interactive_logging(settings, service, {}, terminal=True) is settings
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_demo_on_a_taken_port_says_so_before_ingesting(settings: Settings, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = vidseek(settings, "demo", env={"VIDSEEK_PORT": str(port), "VIDSEEK_DATA_DIR": str(tmp_path / "d")},
+                         timeout=120)
+    assert result.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert "VIDSEEK_PORT" in result.stderr and "serving on" not in result.stdout and "ingesting" not in result.stdout
 
 
 def test_ingest_search_rebuild(settings: Settings, samples_dir: Path, tmp_path: Path) -> None:
@@ -75,8 +160,9 @@ def test_demo_ingests_samples_and_serves_the_ui(settings: Settings, tmp_path: Pa
     port = free_port()
     env = {**settings_env(settings), "VIDSEEK_PRETRAINED": "openai", "HF_HUB_OFFLINE": "1"}
     env["VIDSEEK_DATA_DIR"] = str(tmp_path / "demo-data")
+    env["VIDSEEK_PORT"] = str(port)
     log = (tmp_path / "demo.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "demo", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "indexer.cli", "demo"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -100,6 +186,11 @@ def test_demo_ingests_samples_and_serves_the_ui(settings: Settings, tmp_path: Pa
         log.seek(0)
         output = log.read()
         assert "VIDSEEK_PRETRAINED=/path/to/open_clip_pytorch_model.bin" in output
+        assert f"vidseek is serving on http://127.0.0.1:{port}/" in output
+        # the README's way to query the demo's random-weights catalog from the shell
+        cli = subprocess.run([sys.executable, "-m", "indexer.cli", "search", "red ball", "-k", "20"], cwd=REPO,
+                             env={**env, "VIDSEEK_PRETRAINED": "random"}, capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 0 and "red_ball" in cli.stdout, cli.stderr[-2000:]
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from indexer.cli import cmd_index
-from indexer.service import open_catalog, settings_space_key
-from models.backbone import model_embed_dim
+from indexer.service import open_catalog, open_index, settings_space_key
+from models.factory import model_embed_dim
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
 from search.segment_index import SegmentIndex, _folder_lock
@@ -94,7 +94,7 @@ def test_index_verify_command(settings: Settings, capsys: pytest.CaptureFixture)
     video = catalog.get_or_create_video(Path("/m/a.mp4"), "a" * 64, 1)
     ids = catalog.replace_segments(video.id, [SegmentRecord(i, i, i + 1, 1, None, x) for i, x in enumerate(_unit(6, dim=dim))], key)
     assert cmd_index(settings, Namespace(action="rebuild", check=False)) == 0
-    index = SegmentIndex(catalog, settings.resolved_index_dir, key, dim)
+    index = open_index(settings, catalog, key, dim)  # the kind the CLI opens (auto by default)
     index.index.remove([ids[0]])
     index.save()
     capsys.readouterr()
@@ -172,3 +172,62 @@ def test_snapshots_are_never_loaded_half_written(catalog: Catalog, tmp_path: Pat
         stop.set()
         thread.join()
     assert loads > 10
+
+
+def _clustered(n: int, seed: int, centres: int = 20) -> np.ndarray:
+    """Unit vectors around ``centres`` fixed random directions (real embeddings cluster)."""
+    rng = np.random.default_rng(seed)
+    c = _unit(centres, seed=99)
+    v = c[rng.integers(0, centres, n)] + 0.15 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _add_video(catalog: Catalog, number: int, vectors: np.ndarray) -> dict[int, np.ndarray]:
+    video = catalog.get_or_create_video(Path(f"/m/{number}.mp4"), f"{number:064d}", 1)
+    records = [SegmentRecord(i, float(i), i + 1.0, 1, None, x) for i, x in enumerate(vectors)]
+    return dict(zip(catalog.replace_segments(video.id, records, "space"), vectors))
+
+
+def test_auto_index_is_exact_flat_until_its_threshold_then_ivf_with_the_exact_top_10(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    options = IndexOptions("auto", auto_at=2000)
+    index = SegmentIndex(catalog, tmp_path / "idx", "space", DIM, options, refresh_seconds=0)
+    vectors = _add_video(catalog, 0, _clustered(1500, seed=1))
+    queries = _clustered(20, seed=7)
+    index.search(queries[0], 10)  # a search refreshes: 1500 segments, still exact flat
+    assert len(index) == 1500 and not index.index.trained and index.index.nlist == 0
+    assert index.structure == "flat"
+
+    vectors |= _add_video(catalog, 1, _clustered(1000, seed=2))
+    index.search(queries[0], 10)  # 2500 >= 2000: switched to IVF by this refresh, no restart
+    assert len(index) == 2500 and index.index.trained and index.structure == "ivf"
+    assert index.index.nlist == options.nlist_for(2500)
+    ids = np.array(sorted(vectors))
+    matrix = np.stack([vectors[i] for i in ids])
+    for query in queries:
+        exact = ids[np.argsort(-(matrix @ query), kind="stable")[:10]]
+        scores, found = index.search(query, 10)
+        assert found.tolist() == exact.tolist()
+        np.testing.assert_allclose(scores, matrix[np.searchsorted(ids, found)] @ query, atol=1e-5)
+
+    vectors |= _add_video(catalog, 2, _clustered(3000, seed=3))  # 5500: twice the lists it was trained with
+    index.search(queries[0], 10)
+    assert len(index) == 5500 and index.index.nlist == options.nlist_for(5500) >= 2 * options.nlist_for(2500)
+
+    # a process starting over a catalog already past the threshold builds IVF at once
+    fresh = SegmentIndex(catalog, tmp_path / "other", "space", DIM, options)
+    assert fresh.refresh(force=True).total == 5500 and fresh.index.trained
+    # and one starting from the saved snapshot loads it as it is
+    reloaded = SegmentIndex(catalog, tmp_path / "other", "space", DIM, options)
+    assert len(reloaded) == 5500 and reloaded.index.trained
+    assert reloaded.search(queries[0], 10)[1].tolist() == fresh.search(queries[0], 10)[1].tolist()
+
+
+def test_a_search_does_not_wait_for_a_refresh_in_progress(catalog: Catalog, tmp_path: Path) -> None:
+    _fill(catalog, videos=1, per_video=50)
+    index = SegmentIndex(catalog, tmp_path / "idx", "space", DIM, "flat", refresh_seconds=0)
+    index.refresh(force=True)
+    with index._lock:  # another thread is refreshing (e.g. switching an auto index to IVF)
+        _, found = index.search(_unit(1, seed=0)[0], 5)
+    assert len(found) == 5

@@ -5,9 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from indexer.decode import center_crop, iter_sampled_frames
-from indexer.pipeline import batch_groups, group_frames
+from indexer.frames import batch_groups, group_frames
+from indexer.segment_writer import THUMBNAIL_HEIGHT, save_thumbnail
 from indexer.service import Runtime, build_runtime
 from search.catalog import embedding_from_bytes
 from search.query import QueryService
@@ -258,3 +260,17 @@ def test_settings_space_key_matches_the_loaded_encoder(settings: Settings, tmp_p
     encoder = load_encoder(s)
     assert isinstance(encoder, TempMeEncoder) and settings_space_key(s) == embedding_key(encoder)
     assert "+tempme-file-" in settings_space_key(s)
+
+
+@pytest.mark.parametrize("height, width", [(4000, 16), (16, 4000), (720, 1280), (1080, 1080)])
+def test_thumbnails_of_very_tall_or_wide_frames_keep_a_readable_middle(tmp_path: Path, height: int, width: int) -> None:
+    image = np.zeros((height, width, 3), np.uint8)
+    dy, dx = max(2, height // 10), max(2, width // 10)
+    image[height // 2 - dy : height // 2 + dy, width // 2 - dx : width // 2 + dx] = 255  # a mark in the middle
+    save_thumbnail(image, tmp_path / "t.jpg")
+    with Image.open(tmp_path / "t.jpg") as thumb:
+        w, h = thumb.size
+        assert max(w, h) / min(w, h) <= 3.05 and max(w, h) <= 4 * THUMBNAIL_HEIGHT and h <= THUMBNAIL_HEIGHT
+        assert min(w, h) >= 5 and np.asarray(thumb.convert("L"))[h // 2, w // 2] > 100  # the middle is kept
+    if height / width < 3 and width / height < 3:  # ordinary frames are scaled, not cropped
+        assert abs(w / h - width / height) < 0.02

@@ -156,7 +156,9 @@ def test_only_the_top_rerank_k_videos_are_rescored(late_runtime) -> None:
 def test_llm_rerank_scores_p_yes_over_stored_llm_summaries(settings: Settings, samples_dir: Path, tiny_llava_dir: Path) -> None:
     source = str(tiny_llava_dir)
     runtime = build_runtime(settings.with_overrides(llm_reranker=source, llm_frames=8, llm_inner_layer=2))
+    assert "no video has a summary for the video LLM" in runtime.queries.reranking.availability()["llm"]  # configured, idle
     ids = ingest(runtime, samples_dir, ["red_ball", "three_scenes", "stripes"])
+    assert runtime.queries.reranking.availability()["llm"] is None  # the web page now offers it
     stored = runtime.catalog.summaries(list(ids.values()), llm_summary_key(source, "holitom"), LLM_SPACE)
     assert set(stored) == set(ids.values())
     model = runtime.llm.get()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.pipeline import PreparedFrame, UniformFramePicker
+from indexer.frames import PreparedFrame, UniformFramePicker
 from models.rerankers.late import LateParams
 from models.rerankers.llava import LazyLlm, LlmUnavailableError, ScoreOutput
 from models.rerankers.prefill import PrefillOutput

@@ -8,17 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.backbone import ClipBackbone, load_backbone
+from models.backbone import ClipBackbone
 from models.encoders import FullClipEncoder, build_encoder
-from models.tempme import (
-    TempMeConfig,
-    TempMeEncoder,
-    _clip_positions,
-    join_clips,
-    join_sources,
-    load_tempme_weights,
-    plan_layers,
-)
+from models.factory import embedding_space_key, load_tempme_weights, space_key, tempme_encoder
+from models.tempme import TempMeConfig, TempMeEncoder, _clip_positions, join_clips, join_sources, plan_layers
 from models.vit_blocks import qkv
 
 NO_MERGING = TempMeConfig(image_r=0, clip_sizes=(1, 1, 1), cross_clip_ratio=0.0, intra_clip_ratio=0.0)
@@ -38,9 +31,15 @@ def _pixels(b: int, t: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture
-def fresh_backbone(tiny_backbone, tiny_config_dir) -> ClipBackbone:
-    """A private copy of the tiny backbone (loading weights folds LoRA into it in place)."""
-    return load_backbone(tiny_backbone.name, "random", "cpu", tiny_config_dir)
+def fresh_backbone(tiny_backbone) -> ClipBackbone:
+    """The shared tiny backbone; after the test, its weights and key must be as before (building
+    an encoder with trained weights works on a copy)."""
+    before = {name: t.clone() for name, t in tiny_backbone.model.state_dict().items()}
+    key = tiny_backbone.key
+    yield tiny_backbone
+    assert tiny_backbone.key == key
+    for name, t in tiny_backbone.model.state_dict().items():
+        assert torch.equal(t, before[name]), name
 
 
 # ----- schedule --------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ def test_each_merge_uses_tempmes_metric_count_and_protection(tmp_path, fresh_bac
     monkeypatch.setattr(tempme, "run_attention", attention)
     monkeypatch.setattr(tempme, "run_mlp", mlp)
     checkpoint = _checkpoint(fresh_backbone, tmp_path / "pos.pth", 0.0, position=1.0)
-    TempMeEncoder(fresh_backbone, weights=checkpoint).encode_tokens(_pixels(2, 12))
+    tempme_encoder(fresh_backbone, checkpoint).encode_tokens(_pixels(2, 12))
 
     matches = [(event[2], event[3]) for event in events if event[0] == "match"]
     assert matches == [(2, 1)] * 8 + [(20, 2), (4, 2), (26, 4), (6, 4), (50, 12), (11, 12), (10, 12)]
@@ -224,11 +223,16 @@ def test_zero_trained_weights_equal_training_free(tmp_path, fresh_backbone):
     pixels = _pixels(2, 12, seed=3)
     free = TempMeEncoder(backbone).encode(pixels)
     text = backbone.encode_text(["a dog"])
-    key = backbone.key
-    trained = TempMeEncoder(backbone, weights=_checkpoint(backbone, tmp_path / "zero.pth", 0.0, 0.0)).encode(pixels)
-    torch.testing.assert_close(trained.embeddings, free.embeddings)
-    torch.testing.assert_close(backbone.encode_text(["a dog"]), text)
-    assert backbone.key.startswith(key + "+tempme-")
+    path = _checkpoint(backbone, tmp_path / "zero.pth", 0.0, 0.0)
+    trained = tempme_encoder(backbone, path)
+    torch.testing.assert_close(trained.encode(pixels).embeddings, free.embeddings)
+    torch.testing.assert_close(trained.backbone.encode_text(["a dog"]), text)
+    assert trained.backbone is not backbone and trained.backbone.key.startswith(backbone.key + "+tempme-")
+    # One function names the space, from the settings alone or from the built encoder.
+    assert space_key(trained.backbone.key, trained.name) == embedding_space_key(
+        backbone.name, "random", "tempme", path
+    )
+    assert embedding_space_key(backbone.name, "random", "full", path) == space_key(backbone.key, "full")
 
 
 def test_trained_lora_is_folded_into_both_towers(tmp_path, fresh_backbone):
@@ -238,28 +242,27 @@ def test_trained_lora_is_folded_into_both_towers(tmp_path, fresh_backbone):
     text = backbone.encode_text(["a dog"])
     block = backbone.visual.transformer.resblocks[3]
     x = torch.randn(2, 7, backbone.width)
-    q0, k0, v0 = qkv(block, x)
     path = _checkpoint(backbone, tmp_path / "lora.pth", lora_b=0.05, position=0.0)
     weights = load_tempme_weights(path)
-    TempMeEncoder(backbone, weights=path)
+    trained = tempme_encoder(backbone, path)
+    folded_block = trained.backbone.visual.transformer.resblocks[3]
     # The official unfolded form: in_proj(ln_1(x)) + ln_1(x) @ A.T @ B.T, no alpha scaling.
     a, b = weights.visual_lora[3]
     delta = (block.ln_1(x) @ a.T @ b.T).view(2, 7, 3, block.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    for folded, plain, d in zip(qkv(block, x), (q0, k0, v0), delta):
+    for folded, plain, d in zip(qkv(folded_block, x), qkv(block, x), delta):
         torch.testing.assert_close(folded, plain + d, atol=1e-5, rtol=1e-4)
-    trained = TempMeEncoder(backbone, weights=path).encode(pixels)  # same weights again: no-op
-    assert not torch.allclose(trained.embeddings, free.embeddings, atol=1e-3)
-    assert not torch.allclose(backbone.encode_text(["a dog"]), text, atol=1e-3)
+    assert not torch.allclose(trained.encode(pixels).embeddings, free.embeddings, atol=1e-3)
+    assert not torch.allclose(trained.backbone.encode_text(["a dog"]), text, atol=1e-3)
     other = _checkpoint(backbone, tmp_path / "other.pth", lora_b=0.01, position=0.0)
-    with pytest.raises(ValueError, match="other TempMe weights"):
-        TempMeEncoder(backbone, weights=other)
+    with pytest.raises(ValueError, match="already carries TempMe weights"):
+        tempme_encoder(trained.backbone, other)
 
 
 def test_video_positions_are_added_before_cross_clip_merges(tmp_path, fresh_backbone):
     backbone = fresh_backbone
     pixels = _pixels(2, 12, seed=5)
     free = TempMeEncoder(backbone).encode(pixels)
-    encoder = TempMeEncoder(backbone, weights=_checkpoint(backbone, tmp_path / "pos.pth", 0.0, position=1.0))
+    encoder = tempme_encoder(backbone, _checkpoint(backbone, tmp_path / "pos.pth", 0.0, position=1.0))
     assert sorted((layer, p.shape[0]) for layer, p in encoder.positions.items()) == [(8, 12), (9, 6), (10, 3)]
     assert not torch.allclose(encoder.encode(pixels).embeddings, free.embeddings, atol=1e-3)
     # Segments without cross-clip merges (a single frame) never see them.
@@ -286,4 +289,4 @@ def test_bad_checkpoints_are_rejected(tmp_path, fresh_backbone):
         load_tempme_weights(path)
     good = _checkpoint(backbone, tmp_path / "good.pth", 0.0, 0.0)
     with pytest.raises(ValueError, match="merges clips at"):
-        TempMeEncoder(backbone, TempMeConfig(clip_layers=(7, 9, 10)), weights=good)
+        tempme_encoder(backbone, good, TempMeConfig(clip_layers=(7, 9, 10)))

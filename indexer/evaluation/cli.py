@@ -16,7 +16,7 @@ from indexer.evaluation.harness import (
     parse_encoder_config,
     run_eval,
 )
-from models.backbone import RANDOM_WEIGHTS
+from models.factory import RANDOM_WEIGHTS
 from models.registry import ENCODERS
 from search.settings import Settings, SettingsError
 

@@ -3,8 +3,9 @@ the real ingestion path, and score the captions against the stored segment embed
 
 Per encoder configuration (``full``, ``tempme``, ``tempme+bvllm-dedup``, ...):
 
-1. A fresh data folder with its own SQLite catalog (configurations never share a catalog), a
-   freshly loaded backbone (an encoder may fold trained weights into it) and
+1. A fresh data folder with its own SQLite catalog (configurations never share a catalog), the
+   encoder over the backbone loaded once for the whole run (building an encoder leaves its
+   backbone as it is; trained TempMe weights go to a copy) and
    :class:`~indexer.pipeline.VideoIngestor` around the encoder, wrapped in
    :class:`~indexer.evaluation.meter.MeteredEncoder` to measure it.
 2. Every annotated video goes through ``VideoIngestor.run_job``, as ``vidseek ingest`` runs it.
@@ -16,7 +17,7 @@ Per encoder configuration (``full``, ``tempme``, ``tempme+bvllm-dedup``, ...):
    norm). Longer videos, split into several segments, get the segments' mean weighted by the
    time each covers: sampling is uniform in time, so this is each segment's share of the sampled
    frames, also when static-frame dropping left a segment holding fewer encoded frames.
-4. Captions are encoded by the same backbone; ``similarity = texts @ videos.T``; each requested
+4. Captions are encoded by the encoder's backbone; ``similarity = texts @ videos.T``; each requested
    reranker (``none`` is the identity) may rewrite that matrix; :mod:`.metrics` scores it.
 """
 
@@ -37,7 +38,8 @@ from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
 from indexer.service import load_encoder, load_model, open_catalog, reranker_inputs
-from models.backbone import ClipBackbone, weights_identity
+from models.backbone import ClipBackbone
+from models.factory import weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import SegmentEncoder
 from models.registry import RERANKERS
@@ -312,19 +314,19 @@ def video_embeddings(catalog: Catalog, video_ids: Sequence[int]) -> np.ndarray:
     return np.stack(rows)
 
 
-def run_configuration(request: EvalRequest, config: EncoderConfig) -> list[ConfigResult]:
+def run_configuration(request: EvalRequest, config: EncoderConfig, backbone: ClipBackbone) -> list[ConfigResult]:
     """Ingest the evaluation set with ``config`` in a throw-away data folder and score it with
-    every requested reranker."""
+    every requested reranker; ``backbone`` is the run's model (``request.base``'s)."""
     annotations = request.annotations
     with tempfile.TemporaryDirectory(prefix="vidseek-eval-", dir=request.work_dir) as tmp:
         settings = config_settings(request, config, Path(tmp))
         catalog = open_catalog(settings)
         try:
-            backbone = load_model(settings)
             try:
                 encoder = MeteredEncoder(load_encoder(settings, backbone))
             except (ImportError, ValueError) as exc:
                 raise EvalError(f"configuration {config.name!r}: cannot build encoder {settings.encoder!r}: {exc}") from exc
+            backbone = encoder.backbone  # carries TempMe's text LoRA when trained weights are set
             ingestor = VideoIngestor(settings, catalog, encoder)
             paths = list(dict.fromkeys(request.videos[v] for v in annotations.video_ids))
             with encoder.attached():
@@ -363,7 +365,8 @@ def run_eval(request: EvalRequest) -> EvalRun:
         tempme_weights=weights_identity(str(base.tempme_weights)) if base.tempme_weights else None,
         sampling={"sample_fps": base.sample_fps, "max_frames": base.max_frames, "segment_frames": base.segment_frames},
     )
+    backbone = load_model(base)
     for config in request.encoders:
         log.info("evaluating configuration", extra={"configuration": config.name})
-        run.results.extend(run_configuration(request, config))
+        run.results.extend(run_configuration(request, config, backbone))
     return run

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from models.precision import PrecisionChoice
 from search.catalog import Catalog
 from search.ingestion import IngestionQueue
 from search.query import QueryService
@@ -21,6 +22,7 @@ class ApiContext:
     queries: QueryService
     ingestion: IngestionQueue | None = None
     model_name: str = ""
+    precision: PrecisionChoice | None = None  # what the model runs at, and why (healthz, web page)
     banner: str | None = None  # shown on the web page, e.g. when weights are random
 
 

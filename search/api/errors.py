@@ -22,6 +22,14 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes // (1 << 20)} MiB" if num_bytes >= 1 << 20 else f"{num_bytes // 1024} KiB"
 
 
+def _range_length(exc: HTTPException) -> int | str:
+    """The full length of the resource a 416 refused a range of ("*" when unknown)."""
+    length = getattr(exc, "length", None)
+    if length is None and exc.response is not None:
+        length = exc.response.content_length
+    return length if length is not None else "*"
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -36,6 +44,8 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(exc.code or 500, message)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
+        if exc.code == 416:  # RFC 9110 15.5.17: say how long the representation is
+            response.headers["Content-Range"] = f"{getattr(exc, 'units', 'bytes')} */{_range_length(exc)}"
         return response
 
     @app.errorhandler(Exception)

@@ -29,8 +29,12 @@ def health():
         database = "ok"
     except Exception as exc:  # reported, not raised: health checks must answer
         database = f"error: {type(exc).__name__}"
+    age = c.index.refresh_age()
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
-            "index_segments": len(c.index), "model": c.model_name}
+            "index_segments": len(c.index), "index_refreshed_seconds_ago": round(age, 3) if age is not None else None,
+            "index": c.index.structure, "model": c.model_name}
+    if c.precision is not None:
+        body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
     return jsonify(body), 200 if database == "ok" else 503
 
 

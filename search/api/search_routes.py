@@ -7,6 +7,8 @@ characters once percent-encoded).
 
 from __future__ import annotations
 
+import urllib.parse
+
 from flask import Blueprint, jsonify, request
 
 from search.api.context import ctx
@@ -32,6 +34,19 @@ def int_arg(name: str, default: int) -> int:
     return value
 
 
+def text_arg(name: str) -> str:
+    """The query-string argument ``name`` as text. Bytes that are not UTF-8 (``%FF%FE``) are refused
+    with 400: decoded leniently they would become U+FFFD and be searched as text nobody typed."""
+    for pair in request.query_string.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")) == name.encode():
+            try:
+                urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, f"{name} is not valid UTF-8 text (percent-encode its UTF-8 bytes)") from None
+    return request.args.get(name, "")
+
+
 def run_search(query: str, k: int, rerank: str | None):
     try:
         result = ctx().queries.search(query, k, rerank)
@@ -43,7 +58,7 @@ def run_search(query: str, k: int, rerank: str | None):
 @bp.get("/search")
 def search_videos():
     rerank = request.args.get("rerank") or None  # absent or empty: the configured default
-    return run_search(request.args.get("q", ""), int_arg("k", 10), rerank)
+    return run_search(text_arg("q"), int_arg("k", 10), rerank)
 
 
 @bp.post("/search")

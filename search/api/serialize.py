@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import url_for
 
+from search.catalog import VideoName
 from search.query import Moment, SearchResult, VideoHit
 from search.rerank_service import RerankInfo
 from search.tables import Job, Segment, Video
@@ -39,6 +40,8 @@ def hit_json(hit: VideoHit) -> dict:
     return {
         "video_id": hit.video_id,
         "title": hit.title,
+        "file_name": hit.name.file_name,
+        "folder": hit.name.folder,
         "score": round(hit.score, 6),
         "first_stage_score": segment.pop("score"),
         "rerank_score": round(hit.rerank.score, 6) if hit.rerank is not None else None,
@@ -75,10 +78,15 @@ def search_json(result: SearchResult) -> dict:
     }
 
 
-def video_json(video: Video, segments: list[Segment] | None = None) -> dict:
+def video_json(video: Video, segments: list[Segment] | None = None, segment_count: int | None = None) -> dict:
+    """A video; with ``segments``, those too. ``segment_count`` is ``len(segments)`` when they are given,
+    else the count passed (a listing counts them in one query), else absent."""
+    name = VideoName.of(video.title, video.path)
     data = {
         "id": video.id,
         "title": video.title,
+        "file_name": name.file_name,
+        "folder": name.folder,
         "path": video.path,
         "content_hash": video.content_hash,
         "size_bytes": video.size_bytes,
@@ -92,6 +100,10 @@ def video_json(video: Video, segments: list[Segment] | None = None) -> dict:
         "updated_at": _iso(video.updated_at),
         "stream_url": url_for("videos.stream_video", video_id=video.id),
     }
+    if segments is not None:
+        segment_count = len(segments)
+    if segment_count is not None:
+        data["segment_count"] = segment_count
     if segments is not None:
         data["segments"] = [
             {

@@ -1,4 +1,4 @@
-"""The search web page (plain HTML/JS/CSS served by Flask)."""
+"""The search web page (plain HTML/JS/CSS served by Flask) and its icon."""
 
 from __future__ import annotations
 
@@ -14,5 +14,11 @@ bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/stat
 def index():
     c = ctx()
     reranking = c.queries.reranking
-    return render_template("index.html", banner=c.banner, model=c.model_name, rerank=reranking.default,
-                           rerankers=set(reranking.rerankers), choices=[(m.name, m.label) for m in RERANKERS.values()])
+    return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision, rerank=reranking.default,
+                           rerankers=reranking.availability(), choices=[(m.name, m.label) for m in RERANKERS.values()])
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico whatever the page links; answer with the page's SVG icon."""
+    return bp.send_static_file("favicon.svg")

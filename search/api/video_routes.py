@@ -5,13 +5,14 @@ Write routes (``POST``/``DELETE``) need the API key when one is configured.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from flask import Blueprint, jsonify, request, send_file
-from werkzeug.utils import secure_filename
 
 from search.api.auth import require_api_key
 from search.api.context import ctx
@@ -19,10 +20,20 @@ from search.ingestion import QueueUnavailable
 from search.api.errors import ApiError
 from search.api.search_routes import int_arg
 from search.api.serialize import job_json, video_json
-from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, is_video_name, require_utf8_name
+from search.media_paths import (
+    MediaRejected,
+    PathNotAllowed,
+    confine,
+    is_directory,
+    is_regular_file,
+    is_video_name,
+    remove_empty_folders,
+    require_utf8_name,
+)
 from search.tables import Job, Status
 
 bp = Blueprint("videos", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
 
 
 def _enqueue(path: Path) -> Job:
@@ -33,6 +44,7 @@ def _enqueue(path: Path) -> Job:
         require_utf8_name(path)
         c.ingestion.validate(path)
     except MediaRejected as exc:
+        log.info("video refused", extra={"path": str(path), "reason": str(exc), "detail": getattr(exc, "detail", None)})
         raise ApiError(422, f"not a usable video: {exc}") from None
     job = c.catalog.create_job(path)
     try:
@@ -50,28 +62,52 @@ def _accepted(job: Job):
     return response
 
 
+def stored_upload_name(client_name: str) -> str:
+    """A safe file name for an uploaded file that keeps the client's name, Unicode included: path
+    separators, control characters and leading dots are replaced, and the name is cut to 200 bytes
+    (extension kept). The video's title is the stored name's stem, so it reads as the client's."""
+    name = "".join("_" if ch in "/\\" or unicodedata.category(ch).startswith("C") else ch for ch in client_name)
+    name = name.encode("utf-8", "replace").decode("utf-8").strip()
+    dot = name.rfind(".")
+    stem, suffix = (name[:dot], name[dot:]) if dot >= 0 else (name, "")
+    stem = stem.lstrip(". ")
+    while len((stem + suffix).encode("utf-8")) > 200:
+        stem = stem[:-1]
+    return (stem.strip() or "upload") + suffix
+
+
 def _store_upload() -> Path:
-    """Write the multipart ``file`` to a temporary file in the upload folder, then move it to
-    its final name atomically (a crash never leaves a half-written video behind)."""
+    """Write the multipart ``file`` to its own new folder under the upload folder (a temporary name
+    first, renamed when complete: a crash never leaves a half-written video behind)."""
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise ApiError(400, "multipart upload needs a 'file' field with a file name")
-    name = secure_filename(upload.filename) or "upload.mp4"
+    name = stored_upload_name(Path(upload.filename.replace("\\", "/")).name)
     if not is_video_name(Path(name)):
         raise ApiError(422, f"not a video file name: {upload.filename!r}")
-    folder = ctx().settings.upload_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    uploads = ctx().settings.upload_dir
+    uploads.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=uploads, prefix=""))
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             shutil.copyfileobj(upload.stream, fh, 1 << 20)
-        final = folder / f"{tmp.stem.removeprefix('.upload-')}-{name}"
+        final = folder / name
         tmp.replace(final)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        folder.rmdir()
         raise
     return final
+
+
+def _remove_upload(path: Path) -> None:
+    """Delete an uploaded file and its folder (vidseek owns uploads; files in media roots are the user's)."""
+    uploads = ctx().settings.upload_dir.resolve()
+    if path.resolve().is_relative_to(uploads):
+        path.unlink(missing_ok=True)
+        remove_empty_folders(path.resolve().parent, uploads)
 
 
 @bp.post("/videos")
@@ -82,7 +118,7 @@ def add_video():
         try:
             return _accepted(_enqueue(path))
         except ApiError:
-            path.unlink(missing_ok=True)
+            _remove_upload(path)
             raise
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("path"), str) or not body["path"].strip():
@@ -91,6 +127,9 @@ def add_video():
         path = confine(body["path"], ctx().settings.allowed_media_roots)
     except PathNotAllowed as exc:
         raise ApiError(403, str(exc)) from None
+    if is_directory(path):
+        raise ApiError(422, f"{body['path']} is a directory; the API ingests one file — use the CLI "
+                            "(vidseek ingest) for folders")
     if not is_regular_file(path):
         raise ApiError(404, f"no such file: {body['path']}")
     return _accepted(_enqueue(path))
@@ -103,8 +142,11 @@ def list_videos():
     status = request.args.get("status") or None
     if status is not None and status not in Status.__members__:
         raise ApiError(400, f"status must be one of {', '.join(Status.__members__)}")
-    videos, total = ctx().catalog.list_videos(limit, offset, Status(status) if status else None)
-    return jsonify({"videos": [video_json(v) for v in videos], "total": total, "limit": limit, "offset": offset})
+    catalog = ctx().catalog
+    videos, total = catalog.list_videos(limit, offset, Status(status) if status else None)
+    counts = catalog.segment_counts([v.id for v in videos])
+    return jsonify({"videos": [video_json(v, segment_count=counts.get(v.id, 0)) for v in videos],
+                    "total": total, "limit": limit, "offset": offset})
 
 
 def _video_or_404(video_id: int):
@@ -127,10 +169,10 @@ def delete_video(video_id: int):
     video = _video_or_404(video_id)
     thumbnails = c.catalog.delete_video(video_id) or []
     for rel in thumbnails:
-        (c.settings.thumbnail_dir / rel).unlink(missing_ok=True)
-    uploaded = Path(video.path)
-    if uploaded.parent.resolve() == c.settings.upload_dir.resolve():
-        uploaded.unlink(missing_ok=True)  # vidseek owns uploads; files in media roots are the user's
+        thumbnail = c.settings.thumbnail_dir / rel
+        thumbnail.unlink(missing_ok=True)
+        remove_empty_folders(thumbnail.parent, c.settings.thumbnail_dir)
+    _remove_upload(Path(video.path))
     c.index.refresh(force=True)
     return "", 204
 

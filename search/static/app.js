@@ -1,14 +1,15 @@
-// vidseek search page: query the REST API, show result cards, play a hit at its matched moment.
+// vidseek web page: search the REST API and play a hit at its matched moment; a library view lists,
+// uploads (with live job progress) and deletes videos. Plain JS, no build step, nothing from a CDN.
 "use strict";
 
-const form = document.getElementById("search-form");
-const input = document.getElementById("query");
-const rerank = document.getElementById("rerank");
-const statusLine = document.getElementById("status");
-const results = document.getElementById("results");
-const pane = document.getElementById("player-pane");
-const player = document.getElementById("player");
-const nowPlaying = document.getElementById("now-playing");
+const $ = (id) => document.getElementById(id);
+const form = $("search-form"), input = $("query"), rerank = $("rerank");
+const statusLine = $("status"), results = $("results"), landing = $("landing");
+const pane = $("player-pane"), player = $("player"), nowPlaying = $("now-playing");
+const alertBox = $("alert");
+const KEY_STORE = "vidseek-api-key";  // sessionStorage: the key lives as long as this tab
+let library = null;  // GET /api/library, refreshed after uploads and deletes
+let lastOpener = null;  // the control that opened the player (focus returns to it on close)
 
 function clock(seconds) {
   const s = Math.max(0, Math.round(seconds));
@@ -17,9 +18,91 @@ function clock(seconds) {
   return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
 }
 
-function play(hit, start, end) {
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k.startsWith("aria-") || k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  node.append(...children);
+  return node;
+}
+
+// ----- errors: an alert with a human sentence and, when there is one, the API's own message ----------
+class ApiFailure extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function sentenceFor(err) {
+  if (!(err instanceof ApiFailure)) return "Cannot reach the vidseek server — is it running?";
+  if (err.status === 400) return "The server cannot run this request.";
+  if (err.status === 401) return "This server needs its API key.";
+  if (err.status === 413) return "That is too large for this server.";
+  if (err.status === 422) return "That file is not a video vidseek can read.";
+  if (err.status === 503) return "The server cannot do this right now.";
+  if (err.status >= 500) return "The vidseek server failed to answer.";
+  return `The server refused the request (HTTP ${err.status}).`;
+}
+
+function showAlert(err, context = "") {
+  alertBox.querySelector(".alert-title").textContent = `${context}${sentenceFor(err)}`;
+  alertBox.querySelector(".alert-detail").textContent = err instanceof ApiFailure ? err.message : `(${err.message})`;
+  alertBox.hidden = false;
+}
+
+function clearAlert() { alertBox.hidden = true; }
+
+function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
+
+// fetch + JSON + errors as ApiFailure (the API's message when it sent one); network errors stay TypeErrors
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiKey()) headers["X-API-Key"] = apiKey();
+  const resp = await fetch(path, { ...options, headers });
+  if (resp.status === 204) return null;
+  const text = await resp.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+  if (!resp.ok) {
+    const message = body && body.error ? body.error.message : `HTTP ${resp.status} ${resp.statusText}`.trim();
+    throw new ApiFailure(resp.status, message);
+  }
+  return body;
+}
+
+// ----- the library summary: counts on the landing view, rerankers that can act, upload limits ---------
+async function loadLibrary() {
+  library = await api("/api/library");
+  const v = library.videos;
+  const parts = [`${v.done} video${v.done === 1 ? "" : "s"} searchable (${library.segments_indexed} segments)`];
+  if (v.queued + v.running) parts.push(`${v.queued + v.running} being indexed`);
+  if (v.failed) parts.push(`${v.failed} could not be indexed`);
+  $("library-count").textContent = `${parts.join(" · ")}.`;
+  $("empty-library").hidden = v.total > 0;
+  const notes = [];
+  for (const r of library.rerankers) {
+    const option = rerank.querySelector(`option[value="${r.name}"]`);
+    if (!option) continue;
+    const label = option.textContent.replace(/ \(unavailable\)$/, "");
+    option.disabled = !r.available;
+    option.title = r.reason || "";
+    option.textContent = r.available ? label : `${label} (unavailable)`;
+    if (!r.available) notes.push(`${label[0].toUpperCase()}${label.slice(1)} reranking is unavailable: ${r.reason}.`);
+  }
+  if (rerank.selectedOptions[0] && rerank.selectedOptions[0].disabled) rerank.value = "none";
+  $("rerank-note").textContent = notes.join(" ");
+  $("upload-limits").textContent =
+    `Up to ${library.max_upload_mb} MB each; ${library.video_extensions.join(" ")}` +
+    (library.ingestion ? "" : " — this server process does not accept ingestion.");
+  $("file-input").accept = ["video/*", ...library.video_extensions].join(",");
+  $("key-box").hidden = !(library.write_key_required && !apiKey());
+}
+
+// ----- search ----------------------------------------------------------------------------------------
+function play(hit, start, end, opener) {
   pane.hidden = false;
-  nowPlaying.textContent = `${hit.title} — ${clock(start)}–${clock(end)}`;
+  lastOpener = opener || null;
+  nowPlaying.textContent = `${displayName(hit)} — ${clock(start)}–${clock(end)}`;
   const seek = () => {
     player.currentTime = start;
     player.play().catch(() => {});  // autoplay may be refused; the position is still set
@@ -32,58 +115,58 @@ function play(hit, start, end) {
     player.src = hit.stream_url;
   }
   player.scrollIntoView({ behavior: "smooth", block: "nearest" });
+  player.focus({ preventScroll: true });
 }
 
+function closePlayer() {
+  if (pane.hidden) return;
+  player.pause();
+  pane.hidden = true;
+  if (lastOpener && lastOpener.isConnected) lastOpener.focus();
+}
+
+// Titles are file stems: when two hits share one, show the file name, and the folder too if needed.
+function labelHits(hits) {
+  const count = (key) => hits.reduce((m, h) => m.set(key(h), (m.get(key(h)) || 0) + 1), new Map());
+  const byTitle = count((h) => h.title), byFile = count((h) => h.file_name);
+  for (const h of hits) {
+    h.label = byTitle.get(h.title) === 1 ? h.title : byFile.get(h.file_name) === 1 ? h.file_name : `${h.folder}/${h.file_name}`;
+  }
+}
+
+function displayName(hit) { return hit.label || hit.title; }
+
 function card(hit) {
-  const el = document.createElement("article");
-  el.className = "card";
-  el.tabIndex = 0;
-  el.dataset.videoId = hit.video_id;
-  el.dataset.start = hit.start;
-  const img = document.createElement("img");
-  img.alt = hit.title;
-  img.loading = "lazy";
-  if (hit.thumbnail_url) img.src = hit.thumbnail_url;
-  const body = document.createElement("div");
-  body.className = "body";
-  const title = document.createElement("div");
-  title.className = "title";
-  title.textContent = hit.title;
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const range = document.createElement("span");
-  range.className = "range";
-  range.textContent = `${clock(hit.start)}–${clock(hit.end)}`;
-  const score = document.createElement("span");
-  score.className = "score";
-  score.title = "first-stage score (query vs. segment)";
-  score.textContent = hit.first_stage_score.toFixed(3);
-  meta.append(range, score);
+  const name = displayName(hit);
+  const playButton = el("button", { type: "button", className: "play", "aria-label": `Play ${name} from ${clock(hit.start)}` },
+    el("img", { alt: "", loading: "lazy", ...(hit.thumbnail_url ? { src: hit.thumbnail_url } : {}) }),
+    el("span", { className: "title", title: hit.file_name }, name));
+  const meta = el("div", { className: "meta" },
+    el("span", { className: "range" }, `${clock(hit.start)}–${clock(hit.end)}`),
+    el("span", { className: "score", title: "first-stage score (query vs. segment)" }, hit.first_stage_score.toFixed(3)));
   if (hit.rerank_score !== null) {
-    const rescored = document.createElement("span");
-    rescored.className = "rerank-score";
-    rescored.title = "rerank score";
-    rescored.textContent = `→ ${hit.rerank_score.toFixed(3)}`;
-    meta.append(rescored);
+    meta.append(el("span", { className: "rerank-score", title: "rerank score" }, `→ ${hit.rerank_score.toFixed(3)}`));
   }
-  body.append(title, meta);
-  if (hit.moments.length) {
-    const more = document.createElement("div");
-    more.className = "moments";
-    for (const m of hit.moments) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = clock(m.start);
-      b.title = `also matches ${clock(m.start)}–${clock(m.end)} (${m.score.toFixed(3)})`;
-      b.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, m.start, m.end); });
-      more.append(b);
+  const item = el("li", { className: "card", "data-video-id": hit.video_id, "data-start": hit.start }, playButton, meta);
+  // every matching segment, in time order; the best one stands out
+  const best = { start: hit.segment_start, end: hit.segment_end, score: hit.first_stage_score, best: true };
+  const moments = [best, ...hit.moments].sort((a, b) => a.start - b.start);
+  if (moments.length > 1) {
+    const chips = el("div", { className: "moments", role: "group", "aria-label": `Matching moments in ${name}` });
+    for (const m of moments) {
+      const b = el("button", {
+        type: "button", className: m.best ? "best" : "",
+        title: `${m.best ? "best match" : "also matches"} ${clock(m.start)}–${clock(m.end)} (${m.score.toFixed(3)})`,
+        "aria-label": `Play ${name} from ${clock(m.start)}${m.best ? " (best match)" : ""}`,
+      }, clock(m.start));
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, m.start, m.end, b); });
+      chips.append(b);
     }
-    body.append(more);
+    item.append(chips);
   }
-  el.append(img, body);
-  el.addEventListener("click", () => play(hit, hit.start, hit.end));
-  el.addEventListener("keydown", (ev) => { if (ev.key === "Enter") play(hit, hit.start, hit.end); });
-  return el;
+  playButton.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, hit.start, hit.end, playButton); });
+  item.addEventListener("click", () => play(hit, hit.start, hit.end, playButton));
+  return item;
 }
 
 function rerankNote(info, timings) {
@@ -93,60 +176,290 @@ function rerankNote(info, timings) {
   return ` · ${info.method} reranked ${info.rescored} of ${info.candidates}${missing} in ${timings.rerank.toFixed(0)} ms`;
 }
 
+function shortQuery(q) { return q.length > 60 ? `${q.slice(0, 57)}…` : q; }
+
+let inflight = null;  // the running search: a new one aborts it
+
 async function search(q, method) {
-  statusLine.textContent = "Searching…";
+  if (inflight) inflight.abort();
+  const controller = new AbortController();
+  inflight = controller;
+  clearAlert();
   results.replaceChildren();
-  // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
-  const resp = await fetch("/api/search", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ q, k: 12, rerank: method }),
-  });
-  const body = await resp.json();
-  if (!resp.ok) {
-    statusLine.textContent = body.error ? body.error.message : `error ${resp.status}`;
-    return;
+  landing.hidden = true;
+  const started = performance.now();
+  const tick = () => { statusLine.textContent = `Searching for “${shortQuery(q)}”… ${((performance.now() - started) / 1000).toFixed(1)} s`; };
+  tick();
+  statusLine.classList.add("busy");
+  results.setAttribute("aria-busy", "true");
+  const timer = setInterval(tick, 100);
+  try {
+    // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
+    const body = await api("/api/search", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ q, k: 12, rerank: method }),
+      signal: controller.signal,
+    });
+    labelHits(body.hits);
+    if (body.hits.length) {
+      statusLine.textContent = `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms${rerankNote(body.rerank, body.timings_ms)}`;
+    } else {
+      statusLine.textContent = `No videos match “${shortQuery(q)}”.`;
+      landing.hidden = false;  // says what is indexed, and how to add videos when nothing is
+      loadLibrary().catch(() => {});
+    }
+    results.replaceChildren(...body.hits.map(card));
+  } catch (err) {
+    if (err.name === "AbortError") return;
+    statusLine.textContent = "";
+    showAlert(err, "Search failed. ");
+  } finally {
+    clearInterval(timer);
+    if (inflight === controller) {
+      inflight = null;
+      statusLine.classList.remove("busy");
+      results.removeAttribute("aria-busy");
+    }
   }
-  statusLine.textContent = body.hits.length
-    ? `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms${rerankNote(body.rerank, body.timings_ms)}`
-    : "No videos match yet — are any ingested?";
-  results.replaceChildren(...body.hits.map(card));
+}
+
+function resetSearch() {
+  if (inflight) inflight.abort();
+  results.replaceChildren();
+  clearAlert();
+  closePlayer();
+  landing.hidden = false;
+  statusLine.classList.remove("busy");
+  statusLine.textContent = "Type what you are looking for.";
+  document.title = "vidseek";
+  history.replaceState(null, "", location.pathname);
 }
 
 form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = input.value.trim();
-  if (!q) { statusLine.textContent = "Type what you are looking for."; return; }
+  showView("search");
+  if (!q) { resetSearch(); return; }
+  document.title = `“${shortQuery(q)}” — vidseek`;
   // a shareable address, unless the query is too long for servers to take back as a URL
   const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
   history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
-  search(q, rerank.value).catch((err) => { statusLine.textContent = `Search failed: ${err}`; });
+  search(q, rerank.value);
 });
 
 rerank.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
+for (const b of document.querySelectorAll(".example")) {
+  b.addEventListener("click", () => { input.value = b.textContent; form.requestSubmit(); });
+}
+$("player-close").addEventListener("click", closePlayer);
+document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !pane.hidden) { ev.preventDefault(); closePlayer(); } });
 
+// ----- views: #search (default) and #library ---------------------------------------------------------
+function showView(name) {
+  const libraryView = name === "library";
+  $("search-view").hidden = libraryView;
+  $("library-view").hidden = !libraryView;
+  $("nav-search").toggleAttribute("aria-current", !libraryView);
+  $("nav-library").toggleAttribute("aria-current", libraryView);
+  for (const a of [$("nav-search"), $("nav-library")]) if (a.hasAttribute("aria-current")) a.setAttribute("aria-current", "page");
+  if (libraryView) {
+    player.pause();
+    document.title = "Library — vidseek";
+    loadVideos().catch((err) => showAlert(err, "The library could not be listed. "));
+  }
+}
+
+for (const [link, view] of [[$("nav-search"), "search"], [$("nav-library"), "library"]]) {
+  link.addEventListener("click", (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams(location.search).get("q");
+    history.replaceState(null, "", view === "library" ? `${location.pathname}#library` : location.pathname + location.search);
+    showView(view);
+    if (view === "search") document.title = q ? `“${shortQuery(q)}” — vidseek` : "vidseek";
+  });
+}
+document.querySelector('#empty-library a[href="#library"]').addEventListener("click", (ev) => { ev.preventDefault(); $("nav-library").click(); });
+
+// ----- library: paged list with duration, segments, status, indexing time; delete with the key -------
+const PAGE = 20;
+let pageOffset = 0;
+
+// The page never shows raw errno values or absolute server paths, whatever the stored reason holds.
+function shortReason(text) {
+  if (!text) return "unknown reason";
+  const cleaned = text
+    .replace(/\[Errno -?\d+\]\s*/g, "")
+    .replace(/(?:\/[^\s'"/:,()]+)+\/([^\s'"/:,()]+)/g, "$1")
+    .replace(/\s+/g, " ").trim();
+  return cleaned.length > 200 ? `${cleaned.slice(0, 197)}…` : cleaned;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "";
+}
+
+function videoRow(v) {
+  const name = v.file_name || v.title;
+  const facts = el("div", { className: "facts" },
+    el("span", { className: `badge ${v.status}` }, v.status),
+    el("span", {}, v.duration ? clock(v.duration) : "–"),
+    el("span", {}, `${v.segment_count} segment${v.segment_count === 1 ? "" : "s"}`),
+    el("span", {}, v.status === "done" ? `indexed ${when(v.updated_at)}` : `added ${when(v.created_at)}`));
+  const remove = el("button", { type: "button", className: "delete", "aria-label": `Delete ${name}` }, "Delete");
+  remove.addEventListener("click", () => deleteVideo(v, name));
+  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts, remove);
+  if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.error)}`));
+  return row;
+}
+
+async function loadVideos() {
+  const body = await api(`/api/videos?${new URLSearchParams({ limit: String(PAGE), offset: String(pageOffset) })}`);
+  if (!body.videos.length && pageOffset > 0) { pageOffset = Math.max(0, pageOffset - PAGE); return loadVideos(); }
+  $("video-list").replaceChildren(...body.videos.map(videoRow));
+  $("library-status").textContent = body.total
+    ? `${body.total} video${body.total === 1 ? "" : "s"}, newest first.`
+    : "No videos yet: drop some above, or run vidseek ingest on the server.";
+  const pages = Math.max(1, Math.ceil(body.total / PAGE));
+  $("page-info").textContent = `Page ${Math.floor(pageOffset / PAGE) + 1} of ${pages}`;
+  $("page-prev").disabled = pageOffset === 0;
+  $("page-next").disabled = pageOffset + PAGE >= body.total;
+  $("pager").hidden = pages === 1;
+}
+
+$("page-prev").addEventListener("click", () => { pageOffset = Math.max(0, pageOffset - PAGE); loadVideos().catch((e) => showAlert(e)); });
+$("page-next").addEventListener("click", () => { pageOffset += PAGE; loadVideos().catch((e) => showAlert(e)); });
+
+function needKey() {
+  const box = $("key-box");
+  box.hidden = false;
+  $("api-key").focus();
+}
+
+function keyRequired() { return library && library.write_key_required && !apiKey(); }
+
+async function deleteVideo(v, name) {
+  clearAlert();
+  if (keyRequired()) { needKey(); return; }
+  if (!confirm(`Delete ${name} from the library? Its segments and thumbnails are removed.`)) return;
+  try {
+    await api(`/api/videos/${v.id}`, { method: "DELETE" });
+  } catch (err) {
+    if (err instanceof ApiFailure && err.status === 401) { sessionStorage.removeItem(KEY_STORE); needKey(); }
+    showAlert(err, `${name} was not deleted. `);
+    return;
+  }
+  await Promise.all([loadVideos(), loadLibrary()]).catch((err) => showAlert(err));
+}
+
+// ----- upload: drag and drop or the picker; each file's upload, then its job's progress ---------------
+let pendingFiles = [];  // chosen while the key was still missing
+
+$("key-box").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORE, key);
+  $("api-key").value = "";
+  $("key-box").hidden = true;
+  const files = pendingFiles;
+  pendingFiles = [];
+  uploadAll(files);
+});
+
+function uploadAll(files) {
+  if (!files.length) return;
+  clearAlert();
+  if (keyRequired()) { pendingFiles.push(...files); needKey(); return; }
+  for (const file of files) uploadOne(file);
+}
+
+function uploadItem(file) {
+  const bar = el("progress", { max: 1, value: 0, "aria-label": `Progress of ${file.name}` });
+  const state = el("span", { className: "upload-state" }, "uploading…");
+  const item = el("li", {}, el("strong", {}, file.name), " — ", state, bar);
+  $("uploads").prepend(item);
+  return { item, bar, state };
+}
+
+// XMLHttpRequest, not fetch: only it reports upload progress
+function postFile(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/videos");
+    if (apiKey()) xhr.setRequestHeader("X-API-Key", apiKey());
+    xhr.upload.addEventListener("progress", (ev) => { if (ev.lengthComputable) onProgress(ev.loaded / ev.total); });
+    xhr.addEventListener("load", () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch { body = null; }
+      if (xhr.status === 202 && body) resolve(body);
+      else reject(new ApiFailure(xhr.status, body && body.error ? body.error.message : `HTTP ${xhr.status}`));
+    });
+    xhr.addEventListener("error", () => reject(new TypeError("the upload was interrupted")));
+    const data = new FormData();
+    data.append("file", file);
+    xhr.send(data);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function uploadOne(file) {
+  const { bar, state } = uploadItem(file);
+  let job;
+  try {
+    job = await postFile(file, (share) => { bar.value = share; state.textContent = `uploading ${Math.round(share * 100)}%`; });
+  } catch (err) {
+    if (err instanceof ApiFailure && err.status === 401) { sessionStorage.removeItem(KEY_STORE); pendingFiles.push(file); needKey(); }
+    state.textContent = `not uploaded: ${sentenceFor(err)} ${err.message}`;
+    state.classList.add("failed");
+    bar.remove();
+    return;
+  }
+  bar.value = 0;
+  for (;;) {  // the job's live progress, until it is done or failed
+    const pct = `${Math.round(job.progress * 100)}%`;
+    if (job.status === "done") break;
+    if (job.status === "failed") {
+      state.textContent = `could not be indexed: ${shortReason(job.error)}`;
+      state.classList.add("failed");
+      bar.remove();
+      loadVideos().catch(() => {});
+      return;
+    }
+    state.textContent = job.status === "queued" ? "queued for indexing" : `indexing ${pct}${job.message ? ` — ${job.message}` : ""}`;
+    bar.value = job.progress;
+    await sleep(500);
+    try {
+      job = await api(job.job_url);
+    } catch (err) {
+      state.textContent = `progress unknown: ${sentenceFor(err)}`;
+      await sleep(2000);
+    }
+  }
+  bar.value = 1;
+  state.replaceChildren("indexed — searchable now. ");
+  await Promise.all([loadVideos(), loadLibrary()]).catch(() => {});
+}
+
+const zone = $("dropzone");
+zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
+zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+zone.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  zone.classList.remove("over");
+  uploadAll([...ev.dataTransfer.files]);
+});
+$("file-input").addEventListener("change", (ev) => { uploadAll([...ev.target.files]); ev.target.value = ""; });
+
+// ----- start -----------------------------------------------------------------------------------------
+loadLibrary().catch((err) => {
+  $("library-count").textContent = "";
+  showAlert(err, "The library could not be read. ");
+});
 const params = new URLSearchParams(location.search);
 const chosen = params.get("rerank");
 if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
 const initial = params.get("q");
-if (initial) { input.value = initial; form.requestSubmit(); }
-
-// Videos that could not be indexed, with the reason (e.g. a corrupt file), below the results.
-async function showFailures() {
-  const resp = await fetch(`/api/videos?${new URLSearchParams({ status: "failed", limit: "20" })}`);
-  if (!resp.ok) return;
-  const body = await resp.json();
-  const box = document.getElementById("failures");
-  box.hidden = body.total === 0;
-  box.querySelector("summary").textContent =
-    `${body.total} video${body.total === 1 ? "" : "s"} could not be indexed`;
-  box.querySelector("ul").replaceChildren(...body.videos.map((v) => {
-    const li = document.createElement("li");
-    const reason = document.createElement("span");
-    reason.className = "reason";
-    reason.textContent = v.error || "unknown reason";
-    li.append(`${v.title}: `, reason);
-    return li;
-  }));
-}
-showFailures().catch(() => {});
+if (location.hash === "#library") showView("library");
+else if (initial) { input.value = initial; form.requestSubmit(); }
