@@ -7,9 +7,9 @@ the web page and ``vidseek eval`` take their choices from them, and :func:`model
 and :func:`models.summary.summarize` dispatch through them. Adding a method is one new module and one
 line here.
 
-Factories are named by ``"module:attribute"`` strings and imported on first use, so reading the names
-(settings, the CLI, the OpenAPI spec) imports no torch, and a method module may import the types of
-the module that dispatches to it (``models.holitom`` builds a ``models.summary.VideoSummary``).
+Factories are named by ``"module:attribute"`` strings and imported on first use, so listing the names
+imports no torch and no method, and a method module may import the types of the module that dispatches
+to it (``models.holitom`` builds a ``models.summary.VideoSummary``).
 
 Factory signatures, per family:
 
