@@ -1,8 +1,5 @@
-"""Measuring helpers shared by the benchmarks: op counts, timing, peak tensor memory, tables.
+"""Measuring helpers shared by the benchmarks: timing, peak tensor memory, tables (op counts: ``models.flops``).
 
-* :func:`count_macs` -- multiply-accumulates of a call, counted by ``torch.utils.flop_counter``
-  with formulas for the two CPU kernels it has none for (open_clip's fused attention and
-  CPU scaled-dot-product attention), reported as MACs (1 MAC = 2 FLOPs).
 * :func:`interleaved_timings` -- wall time of several calls, warmed up and repeated in
   round-robin so that load from other processes falls on every call alike, optionally each
   started in a quiet moment (:func:`wait_for_quiet_cpu`), with the share of the CPUs that other
@@ -14,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
@@ -28,77 +24,6 @@ import numpy as np
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
-
-aten = torch.ops.aten
-
-
-# ----- operation counts -------------------------------------------------------------------------
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of ``softmax(q k^T) v`` over ``q [B, H, L, d]``, ``k [B, H, S, d]``, ``v [B, H, S, dv]``
-    (``torch.utils.flop_counter`` counts the CUDA kernels of scaled-dot-product attention but
-    not the CPU one that ``F.scaled_dot_product_attention`` decomposes into)."""
-    b, h, length, d = query_shape
-    source, dv = key_shape[2], value_shape[3]
-    return 2 * b * h * length * source * (d + dv)
-
-
-def _native_mha_flops(
-    query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None, **kwargs
-) -> int:
-    """FLOPs of ``nn.MultiheadAttention``'s fused inference kernel (batch first): the q, k, v and
-    output projections plus ``q k^T`` and ``attention @ v``. Open_clip's blocks take this path in
-    inference mode and ``torch.utils.flop_counter`` has no formula for it."""
-    b, length, width = query_shape
-    source = key_shape[1]
-    projections = length * width * width + 2 * source * width * width + length * width * width
-    attention = 2 * length * source * width
-    return 2 * b * (projections + attention)
-
-
-def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of Euclidean distances between ``[..., P, D]`` and ``[..., R, D]``: ``P * R * D`` MACs
-    per batch, the cost of the ``x1 @ x2^T`` it is computed with (norms are left out)."""
-    *batch, p, d = x1_shape
-    return 2 * math.prod(batch) * p * x2_shape[-2] * d
-
-
-# FlopCounterMode decomposes composite ops and counts the kernels they reach; these are the
-# kernels that vidseek's models reach on CPU and that it has no formula for.
-MAC_FORMULAS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-    aten._native_multi_head_attention: _native_mha_flops,
-    aten._euclidean_dist: _cdist_flops,  # torch.cdist above 25 points
-    aten._cdist_forward: _cdist_flops,  # torch.cdist up to 25 points
-}
-
-
-@dataclass(frozen=True)
-class MacCount:
-    """Multiply-accumulates of one call.
-
-    Attributes:
-        total: all counted MACs.
-        by_op: MACs per aten op (``"aten.addmm"``...).
-    """
-
-    total: int
-    by_op: dict[str, int]
-
-    @property
-    def gflops(self) -> float:
-        return 2 * self.total / 1e9
-
-
-def count_macs(fn: Callable[[], Any]) -> tuple[Any, MacCount]:
-    """Run ``fn()`` under ``FlopCounterMode`` (plus :data:`MAC_FORMULAS`) and return its result and
-    the MACs of its matrix products, convolutions and attention. Element-wise work (layer norm,
-    softmax, GELU, the additions) is not counted, as in the usual FLOP counts of ViTs."""
-    with FlopCounterMode(display=False, custom_mapping=MAC_FORMULAS) as counter:
-        result = fn()
-    by_op = {str(op): flops // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
-    return result, MacCount(total=counter.get_total_flops() // 2, by_op=by_op)
-
 
 # ----- time -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -125,7 +50,6 @@ class CpuTimes:
         except OSError:
             return None
 
-
 def others_busy_share(before: CpuTimes, after: CpuTimes, own_cpu_seconds: float) -> float:
     """Share of all CPUs' time between two samples that other processes kept busy: the machine's
     busy time minus ``own_cpu_seconds``, the CPU time this process used meanwhile (0..1)."""
@@ -134,7 +58,6 @@ def others_busy_share(before: CpuTimes, after: CpuTimes, own_cpu_seconds: float)
     if total <= 0:
         return 0.0
     return min(1.0, max(0.0, (after.busy - before.busy) / tick - own_cpu_seconds) / total)
-
 
 def timed_call(fn: Callable[[], Any]) -> tuple[float, float | None]:
     """Run ``fn()``; return its wall-clock seconds and the share of the CPUs that other processes
@@ -145,7 +68,6 @@ def timed_call(fn: Callable[[], Any]) -> tuple[float, float | None]:
     seconds = time.perf_counter() - start
     own, after = time.process_time() - own, CpuTimes.now()
     return seconds, None if before is None or after is None else others_busy_share(before, after, own)
-
 
 def wait_for_quiet_cpu(max_busy: float, timeout: float, window: float = 1.0) -> None:
     """Sleep ``window``-second windows until other processes kept at most ``max_busy`` of the CPUs
@@ -161,7 +83,6 @@ def wait_for_quiet_cpu(max_busy: float, timeout: float, window: float = 1.0) -> 
         if share is None or share <= max_busy or time.monotonic() >= deadline:
             return
 
-
 @dataclass(frozen=True)
 class Timing:
     """Wall-clock seconds of the repeats of one call, and the share of the CPUs that other
@@ -175,7 +96,6 @@ class Timing:
         of the CPUs (unmeasured ones count as undisturbed); all repeats when there is none."""
         kept = tuple(s for s, b in zip(self.seconds, self.others_busy) if b is None or b <= max_others_busy)
         return kept or self.seconds
-
 
 def interleaved_timings(
     calls: Mapping[str, Callable[[], Any]],
@@ -201,13 +121,11 @@ def interleaved_timings(
             samples[name].append(timed_call(fn))
     return {name: Timing(*map(tuple, zip(*values))) for name, values in samples.items()}
 
-
 # ----- memory -----------------------------------------------------------------------------------
 def _walk(nodes) -> Iterator:
     for node in nodes:
         yield node
         yield from _walk(node.children)
-
 
 def peak_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn()`` once and return its result and the peak of the bytes that torch's CPU
@@ -233,7 +151,6 @@ def peak_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
         peak = max(peak, held)
     return result, peak
 
-
 def process_peak_rss_bytes() -> int | None:
     """High-water mark of this process's resident memory (``VmHWM``), None off Linux."""
     try:
@@ -244,7 +161,6 @@ def process_peak_rss_bytes() -> int | None:
     except OSError:
         return None
     return None
-
 
 # ----- environment and output -------------------------------------------------------------------
 def cpu_capability() -> str:
@@ -272,7 +188,6 @@ def machine_description() -> dict[str, Any]:
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
-
 @dataclass(frozen=True)
 class Column:
     """A table column: the row key it shows, its header, and a format for its values."""
@@ -280,7 +195,6 @@ class Column:
     key: str
     header: str
     fmt: str = "{}"
-
 
 def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows as a Markdown pipe table; a missing or None value prints as ``-``."""
@@ -298,33 +212,27 @@ def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]])
     lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(line, widths)) + " |" for line in body]
     return "\n".join(lines)
 
-
 # ----- latency ----------------------------------------------------------------------------------
 QUERY_SUBJECTS = ("a dog", "a red ball", "two people", "a car", "snow", "a cartoon rabbit", "a bicycle", "waves",
                   "a cat", "a train")
 QUERY_ACTIONS = ("running on a beach", "at night", "in slow motion", "on a city street", "falling from the sky",
                  "under a blue sky", "next to a river", "in a forest", "at sunset", "indoors")
 
-
 def distinct_queries(n: int) -> list[str]:
     """``n`` different query texts (no encoder cache hits between them)."""
     combos = [f"{s} {a}" for s in QUERY_SUBJECTS for a in QUERY_ACTIONS]
     return [combos[i % len(combos)] + ("" if i < len(combos) else f" #{i}") for i in range(n)]
 
-
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
 
 def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
     """p50 / p95 / p99 and mean of latencies in milliseconds, rounded to 0.1 ms."""
     stats = {f"p{q}": percentile(values_ms, q) for q in (50, 95, 99)} | {"mean": float(np.mean(values_ms))}
     return {k: round(v, 1) for k, v in stats.items()}
 
-
 # ----- databases --------------------------------------------------------------------------------
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @contextmanager
 def temporary_database(prefix: str, admin_url: str = PG_ADMIN_URL) -> Iterator[str]:

@@ -35,23 +35,17 @@ import torch
 from transformers import Qwen2Config
 
 from benchmarks.common import distinct_queries, percentile
+from benchmarks.tiny_llava import save_tiny_llava
 from indexer.decode import iter_sampled_frames
 from indexer.samples import ensure_samples
 from indexer.service import build_runtime
-from models.rerankers.llava import (
-    InnerMergeParams,
-    LlavaReranker,
-    VisualFeatures,
-    analytic_prefill_flops,
-    count_flops,
-    llm_space_summary,
-)
+from models.rerankers.llava import LlavaReranker, VisualFeatures, llm_space_summary, llm_summary_key
+from models.rerankers.prefill import InnerMergeParams
+from models.flops import analytic_prefill_flops, count_flops
 from models.summary import summarize
 from search.catalog import SegmentRecord, SummaryRecord
-from search.rerank_service import llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE
-from benchmarks.tiny_llava import save_tiny_llava
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CLIP = "vidseek-tiny-ViT"
@@ -113,7 +107,7 @@ def token_table(model: LlavaReranker, clip: Path, query: str) -> list[TokenRow]:
     for name, tokens, inner in cases:
         visual = model.visual_inputs(tokens)
         merge = inner is not None
-        tiny = count_flops(lambda v=visual, m=merge: model.score(query, [v], merge=m))
+        _, tiny = count_flops(lambda v=visual, m=merge: model.score(query, [v], merge=m))
         real = {cfg: analytic_prefill_flops(config, text, visual.shape[0], inner)
                 for cfg, config in (("0.5b", QWEN2_0_5B), ("7b", QWEN2_7B))}
         if not base:

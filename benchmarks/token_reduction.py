@@ -37,7 +37,7 @@ How it measures (helpers in :mod:`benchmarks.common`):
   attention, CPU scaled-dot-product attention, ``cdist``); matrix products, convolutions and
   attention only. Full CLIP is counted on open_clip's fused path and block by block
   (:mod:`models.vit_blocks`, via TempMe with merging off), next to the analytic count
-  (``tests/test_benchmarks.py`` checks that all three agree exactly).
+  (``models.flops``; ``tests/test_flops.py`` checks that all three agree exactly).
 * Time: ``--threads`` torch threads, one warm-up per call, then ``--repeats`` rounds in which the
   calls take turns, each started once other processes have left the machine quiet for a second
   (at most ``--quiet-busy`` of the CPUs, waiting at most ``--quiet-timeout`` seconds). Reported:
@@ -48,6 +48,10 @@ How it measures (helpers in :mod:`benchmarks.common`):
 
 With random weights (``--pretrained random``) costs and token counts are those of the real model,
 but cosines only say that nothing is broken: they are no measure of retrieval quality.
+
+The module runs past 400 lines on purpose: it is one benchmark script (its frames, its methods, its report
+and its command line); what other code shares -- op counts, timing, memory, tables -- lives in
+``models.flops`` and ``benchmarks.common``.
 """
 
 from __future__ import annotations
@@ -72,7 +76,6 @@ from benchmarks.precision_table import precision_report, render_precision
 from benchmarks.common import (
     Column,
     Timing,
-    count_macs,
     interleaved_timings,
     machine_description,
     markdown_table,
@@ -88,8 +91,9 @@ from models.backbone import ClipBackbone
 from models.factory import RANDOM_WEIGHTS, load_backbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD, FrameSpans, drop_static_frames
 from models.encoders import FullClipEncoder, SegmentEncoding, pool_frames
+from models.flops import VitShape, block_macs, count_macs, full_clip_loads, tempme_loads, vit_macs
 from models.summary import VideoSummary
-from models.tempme import LayerPlan, TempMeConfig, TempMeEncoder
+from models.tempme import TempMeConfig, TempMeEncoder
 from search.settings import Settings
 
 # TempMe with merging switched off runs exactly full CLIP, block by block (models.vit_blocks).
@@ -107,131 +111,6 @@ HOLITOM_MAX_SHARE = 0.10
 VQTOKEN_MAX_TOKENS = 22
 # TempMe's paper: 12-frame ViT-B/32 clips, transformer blocks only, in G MACs.
 TEMPME_REFERENCE_GMACS = {"full": 51.5, "tempme": 33.3}
-
-
-# ----- analytic operation counts ------------------------------------------------------------------
-@dataclass(frozen=True)
-class VitShape:
-    """What the MAC count of an open_clip ViT depends on.
-
-    Attributes:
-        width: residual width ``W``; heads: attention heads; mlp_width: MLP hidden width.
-        depth: blocks; num_patches: ``N`` per frame; patch_dim: ``3 * P * P`` inputs per patch.
-        projection: ``W * E`` MACs to project one token (0 without ``proj``).
-    """
-
-    width: int
-    heads: int
-    mlp_width: int
-    depth: int
-    num_patches: int
-    patch_dim: int
-    projection: int
-
-    @classmethod
-    def of(cls, backbone: ClipBackbone) -> VitShape:
-        visual = backbone.visual
-        block = visual.transformer.resblocks[0]
-        kh, kw = visual.conv1.kernel_size
-        return cls(
-            width=backbone.width,
-            heads=block.attn.num_heads,
-            mlp_width=block.mlp.c_fc.out_features,
-            depth=len(visual.transformer.resblocks),
-            num_patches=backbone.num_patches,
-            patch_dim=visual.conv1.in_channels * kh * kw,
-            projection=0 if visual.proj is None else visual.proj.numel(),
-        )
-
-    def patch_embed(self, frames: int) -> int:
-        """MACs of ``conv1`` over ``frames`` frames (also the cost of B-VLLM's signature)."""
-        return frames * self.num_patches * self.patch_dim * self.width
-
-
-@dataclass(frozen=True)
-class Matching:
-    """One ToMe bipartite matching: ``sequences`` times ``|A| x |B|`` cosines of ``dim`` features."""
-
-    sequences: int
-    a: int
-    b: int
-    dim: int
-
-    @classmethod
-    def over(cls, sequences: int, length: int, protected: int, dim: int) -> Matching:
-        """Matching of ``length`` tokens whose first ``protected`` are held out; A and B alternate
-        over the rest with ``models.merging``'s parity rule."""
-        a_start = protected % 2
-        rest = length - protected
-        return cls(sequences, len(range(a_start, rest, 2)), len(range(1 - a_start, rest, 2)), dim)
-
-
-@dataclass(frozen=True)
-class BlockLoad:
-    """Work of one ViT block: ``sequences`` sequences of ``attended`` tokens through attention
-    and ``mlp`` tokens through the MLP (fewer when tokens merge in between), plus the matchings."""
-
-    sequences: int
-    attended: int
-    mlp: int
-    matchings: tuple[Matching, ...] = ()
-
-
-@dataclass(frozen=True)
-class VitMacs:
-    """Analytic MACs of a ViT forward, by part."""
-
-    patch_embed: int
-    blocks: int
-    merging: int
-    projection: int
-
-    @property
-    def total(self) -> int:
-        return self.patch_embed + self.blocks + self.merging + self.projection
-
-
-def block_macs(shape: VitShape, load: BlockLoad) -> int:
-    """MACs of one block without merging: q, k, v and output projections ``4 L W^2``,
-    ``q k^T`` and ``attention @ v`` ``2 L^2 W``, MLP ``2 L' W H``."""
-    w = shape.width
-    attention = 4 * load.attended * w * w + 2 * load.attended**2 * w
-    return load.sequences * (attention + 2 * load.mlp * w * shape.mlp_width)
-
-
-def vit_macs(shape: VitShape, frames: int, loads: Sequence[BlockLoad]) -> VitMacs:
-    """Analytic MACs of ``frames`` frames through ``conv1``, the blocks with ``loads``, and the
-    projection of each frame's CLS token."""
-    return VitMacs(
-        patch_embed=shape.patch_embed(frames),
-        blocks=sum(block_macs(shape, load) for load in loads),
-        merging=sum(m.sequences * m.a * m.b * m.dim for load in loads for m in load.matchings),
-        projection=frames * shape.projection,
-    )
-
-
-def full_clip_loads(shape: VitShape, frames: int) -> list[BlockLoad]:
-    """Every block sees ``1 + N`` tokens per frame."""
-    tokens = 1 + shape.num_patches
-    return [BlockLoad(frames, tokens, tokens)] * shape.depth
-
-
-def tempme_loads(shape: VitShape, plans: Sequence[LayerPlan], segments: int, frames: int) -> list[BlockLoad]:
-    """Per-block work of TempMe from its token schedule (:func:`models.tempme.plan_layers`): the
-    cross-clip matching on the joined clip's hidden states (``W`` features), then attention on
-    the merged tokens, the intra-clip matching on the keys averaged over heads (``W / H``), and
-    the MLP on what is left. All CLS tokens of a clip are protected."""
-    loads = []
-    for plan in plans:
-        sequences, cls = segments * plan.clips, frames // plan.clips
-        joined, attended, after = plan.tokens
-        matchings = []
-        if plan.cross_r > 0:
-            matchings.append(Matching.over(sequences, joined, cls, shape.width))
-        if plan.intra_r > 0:
-            matchings.append(Matching.over(sequences, attended, cls, shape.width // shape.heads))
-        loads.append(BlockLoad(sequences, attended, after, tuple(matchings)))
-    return loads
 
 
 # ----- frames ----------------------------------------------------------------------------------

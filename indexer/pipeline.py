@@ -26,11 +26,11 @@ from indexer.segment_writer import SegmentWriter
 from indexer.segments import SegmentBatchEncoder, SummaryBuilder, default_batch_segments
 from models.factory import space_key
 from models.encoders import SegmentEncoder
-from models.rerankers.llava import LlmUnavailableError
+from models.rerankers.llava import LazyLlm, LlmUnavailableError, llm_summary_key
+from models.rerankers.prefill import InnerMergeParams
 from models.summary import VideoSummary
 from search.catalog import Catalog, JobLeased, SegmentRecord, SummaryRecord
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, remove_empty_folders
-from search.rerank_service import LazyLlm, llm_summary_key
 from search.settings import Settings
 from search.tables import LLM_SPACE, Job, Status, Video, utcnow
 
@@ -59,6 +59,13 @@ class EncodedVideo:
     llm_note: str | None = None
 
 
+def lazy_llm(settings: Settings) -> LazyLlm | None:
+    """The video LLM ``VIDSEEK_LLM_RERANKER`` names (loaded on first use), or None when none is set."""
+    if not settings.llm_reranker:
+        return None
+    return LazyLlm.of(settings.llm_reranker, settings.device, InnerMergeParams(settings.llm_inner_layer, settings.llm_inner_ratio))
+
+
 class VideoIngestor:
     """Runs ingestion jobs against one catalog with one loaded encoder (and, when
     ``VIDSEEK_LLM_RERANKER`` is set, the video LLM that summarises videos for the llm reranker)."""
@@ -69,9 +76,7 @@ class VideoIngestor:
         device = encoder.backbone.device
         self.batch_segments = settings.batch_segments or default_batch_segments(device, settings.segment_frames)
         self.hardware_decode = device.type == "cuda"
-        if llm is None and settings.llm_reranker:
-            llm = LazyLlm.from_settings(settings)
-        self.llm = llm
+        self.llm = llm if llm is not None else lazy_llm(settings)
 
     # ----- one job ------------------------------------------------------------------------
     def run_job(self, job_id: int, progress: ProgressFn | None = None, worker: str | None = None) -> Status:

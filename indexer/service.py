@@ -14,20 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Flask
 
-from indexer.pipeline import VideoIngestor, embedding_key
+from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
 from models.backbone import ClipBackbone
 from models.factory import embedding_space_key, load_backbone
 from models.encoders import SegmentEncoder, build_encoder
-from models.rerankers.late import LateParams
+from models.rerankers.llava import LazyLlm
 from search.api import create_app
 from search.api.context import ApiContext
 from search.catalog import Catalog
-from search.ingestion import IngestionQueue
 from search.db import upgrade
+from search.ingestion import IngestionQueue
 from search.logs import configure_logging
 from search.query import QueryService, TextEncoder
-from search.rerank_service import LateReranker, LazyLlm, LlmReranker, Reranker, RerankService, llm_summary_key
+from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
 from search.text_batcher import TextBatcher
@@ -108,24 +108,17 @@ class Runtime:
         )
 
 
-def late_reranker(settings: Settings, catalog: Catalog, encoder: SegmentEncoder) -> LateReranker:
-    """Late interaction over the CLIP-space summaries that ``encoder`` wrote to ``catalog``."""
-    return LateReranker(catalog, embedding_key(encoder), encoder.backbone.project,
-                        LateParams(weight=settings.rerank_weight), last_frame_seconds=1.0 / settings.sample_fps)
+def reranker_inputs(settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None) -> RerankerInputs:
+    """What the reranker factories build from: the CLIP-space summaries ``encoder`` wrote to ``catalog``,
+    and the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
+    return RerankerInputs(settings, catalog, embedding_key(encoder), encoder.backbone.project, llm)
 
 
-def build_reranking(
-    settings: Settings, catalog: Catalog, backbone: ClipBackbone, encoder: SegmentEncoder, llm: LazyLlm | None
-) -> RerankService:
-    """The rerankers ``settings`` make available: late interaction always (videos without a CLIP-space
-    summary just keep their first-stage score), the video LLM when ``VIDSEEK_LLM_RERANKER`` is set."""
-    rerankers: dict[str, Reranker] = {"late": late_reranker(settings, catalog, encoder)}
-    unavailable = {}
-    if llm is not None:
-        key = llm_summary_key(settings.llm_reranker, settings.llm_summary)
-        rerankers["llm"] = LlmReranker(catalog, key, llm, settings.rerank_timeout, settings.llm_batch_tokens)
-    else:
-        unavailable["llm"] = "no video LLM is configured (set VIDSEEK_LLM_RERANKER)"
+def build_reranking(settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None) -> RerankService:
+    """The registered rerankers ``settings`` make available (``models.registry.RERANKERS``): late interaction
+    always (videos without a CLIP-space summary just keep their first-stage score), the video LLM when
+    ``VIDSEEK_LLM_RERANKER`` is set."""
+    rerankers, unavailable = build_rerankers(reranker_inputs(settings, catalog, encoder, llm))
     return RerankService(rerankers, settings.default_rerank, settings.rerank_k, unavailable)
 
 
@@ -135,8 +128,8 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     backbone = encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
     index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
 
-    llm = LazyLlm.from_settings(settings) if settings.llm_reranker else None
-    reranking = build_reranking(settings, catalog, backbone, encoder, llm)
+    llm = lazy_llm(settings)
+    reranking = build_reranking(settings, catalog, encoder, llm)
     queries = QueryService(catalog, index, text_encoder(settings, backbone), settings.search_candidates, reranking)
     queue: IngestionQueue
     if settings.runs_in_process:

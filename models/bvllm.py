@@ -15,12 +15,18 @@ bounded in three steps, all in ``BVLMMetaForCausalLM.vlm_attention`` of
    budget drops below 32 and ToMe merges each frame's tokens down to it
    (``multi_layer_merge``).
 
-Here the trained Q-Formers are replaced by CLIP's own joint space, which needs no training:
-a frame's relevance is the cosine between the text embedding and its projected CLS
-embedding, and a patch token's relevance is the cosine between the text embedding and the
-token pushed through ``ln_post`` and ``proj``. Selection is a deterministic top-L (no Gumbel
-noise). The module also has a query-independent form for ingestion,
-:func:`drop_static_frames`, which removes near-duplicate consecutive frames *before* the ViT.
+vidseek uses two of these ideas, training-free, over CLIP features:
+
+* Step 1 at query time (:func:`select_frames`): the late reranker (``models.rerankers.late``) scores a
+  video's frames against the text in CLIP's joint space, where the trained Q-Former is not needed, and
+  keeps the top 16 (``BVLLM_NUM_FRAMES``) deterministically (no Gumbel noise), packed over all the
+  candidates of a query at once.
+* Step 2 at ingestion, query-independent (:func:`drop_static_frames`): near-duplicate consecutive frames
+  are removed *before* the ViT.
+
+Step 3 (spatial sampling down to a 576-token budget) and step 2's query-time form have no counterpart:
+the stored summaries (HoliTom, VQToken) already bound the tokens a video keeps, and the reranker reads
+them all.
 """
 
 from __future__ import annotations
@@ -28,150 +34,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from models.backbone import ClipBackbone
-from models.merging import bipartite_soft_matching, merge_source, merge_wavg
 
-# Official values (bvlm/model/bvlm_arch.py): 16 temporal queries, the 0.75 threshold of
-# ``merge_temporal`` on its [0, 1]-mapped similarity, 32 spatial queries per frame and a
-# 576-token visual budget (``max_T = 576 // N`` with ``N = 32``).
+# Official value (bvlm/model/bvlm_arch.py): 16 temporal queries.
 BVLLM_NUM_FRAMES = 16
-BVLLM_MERGE_THRESHOLD = 0.75
-BVLLM_TOKENS_PER_FRAME = 32
-BVLLM_TOTAL_TOKENS = 576
 
 
 # ----- text-conditioned frame selection ---------------------------------------------------
-@dataclass(frozen=True)
-class FrameSelection:
-    """Frames kept for a text query.
-
-    Attributes:
-        indices: ``[L]`` long, indices of the kept frames, ascending (temporal order).
-        weights: ``[L]`` float pooling weights of the kept frames, summing to 1.
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor
-
-
-def frame_scores(text: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """Cosine between a text embedding ``[E]`` and frame embeddings ``[T, E]`` -> ``[T]``.
-
-    The training-free stand-in for B-VLLM's temporal Q-Former logits ``q . cls / sqrt(C)``:
-    CLIP's projected frame CLS already lives in the text's space.
-    """
-    return F.normalize(frames, dim=-1) @ F.normalize(text, dim=-1)
-
-
-def select_frames(scores: torch.Tensor, num_frames: int, temperature: float | None = None) -> FrameSelection:
-    """Keep the ``num_frames`` best-scoring of ``T`` frames, in temporal order.
-
-    B-VLLM's selector outputs, per query, a softmax-weighted mixture of frames; keeping whole
-    top-scoring frames instead keeps every selected token tied to a real moment of the video,
-    which retrieval needs to point at it.
+def group_ranks(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Rank of each value within its group, largest first (0 = best), ties to the lower index.
 
     Args:
-        scores: ``[T]`` frame relevance (e.g. :func:`frame_scores`).
-        num_frames: budget L; all frames are kept when ``T <= L``.
-        temperature: ``None`` weights the kept frames uniformly (hard top-L); a positive value
-            weights them by ``softmax(score / temperature)`` over the kept frames -- B-VLLM's
-            softmax selection without its Gumbel noise (its selector uses a Gumbel softmax
-            with ``tau = 0.5`` during training *and* inference; noise would make search
-            results change from one query to the next, so it is left out).
+        values: ``[n]``.
+        group: ``[n]`` long group of each value, in ``0..num_groups-1``.
     Returns:
-        :class:`FrameSelection` with ``min(L, T)`` frames.
+        ``[n]`` long ranks.
+    """
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]  # by group, then value, then index
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = counts.cumsum(0) - counts
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(values.shape[0], device=values.device) - starts[group[order]]
+    return ranks
+
+
+def select_frames(scores: torch.Tensor, num_frames: int, video: torch.Tensor | None = None, num_videos: int = 1) -> torch.Tensor:
+    """B-VLLM's temporal selection: keep each video's ``num_frames`` best-scoring frames.
+
+    B-VLLM's selector outputs, per query, a Gumbel-softmax mixture of frames; keeping whole top-scoring
+    frames instead (a deterministic top-L, ties to the earlier frame) keeps every selected token tied to
+    a real moment of the video, which retrieval needs to point at it, and keeps results from changing
+    from one query to the next (the Gumbel noise is left out).
+
+    Args:
+        scores: ``[T]`` frame relevance to the text, of one video or of several laid end to end.
+        num_frames: budget L per video; all of a video's frames are kept when it has ``<= L``.
+        video: ``[T]`` long video of each frame (``0..num_videos-1``), or None for one video.
+        num_videos: number of videos.
+    Returns:
+        ``[T]`` bool, True at the kept frames (in temporal order: ``mask.nonzero()`` is ascending).
     """
     if num_frames < 1 or scores.numel() == 0:
         raise ValueError(f"need num_frames >= 1 and at least one frame, got {num_frames} and {scores.numel()}")
-    if temperature is not None and temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    # A stable sort breaks ties by the earlier frame, so the selection is deterministic.
-    order = torch.sort(scores, descending=True, stable=True).indices[:num_frames]
-    indices = order.sort().values
-    if temperature is None:
-        weights = torch.full(indices.shape, 1.0 / indices.numel(), dtype=scores.dtype, device=scores.device)
-    else:
-        weights = (scores[indices] / temperature).softmax(dim=-1)
-    return FrameSelection(indices=indices, weights=weights)
-
-
-# ----- temporal de-duplication (B-VLLM threshold matching) -------------------------------
-@dataclass(frozen=True)
-class FrameGroups:
-    """A partition of ``T`` frames into ``K`` groups, each represented by its earliest frame.
-
-    Attributes:
-        kept: ``[K]`` long, ascending: the frame that represents each group (the earliest).
-        group: ``[T]`` long in ``[0, K)``: the group of every frame.
-    """
-
-    kept: torch.Tensor
-    group: torch.Tensor
-
-    @property
-    def sizes(self) -> torch.Tensor:
-        """``[K]`` long: number of frames in each group."""
-        return torch.bincount(self.group, minlength=self.kept.numel())
-
-
-def threshold_matching(metric: torch.Tensor, threshold: float) -> FrameGroups:
-    """B-VLLM's temporal threshold matching over ``T`` frames with ``metric`` ``[T, C]``.
-
-    Follows ``threshold_soft_matching`` in bvlm/model/merge.py of the official code:
-    similarities are cosines mapped to ``[0, 1]`` as ``(cos + 1) / 2``; each frame looks at
-    *every earlier* frame (strictly lower triangle, not only its predecessor) and is merged
-    into the most similar one when that similarity is strictly above ``threshold``; ties go
-    to the earliest frame (``max`` returns the first maximum). There is no cap on the number
-    of merges: every frame above the threshold is merged. Frames with no earlier match above
-    the threshold are kept, in temporal order.
-
-    Deviation: the official merge averages a kept frame with the frames that point *directly*
-    at it, so a frame whose best match was itself merged away drops out of the output. Here
-    such chains are followed to their kept root, so the groups partition all ``T`` frames and
-    every frame is accounted for (needed to say which moments a kept frame stands for).
-
-    The official metric is the temporal selector (each query's softmax over the frames); here
-    it is whatever the caller passes -- the selected frames' CLIP embeddings in
-    :func:`select_for_query`.
-
-    Args:
-        metric: ``[T, C]`` frame features (need not be normalised).
-        threshold: on the ``[0, 1]``-mapped similarity; ``BVLLM_MERGE_THRESHOLD`` is the
-            official value.
-    Returns:
-        :class:`FrameGroups`.
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is on [0, 1]-mapped similarities, got {threshold}")
-    t = metric.shape[0]
-    unit = F.normalize(metric.float(), dim=-1)
-    sims = (unit @ unit.T + 1) / 2
-    earlier = torch.ones(t, t, dtype=torch.bool, device=metric.device).tril(diagonal=-1)
-    sims = sims.masked_fill(~earlier, -1.0)  # below any threshold; row 0 therefore never matches
-    best, dst = sims.max(dim=-1)
-    root = torch.where(best > threshold, dst, torch.arange(t, device=metric.device))
-    # Pointer jumping: dst < src, so after ceil(log2 T) rounds every frame points at its root.
-    while True:
-        jumped = root[root]
-        if torch.equal(jumped, root):
-            break
-        root = jumped
-    kept, group = torch.unique(root, sorted=True, return_inverse=True)
-    return FrameGroups(kept=kept, group=group)
-
-
-def merge_groups(groups: FrameGroups, x: torch.Tensor) -> torch.Tensor:
-    """Unweighted mean of ``x`` ``[T, ...]`` over each group -> ``[K, ...]``.
-
-    B-VLLM averages whole frames (``merge_temporal`` flattens the ``[n, c]`` token map of a
-    frame and takes a plain mean; ``merge_wavg`` there ends up unweighted because its
-    threshold merge ignores the ``sum`` mode).
-    """
-    k = groups.kept.numel()
-    total = x.new_zeros((k, *x.shape[1:])).index_add_(0, groups.group, x)
-    return total / groups.sizes.to(x.dtype).view(k, *([1] * (x.dim() - 1)))
+    if video is None:
+        video = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return group_ranks(scores, video, num_videos) < num_frames
 
 
 # ----- query-independent de-duplication before the ViT (ingestion) ----------------------
@@ -250,7 +159,7 @@ def drop_static_frames(
     becomes the next anchor otherwise. Comparing with the anchor rather than the previous
     frame keeps slow drift (a pan) from collapsing into one frame: every frame of a span is
     within ``threshold`` of the frame that represents it. Spans are consecutive, unlike
-    B-VLLM's any-earlier-frame matching (:func:`threshold_matching`), so that each kept frame
+    B-VLLM's any-earlier-frame matching (``threshold_soft_matching``), so that each kept frame
     stands for one stretch of time.
 
     The signature is the ViT's own patch embedding (:func:`patch_signature`): it costs 2.65 %
@@ -278,191 +187,3 @@ def drop_static_frames(
     first = torch.tensor(starts, dtype=torch.long, device=times.device)
     last = torch.cat([first[1:] - 1, first.new_tensor([t - 1])])
     return FrameSpans(first=first, last=last, start_time=times[first], end_time=times[last])
-
-
-# ----- spatial token sampling ------------------------------------------------------------
-@dataclass(frozen=True)
-class SpatialTokens:
-    """Visual tokens kept per frame for a text query.
-
-    Attributes:
-        tokens: ``[F, M, E]`` joint-space tokens (``ln_post`` + ``proj`` of patch tokens, not
-            normalised); a merged token is the size-weighted mean of the tokens it absorbed.
-        size: ``[F, M, 1]`` number of sampled patch tokens each token stands for.
-        source: ``[F, M, N]`` 0/1 map of the patch positions (raster order) each token covers.
-    """
-
-    tokens: torch.Tensor
-    size: torch.Tensor
-    source: torch.Tensor
-
-
-def frame_token_budget(total_tokens: int, num_frames: int, tokens_per_frame: int) -> int:
-    """B-VLLM's balanced per-frame share of a visual-token budget.
-
-    The official code sets ``N = int(max(1, (576 // 32) / cur_T * 32))`` tokens per kept frame,
-    i.e. ``total // frames`` but at least 1, and merges only when that is below the 32 tokens a
-    frame has; so a frame gets ``min(tokens_per_frame, max(1, total_tokens // num_frames))``.
-    """
-    return min(tokens_per_frame, max(1, total_tokens // num_frames))
-
-
-def merge_down(
-    x: torch.Tensor,
-    target: int,
-    size: torch.Tensor | None = None,
-    source: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ToMe-merge ``x`` ``[B, L, C]`` down to ``target`` tokens, ``x`` itself being the metric.
-
-    Follows the schedule of ``multi_layer_merge`` in bvlm/model/merge.py: bipartite soft
-    matching rounds that each remove at most half the tokens until ``target`` remain.
-    Deviation: the official loop restarts every round with unit sizes (so later rounds average
-    groups of different sizes as equals) and its last round may remove more than half the
-    tokens; here sizes and sources are carried through the rounds (true size-weighted means,
-    sizes always summing to ``L``) and each round removes at most ``L // 2``, ToMe's limit.
-
-    Args:
-        x: ``[B, L, C]`` tokens, also the merge metric.
-        target: tokens to keep, ``>= 1``; ``x`` is returned unchanged when ``L <= target``.
-        size: ``[B, L, 1]`` tokens each entry already stands for; ones when None.
-        source: ``[B, L, S]`` 0/1 map from entries to original positions; identity when None.
-    Returns:
-        ``(x [B, M, C], size [B, M, 1], source [B, M, S])`` with ``M = min(L, target)``.
-    """
-    if target < 1:
-        raise ValueError(f"target must be >= 1, got {target}")
-    if size is None:
-        size = torch.ones_like(x[..., :1])
-    if source is None:
-        source = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
-    while x.shape[1] > target:
-        merge, _ = bipartite_soft_matching(x, min(x.shape[1] - target, x.shape[1] // 2))
-        source = merge_source(merge, x, source)
-        x, size = merge_wavg(merge, x, size)
-    return x, size, source
-
-
-def sample_tokens(tokens: torch.Tensor, text: torch.Tensor, keep: int, budget: int) -> SpatialTokens:
-    """Keep each frame's ``keep`` patch tokens most similar to the text, then ToMe-merge to ``budget``.
-
-    The training-free stand-in for B-VLLM's spatial Q-Former: its 32 queries read 32
-    text-conditioned tokens out of each frame; here the 32 patch tokens whose joint-space
-    embedding is closest to the text are read out directly. When the balanced budget is
-    smaller, they are merged down as the official code merges its query outputs
-    (:func:`merge_down`).
-
-    Args:
-        tokens: ``[F, N, E]`` joint-space patch tokens (``backbone.project`` of the hidden states).
-        text: ``[E]`` text embedding.
-        keep: tokens read out per frame (``BVLLM_TOKENS_PER_FRAME``); all ``N`` when larger.
-        budget: tokens left per frame after merging (:func:`frame_token_budget`).
-    Returns:
-        :class:`SpatialTokens` with ``min(keep, budget, N)`` tokens per frame; the kept patch
-        tokens are in raster order, merged ones follow ToMe's output order.
-    """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    f, n, e = tokens.shape
-    scores = F.normalize(tokens, dim=-1) @ F.normalize(text, dim=-1)
-    # Stable sort: ties go to the earlier patch, so the read-out is deterministic.
-    index = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :keep].sort(dim=-1).values
-    picked = tokens.gather(1, index[..., None].expand(-1, -1, e))
-    source = F.one_hot(index, n).to(tokens.dtype)
-    x, size, source = merge_down(picked, budget, source=source)
-    return SpatialTokens(tokens=x, size=size, source=source)
-
-
-# ----- the whole query-time selection ----------------------------------------------------
-@dataclass(frozen=True)
-class BVLLMConfig:
-    """Knobs of :func:`select_for_query`; defaults follow B-VLLM where the value carries over.
-
-    Attributes:
-        num_frames: frames selected for the text (B-VLLM: 16 temporal queries).
-        temperature: ``None`` for uniform weights over the selected frames, else the softmax
-            temperature on their cosine scores (see :func:`select_frames`).
-        merge_threshold: :func:`threshold_matching` threshold on the ``[0, 1]``-mapped cosine
-            of the selected frames' CLIP embeddings. Not B-VLLM's 0.75: that value is applied
-            to the similarity of two Q-Former selection distributions over time, which is near
-            1 for the same frame and near 0.5 for different ones. CLIP image embeddings sit in
-            a narrow cone (frames of one video typically have cosine above 0.7, i.e. mapped
-            above 0.85), so 0.75 would merge distinct shots; 0.95 (cosine 0.9) merges only
-            near-identical frames. Not calibrated on pretrained weights (none offline).
-        tokens_per_frame: patch tokens read out per frame (B-VLLM: 32 spatial queries).
-        total_tokens: visual-token budget shared by the kept frames (B-VLLM: 576).
-    """
-
-    num_frames: int = BVLLM_NUM_FRAMES
-    temperature: float | None = None
-    merge_threshold: float = 0.95
-    tokens_per_frame: int = BVLLM_TOKENS_PER_FRAME
-    total_tokens: int = BVLLM_TOTAL_TOKENS
-
-
-@dataclass(frozen=True)
-class QuerySelection:
-    """What :func:`select_for_query` keeps of one segment for one text.
-
-    Attributes:
-        selection: the top-L frames (indices into the segment's ``T`` frames) and their weights.
-        groups: de-duplication of the ``L`` selected frames into ``K`` groups.
-        frame_embeddings: ``[K, E]`` L2-normalised mean embedding of each group.
-        weights: ``[K]`` summed selection weights of each group (sum to 1).
-        tokens: the kept frames' spatial tokens, or None when no patch tokens were given.
-    """
-
-    selection: FrameSelection
-    groups: FrameGroups
-    frame_embeddings: torch.Tensor
-    weights: torch.Tensor
-    tokens: SpatialTokens | None
-
-    @property
-    def frame_indices(self) -> torch.Tensor:
-        """``[K]`` long: the segment frame that represents each kept group, ascending."""
-        return self.selection.indices[self.groups.kept]
-
-
-@torch.inference_mode()
-def select_for_query(
-    backbone: ClipBackbone,
-    text: torch.Tensor,
-    frame_embeddings: torch.Tensor,
-    patch_tokens: torch.Tensor | None = None,
-    config: BVLLMConfig = BVLLMConfig(),
-) -> QuerySelection:
-    """B-VLLM's balanced spatio-temporal selection of one segment's tokens for one text.
-
-    Frames are scored against the text and the top ``num_frames`` kept
-    (:func:`select_frames`); near-duplicates among them are merged into their earliest match
-    (:func:`threshold_matching`, averaging embeddings and patch-token maps as the official
-    ``merge_temporal`` averages whole frames); each kept frame then gets its balanced share of
-    ``total_tokens`` (:func:`frame_token_budget`), filled with its patch tokens closest to the
-    text (:func:`sample_tokens`).
-
-    Args:
-        backbone: supplies ``project`` (``ln_post`` + ``proj``) for the patch tokens.
-        text: ``[E]`` text embedding.
-        frame_embeddings: ``[T, E]`` L2-normalised frame embeddings
-            (``SegmentEncoding.frame_embeddings[b]``).
-        patch_tokens: ``[T, N, W]`` last-layer hidden states (``SegmentEncoding.patch_tokens[b]``)
-            or None to select frames only.
-        config: :class:`BVLLMConfig`.
-    """
-    selection = select_frames(frame_scores(text, frame_embeddings), config.num_frames, config.temperature)
-    picked = frame_embeddings[selection.indices]
-    groups = threshold_matching(picked, config.merge_threshold)
-    weights = selection.weights.new_zeros(groups.kept.numel()).index_add_(0, groups.group, selection.weights)
-    tokens = None
-    if patch_tokens is not None:
-        merged = merge_groups(groups, patch_tokens[selection.indices])
-        budget = frame_token_budget(config.total_tokens, groups.kept.numel(), config.tokens_per_frame)
-        tokens = sample_tokens(backbone.project(merged), text, config.tokens_per_frame, budget)
-    return QuerySelection(
-        selection=selection,
-        groups=groups,
-        frame_embeddings=F.normalize(merge_groups(groups, picked), dim=-1),
-        weights=weights,
-        tokens=tokens,
-    )

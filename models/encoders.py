@@ -1,7 +1,7 @@
 """Segment encoders: a batch of equal-length frame segments -> segment embeddings.
 
 ``full`` runs plain CLIP on every frame; ``tempme`` (``models.tempme``) merges tokens inside
-the ViT. Both return a :class:`SegmentEncoding`, so ingestion does not care which ran.
+the ViT; ``models.registry.ENCODERS`` lists them. Both return a :class:`SegmentEncoding`, so ingestion does not care which ran.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import ClipBackbone
+from models.registry import ENCODERS
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,10 @@ class FullClipEncoder:
 
 
 def build_encoder(name: str, backbone: ClipBackbone, tempme_weights: Path | None = None) -> SegmentEncoder:
-    """The encoder called ``name`` (``VIDSEEK_ENCODER``) over ``backbone``; ``tempme_weights`` is an
-    optional trained TempMe checkpoint (LoRA + video positions): the encoder then runs over a new
-    backbone carrying them (``encoder.backbone``; ``backbone`` is left unchanged)."""
-    if name == "full":
-        return FullClipEncoder(backbone)
-    if name == "tempme":
-        from models.factory import tempme_encoder
-
-        return tempme_encoder(backbone, tempme_weights)
-    raise ValueError(f"unknown encoder {name!r}")
+    """The encoder called ``name`` (``VIDSEEK_ENCODER``, one of ``models.registry.ENCODERS``) over
+    ``backbone``; ``tempme_weights`` is an optional trained TempMe checkpoint (LoRA + video positions),
+    handed to the encoders whose entry takes ``weights``: the encoder then runs over a new backbone
+    carrying them (``encoder.backbone``; ``backbone`` is left unchanged)."""
+    method = ENCODERS[name]
+    options = {"weights": tempme_weights} if "weights" in method.options else {}
+    return method.load()(backbone, **options)

@@ -31,16 +31,21 @@ Deviations from the reference, all deliberate:
   ``ceil(ratio x dynamic tokens)`` in every frame, which on CLIP's 7 x 7 grid adds a fifth of the
   budget; here ``floor(retain x T x N)`` tokens are apportioned over the windows and frames, so the
   retain ratio is an upper bound. Which tokens a frame keeps is the reference's choice.
+
+The module runs past 400 lines on purpose: it is one method's steps, as small pure functions in the
+order of the reference's code (outer merge, then the inner-LLM merge and the summarizer adapter).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from models.summary import VideoSummary
 
 
 @dataclass(frozen=True)
@@ -533,3 +538,28 @@ def inner_llm_merge(hidden: torch.Tensor, attention: torch.Tensor, merge_ratio: 
     merged = kept_states * torch.exp2(-received.to(hidden.dtype))[..., None]
     merged = merged.scatter_add(1, target[..., None].expand(-1, -1, dim), other_states * weights)
     return InnerMergeOutput(hidden=merged, kept=kept)
+
+
+def video_summary(
+    patch_tokens: torch.Tensor, cls_attention: torch.Tensor | None, frame_times: torch.Tensor, code_vectors: str = "unit",
+    **params: object,
+) -> VideoSummary:
+    """:func:`holitom` as a summarizer (``models.registry.SUMMARIZERS["holitom"]``, called by
+    :func:`models.summary.summarize`): ``[T, N, W]`` tokens, ``[T, N]`` attention, ``[T]`` float64 frame
+    times -> a CPU :class:`~models.summary.VideoSummary`. ``code_vectors`` is VQToken's and plays no part."""
+    frames, num_patches, _ = patch_tokens.shape
+    if cls_attention is None or tuple(cls_attention.shape) != (frames, num_patches):
+        raise ValueError(f"holitom needs cls_attention [{frames}, {num_patches}]")
+    hp = HoliTomParams(**params)  # type: ignore[arg-type]
+    out = holitom(patch_tokens, cls_attention, hp)
+    return VideoSummary(
+        tokens=out.tokens.float().cpu(),
+        sizes=out.sizes.cpu(),
+        frame_start=out.frame_start.cpu(),
+        frame_end=out.frame_end.cpu(),
+        positions=out.positions.cpu(),
+        frame_times=frame_times,
+        num_patches=num_patches,
+        method="holitom",
+        params=asdict(hp),
+    )

@@ -4,7 +4,8 @@ A :class:`VideoSummary` is a small set of tokens in the ViT's hidden space (``W`
 CLIP space with ``ClipBackbone.project`` for late interaction with text embeddings), each with the
 number of original patch tokens it stands for and the frames it covers, so a matched token points
 at a moment of the video. :func:`summarize` builds one from ``SegmentEncoding.patch_tokens`` /
-``cls_attention`` with HoliTom (``models.holitom``) or VQToken (``models.vqtoken``); long videos are
+``cls_attention`` with a method of ``models.registry.SUMMARIZERS``: HoliTom (``models.holitom``) or VQToken
+(``models.vqtoken``), each module's ``video_summary``; long videos are
 summarised chunk by chunk and joined with :func:`concat`.
 """
 
@@ -12,17 +13,15 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from models.holitom import HoliTomParams, holitom
-from models.vqtoken import VQTokenParams, cluster_means, code_frame_spans, vqtoken
+from models.registry import SUMMARIZERS
 
 FORMAT_VERSION = 1
-METHODS = ("holitom", "vqtoken")
 NO_POSITION = -1
 
 
@@ -69,8 +68,7 @@ class VideoSummary:
             raise ValueError(
                 f"index_map must be [{self.num_frames}, {self.num_patches}], got {tuple(self.index_map.shape)}"
             )
-        if self.method not in METHODS:
-            raise ValueError(f"unknown summary method {self.method!r}")
+        SUMMARIZERS[self.method]  # raises for an unknown method
 
     @property
     def num_tokens(self) -> int:
@@ -177,8 +175,8 @@ def summarize(
     """Compress one video's (or chunk's) patch tokens. The summary's tensors are on the CPU.
 
     Args:
-        method: ``"holitom"`` (params: :class:`~models.holitom.HoliTomParams`) or ``"vqtoken"``
-            (params: :class:`~models.vqtoken.VQTokenParams`).
+        method: a name in ``models.registry.SUMMARIZERS``: ``"holitom"`` (params:
+            :class:`~models.holitom.HoliTomParams`) or ``"vqtoken"`` (params: :class:`~models.vqtoken.VQTokenParams`).
         patch_tokens: ``[T, N, W]`` last-layer hidden states per patch position
             (``SegmentEncoding.patch_tokens`` of one segment, or several segments' frames joined).
         cls_attention: ``[T, N]`` last-layer CLS-to-patch attention; HoliTom needs it, VQToken ignores it.
@@ -191,49 +189,11 @@ def summarize(
     """
     if patch_tokens.ndim != 3:
         raise ValueError(f"patch_tokens must be [T, N, W], got {tuple(patch_tokens.shape)}")
-    frames, num_patches, dim = patch_tokens.shape
+    frames = patch_tokens.shape[0]
     # HoliTom and VQToken cluster in float32 on the tokens cast up (the ViT may run in bf16/fp16).
     patch_tokens = patch_tokens.float()
     cls_attention = None if cls_attention is None else cls_attention.float()
     times = torch.as_tensor(frame_times, dtype=torch.float64).cpu()
     if tuple(times.shape) != (frames,):
         raise ValueError(f"frame_times must be [{frames}], got {tuple(times.shape)}")
-    if method == "holitom":
-        if cls_attention is None or tuple(cls_attention.shape) != (frames, num_patches):
-            raise ValueError(f"holitom needs cls_attention [{frames}, {num_patches}]")
-        hp = HoliTomParams(**params)
-        out = holitom(patch_tokens, cls_attention, hp)
-        return VideoSummary(
-            tokens=out.tokens.float().cpu(),
-            sizes=out.sizes.cpu(),
-            frame_start=out.frame_start.cpu(),
-            frame_end=out.frame_end.cpu(),
-            positions=out.positions.cpu(),
-            frame_times=times,
-            num_patches=num_patches,
-            method=method,
-            params=asdict(hp),
-        )
-    if method == "vqtoken":
-        if code_vectors not in ("unit", "raw"):
-            raise ValueError(f"code_vectors must be 'unit' or 'raw', got {code_vectors!r}")
-        vp = VQTokenParams(**params)
-        vq = vqtoken(patch_tokens, vp)
-        num_codes = vq.codebook.shape[0]
-        codes = vq.codebook
-        if code_vectors == "raw":
-            codes = cluster_means(patch_tokens.reshape(frames * num_patches, dim), vq.index_map.flatten(), vq.codebook)
-        start, end = code_frame_spans(vq.index_map, num_codes)
-        return VideoSummary(
-            tokens=codes.float().cpu(),
-            sizes=vq.counts.cpu(),
-            frame_start=start.cpu(),
-            frame_end=end.cpu(),
-            positions=torch.full((num_codes,), NO_POSITION, dtype=torch.long),
-            frame_times=times,
-            num_patches=num_patches,
-            method=method,
-            params=asdict(vp),
-            index_map=vq.index_map.cpu(),
-        )
-    raise ValueError(f"unknown summary method {method!r}; expected one of {METHODS}")
+    return SUMMARIZERS.create(method, patch_tokens, cls_attention, times, code_vectors, **params)

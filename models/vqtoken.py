@@ -33,11 +33,13 @@ Deviations from the reference, all deliberate:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from models.summary import NO_POSITION, VideoSummary
 
 # k-means++ adds this to the squared distances so the sampling weights never sum to zero
 # (reference ``KMeansTorch.sample_init_centroids``).
@@ -249,11 +251,35 @@ def code_frame_spans(index_map: torch.Tensor, num_codes: int) -> tuple[torch.Ten
     return torch.where(end >= 0, start, -1), end
 
 
-def token_information_density(accuracy: float, num_tokens: float) -> float:
-    """TokDense, the paper's token information density: task accuracy divided by the number of
-    tokens given to the model, ``TokDense = Accuracy / Token Count`` (VQToken paper, section on the
-    Extreme Short Token Reduction metrics; e.g. 57.46 % accuracy with 32 tokens -> 1.796). ``accuracy``
-    is in whatever unit the caller reports (the paper uses percent)."""
-    if num_tokens <= 0:
-        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
-    return accuracy / num_tokens
+def video_summary(
+    patch_tokens: torch.Tensor, cls_attention: torch.Tensor | None, frame_times: torch.Tensor, code_vectors: str = "unit",
+    **params: object,
+) -> VideoSummary:
+    """:func:`vqtoken` as a summarizer (``models.registry.SUMMARIZERS["vqtoken"]``, called by
+    :func:`models.summary.summarize`): ``[T, N, W]`` tokens, ``[T]`` float64 frame times -> a CPU
+    :class:`~models.summary.VideoSummary` with one token per code (``cls_attention`` is not used).
+
+    ``code_vectors``: ``"unit"`` stores the codebook (means of the L2-normalised tokens); ``"raw"`` the
+    means of each code's raw tokens (:func:`cluster_means`), at the tokens' own scale."""
+    if code_vectors not in ("unit", "raw"):
+        raise ValueError(f"code_vectors must be 'unit' or 'raw', got {code_vectors!r}")
+    frames, num_patches, dim = patch_tokens.shape
+    vp = VQTokenParams(**params)  # type: ignore[arg-type]
+    vq = vqtoken(patch_tokens, vp)
+    num_codes = vq.codebook.shape[0]
+    codes = vq.codebook
+    if code_vectors == "raw":
+        codes = cluster_means(patch_tokens.reshape(frames * num_patches, dim), vq.index_map.flatten(), vq.codebook)
+    start, end = code_frame_spans(vq.index_map, num_codes)
+    return VideoSummary(
+        tokens=codes.float().cpu(),
+        sizes=vq.counts.cpu(),
+        frame_start=start.cpu(),
+        frame_end=end.cpu(),
+        positions=torch.full((num_codes,), NO_POSITION, dtype=torch.long),
+        frame_times=frame_times,
+        num_patches=num_patches,
+        method="vqtoken",
+        params=asdict(vp),
+        index_map=vq.index_map.cpu(),
+    )

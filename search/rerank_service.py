@@ -40,23 +40,15 @@ from models.rerankers.late import (
     pack,
     project_summaries,
 )
-from models.rerankers.llava import (
-    InnerMergeParams,
-    LlavaReranker,
-    LlmUnavailableError,
-    plan_batches,
-)
+from models.rerankers.llava import LazyLlm, LlmUnavailableError, llm_summary_key
+from models.registry import RERANKERS
+from models.rerankers.prefill import plan_batches
 from models.summary import VideoSummary
 from search.catalog import Catalog
-from search.settings import RERANKERS, Settings
+from search.settings import Settings
 from search.tables import CLIP_SPACE, LLM_SPACE
 
 log = logging.getLogger(__name__)
-
-
-def llm_summary_key(source: str, method: str) -> str:
-    """Catalog ``embedding_key`` of LLM-space summaries made by model ``source`` with ``method``."""
-    return f"llava:{source}|{method}"
 
 
 @dataclass(frozen=True)
@@ -193,6 +185,45 @@ class RerankService:
         return RerankResult(order, outcome.scores, info, timings)
 
 
+class RerankerUnavailable(RuntimeError):
+    """A registered reranker cannot be built with this configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class RerankerInputs:
+    """What a reranker factory (``models.registry.RERANKERS``) may build from.
+
+    Attributes:
+        settings: the process's settings.
+        catalog: where the summaries are stored.
+        space_key: the CLIP embedding space ingestion writes (``indexer.pipeline.embedding_key``).
+        project: the backbone's projection of hidden-space tokens ``[M, W]`` into the joint space ``[M, E]``.
+        llm: the video LLM, or None when none is configured.
+    """
+
+    settings: Settings
+    catalog: Catalog
+    space_key: str
+    project: Callable[[torch.Tensor], torch.Tensor]
+    llm: LazyLlm | None = None
+
+
+def build_rerankers(inputs: RerankerInputs, names: Sequence[str] | None = None) -> tuple[dict[str, Reranker], dict[str, str]]:
+    """Every registered reranker (or those of ``names``) that ``inputs`` can build, by name, and why the
+    others cannot be."""
+    built: dict[str, Reranker] = {}
+    unavailable: dict[str, str] = {}
+    for name in names if names is not None else RERANKERS.names():
+        method = RERANKERS[name]
+        if method.factory is None:
+            continue
+        try:
+            built[name] = method.load()(inputs)
+        except RerankerUnavailable as exc:
+            unavailable[name] = str(exc)
+    return built, unavailable
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A video's summary ready for late interaction: projected tokens and frame coverage, query-independent."""
@@ -222,6 +253,13 @@ class LateReranker:
         self.cache_size = cache_size
         self._cache: OrderedDict[int, _Prepared] = OrderedDict()
         self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, inputs: RerankerInputs) -> LateReranker:
+        """Late interaction over the CLIP-space summaries written in ``inputs.space_key``."""
+        s = inputs.settings
+        return cls(inputs.catalog, inputs.space_key, inputs.project, LateParams(weight=s.rerank_weight),
+                   last_frame_seconds=1.0 / s.sample_fps)
 
     def prepared(self, video_ids: Sequence[int]) -> dict[int, _Prepared]:
         """Prepared summaries of those of ``video_ids`` that have one (with tokens)."""
@@ -267,37 +305,6 @@ class LateReranker:
         return "no video has a token summary for this model yet (ingest with VIDSEEK_SUMMARY=holitom or vqtoken)"
 
 
-class LazyLlm:
-    """Loads the video LLM once per process on first use, thread-safely; a failure is remembered (and
-    reported) instead of retried on every request."""
-
-    def __init__(self, load: Callable[[], LlavaReranker]):
-        self._load = load
-        self._lock = threading.Lock()
-        self._model: LlavaReranker | None = None
-        self._error: LlmUnavailableError | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LazyLlm:
-        inner = InnerMergeParams(settings.llm_inner_layer, settings.llm_inner_ratio)
-        return cls(lambda: LlavaReranker.load(settings.llm_reranker, settings.device, inner))
-
-    def get(self) -> LlavaReranker:
-        """The model. Raises :class:`LlmUnavailableError` if it cannot be loaded."""
-        with self._lock:
-            if self._model is None and self._error is None:
-                try:
-                    self._model = self._load()
-                except LlmUnavailableError as exc:
-                    self._error = exc
-                except ValueError as exc:  # loaded, but unusable (e.g. the merge layer is past its layers)
-                    self._error = LlmUnavailableError(str(exc))
-            if self._error is not None:
-                raise self._error
-            assert self._model is not None
-            return self._model
-
-
 class LlmReranker:
     """P("yes") of a LLaVA-OneVision model over the LLM-space summaries (``models.rerankers.llava``).
 
@@ -312,6 +319,15 @@ class LlmReranker:
         self.catalog, self.summary_key, self.llm = catalog, summary_key, llm
         self.timeout, self.batch_tokens = timeout, batch_tokens
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidseek-llm")
+
+    @classmethod
+    def build(cls, inputs: RerankerInputs) -> LlmReranker:
+        """P("yes") of ``inputs.llm`` over the LLM-space summaries ingestion writes with it."""
+        s = inputs.settings
+        if inputs.llm is None:
+            raise RerankerUnavailable("no video LLM is configured (set VIDSEEK_LLM_RERANKER)")
+        key = llm_summary_key(s.llm_reranker, s.llm_summary)
+        return cls(inputs.catalog, key, inputs.llm, s.rerank_timeout, s.llm_batch_tokens)
 
     def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome:
         t0 = time.perf_counter()

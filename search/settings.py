@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Mapping
 
 from models.precision import PRECISIONS
+from models.registry import ENCODERS as ENCODER_REGISTRY
+from models.registry import RERANKERS as RERANKER_REGISTRY
+from models.registry import SUMMARIZERS
 
-ENCODERS = ("full", "tempme")
-SUMMARIES = ("none", "holitom", "vqtoken")
-RERANKERS = ("none", "late", "llm")
-LLM_SUMMARIES = ("holitom", "vqtoken")
+# The choices come from the method registries (models.registry), which import no torch to list them.
+ENCODERS = ENCODER_REGISTRY.names()
+SUMMARIES = ("none", *SUMMARIZERS.names())
+RERANKERS = RERANKER_REGISTRY.names()
+LLM_SUMMARIES = SUMMARIZERS.names()
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
 

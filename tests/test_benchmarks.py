@@ -1,5 +1,5 @@
-"""benchmarks/: op counting against the analytic ViT count, the measuring helpers, and a smoke run
-of the token-reduction benchmark on the tiny model (no timing assertions)."""
+"""benchmarks/: the measuring helpers and smoke runs of the benchmarks on the tiny model (no timing
+assertions). Op counting is ``models.flops``'s, tested in test_flops.py."""
 
 from __future__ import annotations
 
@@ -14,77 +14,22 @@ from benchmarks.common import (
     Column,
     CpuTimes,
     Timing,
-    count_macs,
     interleaved_timings,
     markdown_table,
     others_busy_share,
     peak_tensor_bytes,
 )
+from benchmarks import token_reduction
 from benchmarks.token_reduction import (
     MAIN_COLUMNS,
-    NO_MERGING,
     SUMMARIES,
-    TEMPME_REFERENCE_GMACS,
     FrameSet,
-    VitShape,
-    block_macs,
     dedup_encode,
-    full_clip_loads,
+    default_videos,
     load_frame_set,
     main,
-    tempme_loads,
-    vit_macs,
 )
 from models.encoders import FullClipEncoder
-from models.tempme import TempMeConfig, TempMeEncoder, plan_layers
-
-# open_clip ViT-B-32: width 768, 12 heads, MLP 3072, 12 blocks, 7 x 7 patches of 3 x 32 x 32, proj 768 -> 512.
-VIT_B_32 = VitShape(width=768, heads=12, mlp_width=3072, depth=12, num_patches=49, patch_dim=3072, projection=768 * 512)
-
-
-def _pixels(segments: int, frames: int) -> torch.Tensor:
-    return torch.randn(segments, frames, 3, 224, 224, generator=torch.Generator().manual_seed(segments * 100 + frames))
-
-
-def test_analytic_count_reproduces_tempmes_reference_for_vit_b_32():
-    """TempMe reports 51.5 G MACs (full CLIP) and 33.3 G MACs (TempMe) for a 12-frame ViT-B/32
-    clip, transformer blocks only."""
-    full = sum(block_macs(VIT_B_32, load) for load in full_clip_loads(VIT_B_32, 12)) / 1e9
-    plans = plan_layers(TempMeConfig(), 12, 50, 12)
-    tempme = sum(block_macs(VIT_B_32, load) for load in tempme_loads(VIT_B_32, plans, 1, 12)) / 1e9
-    assert round(full, 1) == TEMPME_REFERENCE_GMACS["full"]
-    assert round(tempme, 1) == TEMPME_REFERENCE_GMACS["tempme"]
-    whole_full = vit_macs(VIT_B_32, 12, full_clip_loads(VIT_B_32, 12)).total
-    whole_tempme = vit_macs(VIT_B_32, 12, tempme_loads(VIT_B_32, plans, 1, 12)).total
-    assert whole_tempme / whole_full <= 0.66
-
-
-def test_counted_macs_equal_the_analytic_count_for_full_clip(tiny_backbone):
-    shape = VitShape.of(tiny_backbone)
-    pixels = _pixels(2, 3)
-    expected = vit_macs(shape, 6, full_clip_loads(shape, 6)).total
-    _, fused = count_macs(lambda: FullClipEncoder(tiny_backbone).encode(pixels))
-    _, by_block = count_macs(lambda: TempMeEncoder(tiny_backbone, NO_MERGING).encode(pixels))
-    assert fused.total == by_block.total == expected
-    assert "aten._native_multi_head_attention" in fused.by_op  # open_clip's fused path was counted
-
-
-@pytest.mark.parametrize("frames", [1, 6, 8, 12])
-def test_counted_macs_equal_the_analytic_count_for_tempme(tiny_backbone, frames: int):
-    shape = VitShape.of(tiny_backbone)
-    encoder = TempMeEncoder(tiny_backbone)
-    loads = tempme_loads(shape, encoder.plan(frames), 2, frames)
-    _, counted = count_macs(lambda: encoder.encode(_pixels(2, frames)))
-    analytic = vit_macs(shape, 2 * frames, loads)
-    assert counted.total == analytic.total
-    assert analytic.merging > 0
-
-
-@pytest.mark.parametrize("points", [10, 60])  # both torch.cdist kernels
-def test_cdist_is_counted(points: int):
-    x, y = torch.randn(3, points, 16), torch.randn(3, 7, 16)
-    _, counted = count_macs(lambda: torch.cdist(x, y))
-    assert counted.total == 3 * points * 7 * 16
 
 
 def test_peak_tensor_bytes_follows_allocations_and_frees():
@@ -156,11 +101,17 @@ def test_load_frame_set_deals_segments_to_videos(tiny_backbone, samples_dir):
     assert bool((three_scenes[1:] > three_scenes[:-1]).all()) and float(three_scenes[-1]) > 30  # spread over 36 s
 
 
-def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
+def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys, monkeypatch):
+    """The whole benchmark on the tiny model, kept short: one generated clip for both tables (the real
+    clips only matter for real runs) and VQToken's adaptive K over 12..14 instead of 12..32 (its elbow
+    is tested in test_vqtoken.py)."""
     out = tmp_path / "report.json"
+    monkeypatch.setattr(token_reduction, "SUMMARIES", (*SUMMARIES[:-1], ("vqtoken", "vqtoken", {"k_min": 12, "k_max": 14})))
+    clip = str(default_videos(tmp_path, 1)[0])
     report = main([
         "--model", "vidseek-tiny-ViT", "--pretrained", "random", "--model-config-dir", str(tiny_config_dir),
         "--segments", "1", "--repeats", "1", "--warmup", "0", "--quiet-timeout", "0", "--json", str(out),
+        "--video", clip, "--dedup-video", clip,
     ])
     methods = ["full", "tempme", "bvllm-dedup"] + [name for name, _, _ in SUMMARIES]
     assert [r.method for r in report.rows] == methods
@@ -175,7 +126,8 @@ def test_main_prints_and_writes_the_table(tiny_config_dir, tmp_path, capsys):
     assert rows["tempme"].tokens == 97 and rows["full"].tokens == 600
     assert rows["full"].vit_gmacs == pytest.approx(rows["full"].vit_gmacs_analytic, rel=0)
     assert rows["tempme"].vit_gmacs == pytest.approx(rows["tempme"].vit_gmacs_analytic, rel=0)
-    assert report.dedup and report.dedup[0].kept < report.dedup[0].frames  # the still stretch collapses
+    assert report.videos == ["still_then_motion.mp4"] and len(report.dedup) == 1
+    assert report.dedup[0].kept < report.dedup[0].frames  # the still stretch collapses
     saved = json.loads(out.read_text())
     assert [r["method"] for r in saved["rows"]] == methods
     assert set(saved["rows"][0]) >= {c.key for c in MAIN_COLUMNS}

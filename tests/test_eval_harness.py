@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +16,26 @@ import torch.nn.functional as F
 from indexer.cli import main
 from indexer.decode import center_crop, iter_sampled_frames
 from indexer.evaluation.annotations import Annotations, Caption, resolve_videos
-from indexer.evaluation.flops import count_flops
+from indexer.evaluation import harness
 from indexer.evaluation.harness import (
-    RERANKERS,
     EvalError,
     EvalRequest,
-    MeteredEncoder,
     parse_encoder_config,
     pool_segments,
     run_eval,
 )
+from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import retrieval_metrics
 from indexer.samples import captions
 from models.backbone import ClipBackbone
 from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import FullClipEncoder
+from models.flops import count_flops
+from models.registry import RERANKERS, Method
 from models.tempme import TempMeEncoder
+from search.rerank_service import RerankOutcome, Rescored
 from search.settings import Settings
-from tests.conftest import REPO, settings_env
+from tests.conftest import settings_env
 
 
 def vit_flops(backbone: ClipBackbone) -> tuple[int, int]:
@@ -93,21 +93,30 @@ def test_configuration_names_become_settings_overrides(settings: Settings) -> No
         parse_encoder_config("turbo", settings)
 
 
-def expected_meanp_metrics(backbone: ClipBackbone, paths: list[Path], texts: list[str]):
+def expected_meanp_metrics(backbone: ClipBackbone, paths: list[Path], texts: list[str], encoder=None):
     """CLIP4Clip meanP computed directly: up to 12 frames at 1 fps, mean of normalised frame
-    embeddings, against the caption embeddings."""
+    embeddings, against the caption embeddings; with ``encoder``, its embedding of the frames as one segment."""
     videos = []
     for path in paths:
         frames = np.stack([center_crop(f.image, 224) for f in iter_sampled_frames(path, 1.0, 12, short_side=224)])
-        per_frame = backbone.encode_frames(backbone.pixels_from_frames(frames)).embeddings
+        pixels = backbone.pixels_from_frames(frames)
+        if encoder is not None:
+            videos.append(encoder.encode(pixels[None]).embeddings[0])
+            continue
+        per_frame = backbone.encode_frames(pixels).embeddings
         videos.append(F.normalize(per_frame.mean(0), dim=0))
     sim = (backbone.encode_text(texts) @ torch.stack(videos).T).numpy()
     return retrieval_metrics(sim, np.arange(len(paths)))
 
 
 def test_vidseek_eval_cli_on_the_sample_videos(
-    settings: Settings, samples_dir: Path, tiny_backbone: ClipBackbone, tmp_path: Path
+    settings: Settings, samples_dir: Path, tiny_backbone: ClipBackbone, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
 ) -> None:
+    """``vidseek eval`` as a user runs it (the CLI's ``main``, settings from the environment), in this
+    process: the tiny model loads in no time, a Python with torch takes seconds to start."""
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
     names = sorted(captions())
     annotations = tmp_path / "samples_test.csv"
     with annotations.open("w", newline="") as fh:
@@ -116,14 +125,12 @@ def test_vidseek_eval_cli_on_the_sample_videos(
         for i, name in enumerate(names):
             writer.writerow([f"ret{i}", f"msr{i}", Path(name).stem, captions()[name]])
     out = tmp_path / "report"
-    result = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "eval", "--videos", str(samples_dir), "--annotations", str(annotations),
-         "--encoders", "full,full+bvllm-dedup,tempme,tempme+bvllm-dedup", "--rerank", "none",
-         "--out", str(out), "--work-dir", str(tmp_path)],
-        cwd=REPO, env=settings_env(settings), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "full+bvllm-dedup" in result.stdout and "R-Sum" in result.stdout
+    code = main(["eval", "--videos", str(samples_dir), "--annotations", str(annotations),
+                 "--encoders", "full,full+bvllm-dedup,tempme,tempme+bvllm-dedup", "--rerank", "none",
+                 "--out", str(out), "--work-dir", str(tmp_path)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "full+bvllm-dedup" in printed.out and "R-Sum" in printed.out
     assert (out / "r1_vs_gflops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
     assert report["annotations"] == {"path": str(annotations), "format": "msrvtt-csv", "videos": 6, "captions": 6}
@@ -163,8 +170,13 @@ def test_vidseek_eval_cli_on_the_sample_videos(
     assert t["tokens_per_video"] < e["tokens_per_video"] and t["gflops_per_video"] < e["gflops_per_video"]
     # Frame dropping happens before the encoder: the same frames reach TempMe as plain CLIP.
     assert tempme_dedup["efficiency"]["frames_encoded"] == d["frames_encoded"]
-    for config in (tempme, tempme_dedup):
-        assert config["text_to_video"]["count"] == 6 and config["rsum"] >= 0
+    # TempMe's metrics are those of its own segment embeddings (one segment per video), computed directly.
+    expected_tempme = expected_meanp_metrics(tiny_backbone, [samples_dir / n for n in names],
+                                             [captions()[n] for n in names], encoder)
+    for direction in ("text_to_video", "video_to_text"):
+        assert tempme[direction] == pytest.approx(getattr(expected_tempme, direction).as_dict(), abs=1e-6)
+    assert tempme["rsum"] == pytest.approx(expected_tempme.rsum)
+    assert tempme_dedup["text_to_video"]["count"] == 6 and tempme_dedup["settings"]["frame_dedup"] == STATIC_CHANGE_THRESHOLD
 
 
 def test_multi_sentence_set_and_a_custom_reranker(
@@ -172,13 +184,19 @@ def test_multi_sentence_set_and_a_custom_reranker(
 ) -> None:
     """Several captions per video take the multi-sentence protocol; a registered reranker
     scores the same ingestion through its rewritten similarity matrix."""
-    seen = {}
+    seen: dict[str, list] = {"videos": [], "texts": []}
 
-    def reverse(ingested, sim):
-        seen["videos"], seen["texts"] = ingested.video_ids, ingested.texts
-        return -sim
+    class Reverse:
+        """Negates first-stage scores (a same-scale reranker built from the registry like the search's)."""
 
-    monkeypatch.setitem(RERANKERS, "reverse", reverse)
+        name, same_scale = "reverse", True
+
+        def rescore(self, query, vector, candidates):
+            seen["texts"].append(query)
+            seen["videos"].append(sorted(c.video_id for c in candidates))
+            return RerankOutcome({c.video_id: Rescored(-c.score) for c in candidates})
+
+    monkeypatch.setitem(RERANKERS.methods, "reverse", Method("reverse", lambda inputs: Reverse()))
     texts = {"red_ball": ["a red ball", "a ball rolls"], "snow": ["snow falls", "white flakes"], "stripes": ["stripes"]}
     ann = Annotations(tuple(Caption(v, t) for v, ts in texts.items() for t in ts), "msrvtt-json")
     request = EvalRequest(
@@ -190,7 +208,8 @@ def test_multi_sentence_set_and_a_custom_reranker(
     assert (run.videos, run.captions) == (3, 5)
     assert plain.metrics.multi_sentence and plain.metrics.text_to_video.count == 5
     assert plain.efficiency is reversed_.efficiency and reversed_.name == "full +rerank reverse"
-    assert len(seen["videos"]) == 3 and seen["texts"][0] == "a red ball"
+    assert len(seen["texts"]) == 5 and seen["texts"][0] == "a red ball"
+    assert all(len(ids) == 3 for ids in seen["videos"])  # every caption's 3 videos (rerank_k = 50)
     # Reversing the scores reverses every caption's ranking: rank r becomes V - 1 - r.
     assert plain.metrics.text_to_video.mean_rank + reversed_.metrics.text_to_video.mean_rank == pytest.approx(3 + 1)
 
@@ -223,11 +242,14 @@ def test_late_reranking_rescores_each_captions_top_videos(
     from search.catalog import CLIP_SPACE
 
     checked = {}
-    real_late = RERANKERS["late"]
+    real_rerank = harness.rerank_similarities
 
-    def spy(ingested, sim):
+    def spy(method, ingested, sim):
         """Check the reranked matrix against a direct computation while the catalog exists."""
-        rescored = real_late(ingested, sim)
+        rescored = real_rerank(method, ingested, sim)
+        if method == "none":
+            assert rescored is sim
+            return rescored
         assert ingested.settings.summary == "holitom"
         summaries = ingested.catalog.summaries(list(ingested.video_ids), embedding_key(ingested.encoder), CLIP_SPACE)
         assert set(summaries) == set(ingested.video_ids)
@@ -242,7 +264,7 @@ def test_late_reranking_rescores_each_captions_top_videos(
                 checked[q, v] = True
         return rescored
 
-    monkeypatch.setitem(RERANKERS, "late", spy)
+    monkeypatch.setattr(harness, "rerank_similarities", spy)
     texts = {"red_ball": ["a red ball"], "snow": ["snow falls"], "three_scenes": ["stripes, then snow"]}
     ann = Annotations(tuple(Caption(v, t) for v, ts in texts.items() for t in ts), "msrvtt-json")
     request = EvalRequest(

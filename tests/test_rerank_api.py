@@ -13,7 +13,8 @@ from models.summary import VideoSummary
 from search.api import create_app
 from search.catalog import embedding_from_bytes
 from search.query import QueryService
-from search.rerank_service import LlmReranker, RerankOutcome, RerankService, Rescored, llm_summary_key
+from models.rerankers.llava import llm_summary_key
+from search.rerank_service import LlmReranker, RerankOutcome, RerankService, Rescored
 from search.settings import Settings
 from search.tables import LLM_SPACE
 from benchmarks.tiny_llava import save_tiny_llava

@@ -10,14 +10,14 @@ import torch
 
 from indexer.frames import PreparedFrame, UniformFramePicker
 from models.rerankers.late import LateParams
-from models.rerankers.llava import LlmUnavailableError, PrefillOutput, ScoreOutput
+from models.rerankers.llava import LazyLlm, LlmUnavailableError, ScoreOutput
+from models.rerankers.prefill import PrefillOutput
 from models.summary import VideoSummary, summarize
 from search.catalog import Catalog, SegmentRecord, SummaryRecord
 from search.db import upgrade
 from search.rerank_service import (
     Candidate,
     LateReranker,
-    LazyLlm,
     LlmReranker,
     RerankOutcome,
     RerankService,

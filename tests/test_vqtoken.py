@@ -1,4 +1,4 @@
-"""VQToken: K-means (k-means++, cosine assignment), elbow K, codebook / index map, TokDense."""
+"""VQToken: K-means (k-means++, cosine assignment), elbow K, codebook / index map."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from models.vqtoken import (
     elbow,
     kmeans_plus_plus,
     spherical_kmeans,
-    token_information_density,
     vqtoken,
 )
 
@@ -142,9 +141,3 @@ def test_code_frame_spans_worked_example() -> None:
     assert start.tolist() == [0, 0, 2, -1] and end.tolist() == [2, 0, 2, -1]
 
 
-def test_token_information_density_matches_paper_numbers() -> None:
-    # VQToken paper, adaptive-length subtask: fixed m=32 -> 1.796, dynamic 13.08 tokens -> 4.413
-    assert token_information_density(57.46, 32) == pytest.approx(1.796, abs=5e-4)
-    assert token_information_density(57.72, 13.08) == pytest.approx(4.413, abs=5e-4)
-    with pytest.raises(ValueError):
-        token_information_density(50.0, 0)

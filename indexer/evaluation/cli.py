@@ -7,8 +7,17 @@ import sys
 from pathlib import Path
 
 from indexer.evaluation.annotations import AnnotationError, load_annotations, resolve_videos
-from indexer.evaluation.harness import EvalError, EvalRequest, check_rerankers, parse_encoder_config, run_eval
+from indexer.evaluation.harness import (
+    MODIFIERS,
+    EvalError,
+    EvalRequest,
+    check_rerankers,
+    eval_rerankers,
+    parse_encoder_config,
+    run_eval,
+)
 from models.factory import RANDOM_WEIGHTS
+from models.registry import ENCODERS
 from search.settings import Settings, SettingsError
 
 # CLIP4Clip's and TempMe's MSR-VTT protocol: 1 frame per second, at most 12 frames, uniformly.
@@ -41,8 +50,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "DiDeMo test_data.json, ActivityNet val_1.json",
     )
     p.add_argument("--split", default=None, help="MSR-VTT JSON only: keep videos of this split (e.g. test)")
-    p.add_argument("--encoders", type=_names, default=["full"], help="e.g. full,tempme,tempme+bvllm-dedup (default: full)")
-    p.add_argument("--rerank", type=_names, default=["none"], help="rerankers scoring every configuration (default: none)")
+    p.add_argument("--encoders", type=_names, default=["full"], help=f"encoders ({', '.join(ENCODERS)}), each optionally +{'+'.join(MODIFIERS)}, "
+                   "e.g. full,tempme,tempme+bvllm-dedup (default: full)")
+    p.add_argument("--rerank", type=_names, default=["none"], help=f"rerankers scoring every configuration, of {', '.join(eval_rerankers())} (default: none)")
     p.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames per video, uniformly (default 12)")
     p.add_argument(
         "--segment-frames", type=int, default=None, help="frames per segment (default: --max-frames, one segment per video)"

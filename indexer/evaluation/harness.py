@@ -7,7 +7,7 @@ Per encoder configuration (``full``, ``tempme``, ``tempme+bvllm-dedup``, ...):
    encoder over the backbone loaded once for the whole run (building an encoder leaves its
    backbone as it is; trained TempMe weights go to a copy) and
    :class:`~indexer.pipeline.VideoIngestor` around the encoder, wrapped in
-   :class:`MeteredEncoder` to measure it.
+   :class:`~indexer.evaluation.meter.MeteredEncoder` to measure it.
 2. Every annotated video goes through ``VideoIngestor.run_job``, as ``vidseek ingest`` runs it.
 3. Each video's embedding is pooled from the segment embeddings the catalog stores -- the
    vectors search uses -- by :func:`pool_segments`. CLIP4Clip's meanP video embedding is the
@@ -26,26 +26,25 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from indexer.evaluation.annotations import Annotations
-from indexer.evaluation.flops import count_flops
+from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
-from indexer.service import late_reranker, load_encoder, load_model, open_catalog
+from indexer.service import load_encoder, load_model, open_catalog, reranker_inputs
 from models.backbone import ClipBackbone
 from models.factory import weights_identity
 from models.bvllm import STATIC_CHANGE_THRESHOLD
-from models.encoders import SegmentEncoder, SegmentEncoding
+from models.encoders import SegmentEncoder
+from models.registry import RERANKERS
 from search.catalog import Catalog, embedding_from_bytes
-from search.rerank_service import Candidate
+from search.rerank_service import Candidate, build_rerankers
 from search.settings import Settings, SettingsError
 from search.tables import Status
 
@@ -107,139 +106,49 @@ class IngestedSet:
     texts: tuple[str, ...]
 
 
-# A reranker rescores the caption x video similarities ``[Q, V]`` of an ingested set.
-Reranker = Callable[[IngestedSet, np.ndarray], np.ndarray]
-# Rerankers that need a compressed token summary per video at ingestion.
-NEEDS_SUMMARY = frozenset({"late"})
+# Rerankers are the search's (models.registry.RERANKERS); those that read CLIP-space summaries get them
+# made at ingestion (config_settings). The LLM-space ones need a video LLM and its own summaries, which
+# eval does not make.
 # Videos outside a caption's reranked top-k stay below every reranked one (scores are cosines).
 OUTSIDE_TOP_K = 10.0
 
 
-def late_rerank(ingested: IngestedSet, sim: np.ndarray) -> np.ndarray:
-    """The search's late-interaction reranker (``search.rerank_service.LateReranker``) applied per
-    caption to its top ``rerank_k`` videos, as ``GET /api/search?rerank=late`` does; the others keep
-    their first-stage order below them."""
+def rerank_similarities(method: str, ingested: IngestedSet, sim: np.ndarray) -> np.ndarray:
+    """The caption x video similarities ``[Q, V]`` rescored by the search's reranker ``method``, applied per
+    caption to its top ``rerank_k`` videos as ``GET /api/search?rerank=...`` does; the others keep their
+    first-stage order below them. ``none`` returns ``sim``. The reranker's scores must be on the
+    first-stage scale (``same_scale``): they are compared across videos as they are."""
+    if RERANKERS[method].factory is None:
+        return sim
     s = ingested.settings
-    late = late_reranker(s, ingested.catalog, ingested.encoder)
+    built, unavailable = build_rerankers(reranker_inputs(s, ingested.catalog, ingested.encoder), [method])
+    if method not in built:
+        raise EvalError(f"reranker {method!r} cannot run here: {unavailable.get(method)}")
+    reranker = built[method]
+    if not reranker.same_scale:
+        raise EvalError(f"reranker {method!r} scores on its own scale; vidseek eval compares scores across videos")
     texts = encode_texts(ingested.backbone, ingested.texts)
     out = sim - OUTSIDE_TOP_K
     for q, row in enumerate(sim):
         top = np.argsort(-row, kind="stable")[: s.rerank_k]
         # whole videos are scored here, so the first-stage moment (start, end) plays no part
         candidates = [Candidate(ingested.video_ids[v], float(row[v]), 0.0, 0.0) for v in top]
-        rescored = late.rescore(ingested.texts[q], texts[q], candidates).scores
+        rescored = reranker.rescore(ingested.texts[q], texts[q], candidates).scores
         for v, c in zip(top, candidates):
             out[q, v] = rescored[c.video_id].score if c.video_id in rescored else row[v]
     return out
 
 
-RERANKERS: dict[str, Reranker] = {"none": lambda ingested, sim: sim, "late": late_rerank}
+def eval_rerankers() -> tuple[str, ...]:
+    """The registered rerankers an evaluation can run (all but those reading LLM-space summaries)."""
+    return tuple(name for name, m in RERANKERS.items() if m.summary_space != "llm")
 
 
 def check_rerankers(names: Sequence[str]) -> None:
-    """Raise :class:`EvalError` for a reranker name that is unknown."""
+    """Raise :class:`EvalError` for a reranker name that is unknown or cannot run in an evaluation."""
     for name in names:
-        if name not in RERANKERS:
-            raise EvalError(f"unknown reranker {name!r}; available: {', '.join(RERANKERS)}")
-
-
-# ----- measuring the encoder ----------------------------------------------------------------
-@dataclass
-class Meter:
-    """Running totals of visual work.
-
-    ``flops`` counts the encoder and ViT patch embeddings run outside it (static-frame
-    dropping); ``encode_seconds`` times the encoder only; ``overhead_seconds`` is time spent
-    counting FLOPs (to be left out of wall-clock rates).
-    """
-
-    encode_seconds: float = 0.0
-    overhead_seconds: float = 0.0
-    frames_encoded: int = 0
-    tokens: int = 0
-    flops: int = 0
-
-    def snapshot(self) -> Meter:
-        return Meter(**{f.name: getattr(self, f.name) for f in fields(self)})
-
-    def minus(self, earlier: Meter) -> Meter:
-        return Meter(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class MeteredEncoder:
-    """A :class:`SegmentEncoder` that measures the one it wraps, returning its output unchanged.
-
-    Wall time is taken around each ``encode`` call (synchronising CUDA). FLOPs come from a
-    separate, untimed pass: for each new segment shape one segment is run under
-    :func:`count_flops` and the count is scaled by the batch size. That is exact for encoders
-    whose work depends on the shape only (plain CLIP, TempMe's fixed merge schedule), and it
-    keeps the counter's per-op overhead out of the timing.
-
-    While attached, a forward hook on the ViT's ``conv1`` counts frames patch-embedded outside
-    ``encode`` -- the signatures static-frame dropping computes (``models.bvllm.patch_signature``)
-    -- and adds their FLOPs.
-    """
-
-    def __init__(self, inner: SegmentEncoder):
-        self.inner = inner
-        self.name = inner.name
-        self.backbone = inner.backbone
-        self.meter = Meter()
-        self._flops_per_segment: dict[tuple[tuple[int, ...], bool], int] = {}
-        self._conv1_flops_per_frame: int | None = None
-        self._inside = False
-
-    @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor, with_tokens: bool = False) -> SegmentEncoding:
-        b, t = pixels.shape[:2]
-        key = (tuple(pixels.shape[1:]), with_tokens)
-        self._inside = True
-        try:
-            if key not in self._flops_per_segment:
-                started = time.perf_counter()
-                _, self._flops_per_segment[key] = count_flops(lambda: self.inner.encode(pixels[:1], with_tokens))
-                self.meter.overhead_seconds += time.perf_counter() - started
-            device = pixels.device
-            _synchronize(device)
-            started = time.perf_counter()
-            out = self.inner.encode(pixels, with_tokens)
-            _synchronize(device)
-            self.meter.encode_seconds += time.perf_counter() - started
-        finally:
-            self._inside = False
-        self.meter.frames_encoded += b * t
-        self.meter.tokens += b * out.tokens_per_segment
-        self.meter.flops += b * self._flops_per_segment[key]
-        return out
-
-    def _count_patch_embedding(
-        self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
-    ) -> None:
-        if self._inside:
-            return
-        if self._conv1_flops_per_frame is None:
-            started = time.perf_counter()
-            self._inside = True  # the counting pass calls conv1 again
-            try:
-                _, self._conv1_flops_per_frame = count_flops(lambda: module(inputs[0][:1]))
-            finally:
-                self._inside = False
-            self.meter.overhead_seconds += time.perf_counter() - started
-        self.meter.flops += inputs[0].shape[0] * self._conv1_flops_per_frame
-
-    @contextmanager
-    def attached(self) -> Iterator[MeteredEncoder]:
-        """Count patch embeddings computed outside the encoder while inside this block."""
-        handle = self.backbone.visual.conv1.register_forward_hook(self._count_patch_embedding)
-        try:
-            yield self
-        finally:
-            handle.remove()
+        if name not in eval_rerankers():
+            raise EvalError(f"unknown reranker {name!r}; available: {', '.join(eval_rerankers())}")
 
 
 # ----- pooling and text ---------------------------------------------------------------------
@@ -338,7 +247,7 @@ def config_settings(request: EvalRequest, config: EncoderConfig, data_dir: Path)
     HoliTom if it has none)."""
     roots = tuple(dict.fromkeys(p.parent for p in request.videos.values()))
     summary = "none"
-    if NEEDS_SUMMARY & set(request.rerankers):
+    if any(RERANKERS[name].summary_space == "clip" for name in request.rerankers):
         summary = request.base.summary if request.base.summary != "none" else "holitom"
     return request.base.with_overrides(
         data_dir=data_dir,
@@ -433,7 +342,7 @@ def run_configuration(request: EvalRequest, config: EncoderConfig, backbone: Cli
                     config.name,
                     name,
                     dict(config.overrides),
-                    retrieval_metrics(RERANKERS[name](ingested, sim), caption_video),
+                    retrieval_metrics(rerank_similarities(name, ingested, sim), caption_video),
                     efficiency,
                 )
                 for name in request.rerankers

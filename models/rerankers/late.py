@@ -8,7 +8,7 @@ does with one query vector (MaxSim), over tokens that were compressed at ingesti
 
 Which tokens count is decided B-VLLM-style (``models.bvllm``; Lu et al., github.com/zhuqiangLu/B-VLLM,
 ``BVLMMetaForCausalLM.vlm_attention``): the frames are scored against the text and the top
-``num_frames`` (B-VLLM's 16 temporal queries) are kept by the rule of :func:`models.bvllm.select_frames`
+``num_frames`` (B-VLLM's 16 temporal queries) are kept by :func:`models.bvllm.select_frames`
 (deterministic top-L, ties to the earlier frame); only tokens that cover a kept frame take part. B-VLLM
 scores frames with the frame CLS token; a summary has no CLS, so a frame's relevance is the size-weighted
 mean text similarity of the tokens covering it (:func:`frame_relevance`) -- linear in the tokens, so it
@@ -20,7 +20,7 @@ selected frame, and that run's time range becomes the hit's start/end.
 
 A query reranks up to ``rerank_k`` videos, so the candidates are packed end to end (:func:`pack`) and
 scored in one pass of tensor operations (:func:`late_interaction_batch`): per-video top-L and
-contiguous runs become ranks within groups (:func:`group_ranks`, :func:`run_around`). This is what
+contiguous runs become ranks within groups (:func:`models.bvllm.group_ranks`, :func:`run_around`). This is what
 keeps 50 candidates within a few milliseconds; :func:`late_interaction` is the batch of one.
 
 Everything here is training-free. The combination ``(1 - weight) * first_stage + weight * late`` is a
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.bvllm import BVLLM_NUM_FRAMES
+from models.bvllm import BVLLM_NUM_FRAMES, group_ranks, select_frames
 from models.summary import VideoSummary
 
 Projector = Callable[[torch.Tensor], torch.Tensor]  # hidden [..., W] -> joint space [..., E]
@@ -155,24 +155,6 @@ def frames_of_tokens(cov: Coverage, tokens: torch.Tensor) -> torch.Tensor:
     return covered
 
 
-def group_ranks(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Rank of each value within its group, largest first (0 = best), ties to the lower index.
-
-    Args:
-        values: ``[n]``.
-        group: ``[n]`` long group of each value, in ``0..num_groups-1``.
-    Returns:
-        ``[n]`` long ranks.
-    """
-    order = torch.sort(values, descending=True, stable=True).indices
-    order = order[torch.sort(group[order], stable=True).indices]  # by group, then value, then index
-    counts = torch.bincount(group, minlength=num_groups)
-    starts = counts.cumsum(0) - counts
-    ranks = torch.empty_like(order)
-    ranks[order] = torch.arange(values.shape[0]) - starts[group[order]]
-    return ranks
-
-
 def run_around(mask: torch.Tensor, anchor: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The maximal run of ``True`` in ``mask`` ``[n]`` around each group's ``anchor``, runs not crossing
     group boundaries.
@@ -268,7 +250,7 @@ def late_interaction_batch(packed: PackedSummaries, text: torch.Tensor, first_st
     """Rescore every packed video for one text.
 
     Per video: tokens are scored against the text; frames are ranked by :func:`frame_relevance` and the
-    top ``num_frames`` kept (ties to the earlier frame, as :func:`models.bvllm.select_frames`); tokens
+    top ``num_frames`` kept (:func:`models.bvllm.select_frames`, ties to the earlier frame); tokens
     covering a kept frame count (never none: the best frame is covered); the late score is the best
     counted token's (MaxSim). The moment: the ``moment_tokens`` best counted tokens (ties to the lower
     index); the anchor is the kept frame where the best of them stands for the most patch tokens (earliest
@@ -283,7 +265,7 @@ def late_interaction_batch(packed: PackedSummaries, text: torch.Tensor, first_st
     """
     v, cov = packed.num_videos, packed.coverage
     scores = packed.units @ text.to(packed.units.dtype)
-    selected = group_ranks(frame_relevance(cov, scores), packed.frame_video, v) < params.num_frames
+    selected = select_frames(frame_relevance(cov, scores), params.num_frames, packed.frame_video, v)
     counted = tokens_in_frames(cov, selected)
     token_rank = group_ranks(scores.masked_fill(~counted, -torch.inf), packed.token_video, v)
     chosen = counted & (token_rank < params.moment_tokens)

@@ -1,44 +1,30 @@
-"""LLaVA-OneVision as a yes/no reranker over HoliTom-compressed video tokens.
+"""LLaVA-OneVision as a yes/no reranker over HoliTom-compressed video tokens: the model, its loading and
+its vision side.
 
 A video LLM of the LLaVA-OneVision family (Hugging Face ``LlavaOnevisionForConditionalGeneration``:
 SigLIP vision tower -> 2-layer projector -> Qwen2) scores each candidate as P("yes") to
 "Does this video show: {query}? Answer yes or no." Its visual tokens are never recomputed at query
-time: ingestion stores a summary in the LLM's own visual space (:meth:`LlavaReranker.summarize`), and
-prefill runs HoliTom's inner-LLM merge (:func:`prefill`). Follows the official HoliTom code
-(github.com/cokeshao/HoliTom):
+time: ingestion stores a summary in the LLM's own visual space (:meth:`LlavaReranker.summarize`, keyed by
+:func:`llm_summary_key`), and prefill runs HoliTom's inner-LLM merge (:mod:`models.rerankers.prefill`, the
+prompt and prefill as pure functions). Follows the official HoliTom code (github.com/cokeshao/HoliTom),
+outer-LLM step, ``holitom/llava_arch.py`` (``prepare_inputs_labels_for_multimodal``): the vision tower's
+feature layer -> ``mm_projector`` -> 2x2 bilinear pooling (``get_2dPool``; HF ``apply_pooling``) of both
+the features and the tower's attention (the feature layer's softmax attention averaged over heads and
+queries, ``siglip_encoder.py`` with ``WRAPPER=holitom``), then :func:`models.holitom.holitom`. With
+LLaVA-OV's ``mm_newline_position="one_token"`` one ``image_newline`` follows the video tokens.
 
-* Outer-LLM step, ``holitom/llava_arch.py`` (``prepare_inputs_labels_for_multimodal``): the vision tower's
-  feature layer -> ``mm_projector`` -> 2x2 bilinear pooling (``get_2dPool``; HF ``apply_pooling``) of both
-  the features and the tower's attention (the feature layer's softmax attention averaged over heads and
-  queries, ``siglip_encoder.py`` with ``WRAPPER=holitom``), then :func:`models.holitom.holitom`. With
-  LLaVA-OV's ``mm_newline_position="one_token"`` one ``image_newline`` follows the video tokens.
-* Inner-LLM step, ``holitom/modeling_qwen2.py`` (``Qwen2Model_holitom.forward``): at decoder layer ``k``
-  (``HOLITOM_k``) the last token's attention at layer ``k - 1``, averaged over heads, ranks the visual
-  span; ``round(L * (1 - r))`` tokens stay and the rest are folded into their most similar kept token
-  (:func:`models.holitom.inner_llm_merge`); the kept tokens keep their original rotary positions
-  (``position_ids = keep_indexs``) for the remaining layers.
+Deviation: frames reach the vision tower resized straight to its square input (as LLaVA-OV's video
+processor does), but from the frames ingestion decoded for CLIP (short side 224), so they are upsampled.
 
-Deviations, all deliberate:
-
-* Layer ``k - 1``'s attention is not materialised for the whole sequence (the reference switches that
-  layer to eager attention with ``output_attentions``); only the last query's row is computed, from the
-  same normalised hidden states and rotary keys (:func:`last_token_attention`). Same numbers, ``L`` times
-  less attention work.
-* Candidates are batched with left padding (the reference runs batch size 1); the merge is done per
-  candidate and the batch re-padded, so scores do not depend on the batch a candidate lands in.
-* P("yes") is normalised over the answer words only (``Yes``/``yes`` vs ``No``/``no``), not the vocabulary,
-  so formatting tokens do not dilute it; ordering is the same whenever the model answers yes or no.
-* Frames reach the vision tower resized straight to its square input (as LLaVA-OV's video processor
-  does), but from the frames ingestion decoded for CLIP (short side 224), so they are upsampled.
-* ``default`` HOLITOM_k is 18, the value of the repository's README/evaluation scripts (the code's
-  environment default is 3).
+:class:`LazyLlm` loads the model once per process, on first use, for ingestion and reranking alike.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,47 +32,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
-from models.holitom import inner_llm_merge
+from models.registry import SUMMARIZERS
+from models.rerankers.prefill import (
+    NO_WORDS,
+    YES_WORDS,
+    InnerMergeParams,
+    PrefillOutput,
+    assemble,
+    prefill,
+    prompt_texts,
+    yes_probability,
+)
 from models.summary import VideoSummary, summarize
 
-QUESTION = "Does this video show: {query}? Answer yes or no."
-SYSTEM_PROMPT = "You are a helpful assistant."
-# LLaVA-NeXT's ``qwen_1_5`` conversation template, which LLaVA-OV and HoliTom's evaluation use.
-PROMPT_TEMPLATE = (
-    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{video}\n{question}<|im_end|>\n<|im_start|>assistant\n"
-)
-VIDEO_SLOT = "<video>"
-YES_WORDS = ("Yes", "yes")
-NO_WORDS = ("No", "no")
 SIGLIP_MEAN = (0.5, 0.5, 0.5)  # LLaVA-OV's image processor (SigLIP) normalisation
 SIGLIP_STD = (0.5, 0.5, 0.5)
-LLM_METHODS = ("holitom", "vqtoken")
 
 
 class LlmUnavailableError(RuntimeError):
     """The video LLM cannot be loaded (no weights offline, unknown id, bad directory, wrong architecture)."""
-
-
-@dataclass(frozen=True)
-class InnerMergeParams:
-    """HoliTom's inner-LLM merge: at decoder layer ``layer`` fold a fraction ``ratio`` of the visual span.
-
-    Attributes:
-        layer: ``HOLITOM_k``; ``1 <= layer < num_hidden_layers``.
-        ratio: ``HOLITOM_r``, the fraction of the visual span merged away.
-    """
-
-    layer: int = 18
-    ratio: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.layer < 1:
-            raise ValueError(f"the inner merge needs layer >= 1 (it reads layer k - 1's attention), got {self.layer}")
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
 
 
 @dataclass(frozen=True)
@@ -100,46 +65,6 @@ class VisualFeatures:
 
     tokens: torch.Tensor
     attention: torch.Tensor
-
-
-@dataclass(frozen=True)
-class PromptBatch:
-    """Left-padded input sequences ``[prefix, visual_i, suffix]`` of ``B`` candidates.
-
-    Attributes:
-        embeds: ``[B, L, D]`` input embeddings (zeros at padding).
-        positions: ``[B, L]`` long rotary positions (``0..`` per sequence, 0 at padding).
-        valid: ``[B, L]`` bool, False at padding.
-        visual_start: ``[B]`` long index of each visual span in the padded sequence.
-        visual_len: ``[B]`` long length of each visual span.
-    """
-
-    embeds: torch.Tensor
-    positions: torch.Tensor
-    valid: torch.Tensor
-    visual_start: torch.Tensor
-    visual_len: torch.Tensor
-
-
-@dataclass(frozen=True)
-class PrefillOutput:
-    """Prefill of a batch, and what it did.
-
-    Attributes:
-        last_hidden: ``[B, D]`` the last token's final hidden state (after the final norm).
-        layer_lengths: padded sequence length each decoder layer processed.
-        tokens_fed: ``[B]`` real (unpadded) input tokens of each sequence.
-        visual_tokens: ``[B]`` visual tokens of each sequence entering the first layer.
-        visual_tokens_merged: ``[B]`` visual tokens left after the inner merge (= ``visual_tokens`` without).
-        positions: per sequence, the rotary positions of the tokens the last layer saw, ``[L_i]`` long.
-    """
-
-    last_hidden: torch.Tensor
-    layer_lengths: list[int]
-    tokens_fed: torch.Tensor
-    visual_tokens: torch.Tensor
-    visual_tokens_merged: torch.Tensor
-    positions: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -185,216 +110,6 @@ def feature_layer_index(vision_feature_layer: int, num_layers: int) -> int:
     return index
 
 
-# ----- prompt assembly -------------------------------------------------------------------------
-
-
-def assemble(prefix: torch.Tensor, visuals: Sequence[torch.Tensor], suffix: torch.Tensor) -> PromptBatch:
-    """Left-pad ``[prefix ; visual_i ; suffix]`` for each candidate.
-
-    Args:
-        prefix: ``[P, D]`` embeddings of the prompt before the video.
-        visuals: ``B`` tensors ``[M_i, D]``, each candidate's visual tokens (newline included).
-        suffix: ``[S, D]`` embeddings of the prompt after the video.
-    """
-    lengths = [prefix.shape[0] + v.shape[0] + suffix.shape[0] for v in visuals]
-    width, dim = max(lengths), prefix.shape[1]
-    b = len(visuals)
-    embeds = prefix.new_zeros(b, width, dim)
-    positions = torch.zeros(b, width, dtype=torch.long, device=prefix.device)
-    valid = torch.zeros(b, width, dtype=torch.bool, device=prefix.device)
-    for i, (visual, length) in enumerate(zip(visuals, lengths)):
-        pad = width - length
-        embeds[i, pad:] = torch.cat([prefix, visual.to(prefix.dtype), suffix])
-        positions[i, pad:] = torch.arange(length, device=prefix.device)
-        valid[i, pad:] = True
-    visual_start = torch.tensor([width - n + prefix.shape[0] for n in lengths], device=prefix.device)
-    visual_len = torch.tensor([v.shape[0] for v in visuals], device=prefix.device)
-    return PromptBatch(embeds, positions, valid, visual_start, visual_len)
-
-
-def additive_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Causal mask over left-padded sequences, ``[B, L]`` valid -> ``[B, 1, L, L]`` additive (0 or the
-    dtype's minimum). Padding keys are masked; a padding query sees itself only, so no row is empty."""
-    length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    allowed = causal[None] & valid[:, None, :]
-    allowed |= torch.eye(length, dtype=torch.bool, device=valid.device)[None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-# ----- language side ---------------------------------------------------------------------------
-
-
-def last_token_attention(
-    layer: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
-) -> torch.Tensor:
-    """Attention of the last query of a Qwen2 decoder layer over all keys, averaged over heads, ``[B, L]``
-    (what HoliTom reads from ``layer_outputs[1]`` of layer ``k - 1``): ``input_layernorm``, the layer's
-    q/k projections, rotary embedding, grouped keys repeated per head, scaled softmax with ``mask``."""
-    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
-
-    attn = layer.self_attn
-    x = layer.input_layernorm(hidden)
-    b, length, _ = x.shape
-    q = attn.q_proj(x[:, -1:]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = position_embeddings
-    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
-    _, k = apply_rotary_pos_emb(k, k, cos, sin)
-    logits = (q @ repeat_kv(k, attn.num_key_value_groups).transpose(-2, -1)) * attn.scaling + mask[:, :, -1:]
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0]
-
-
-def merge_visual_spans(
-    hidden: torch.Tensor, batch: PromptBatch, attention: torch.Tensor, ratio: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply :func:`models.holitom.inner_llm_merge` to each sequence's visual span and re-pad.
-
-    Args:
-        hidden: ``[B, L, D]`` hidden states entering layer ``k``.
-        batch: the batch's padding, positions and visual spans.
-        attention: ``[B, L]`` last-token attention at layer ``k - 1``.
-        ratio: fraction of each span folded away.
-    Returns:
-        ``(hidden [B, L', D], positions [B, L'], valid [B, L'], kept [B])``: left-padded sequences
-        ``[prefix ; merged span ; suffix]`` whose positions are the original ones of the tokens kept.
-    """
-    rows, row_positions, kept_counts = [], [], []
-    for i in range(hidden.shape[0]):
-        start, length = int(batch.visual_start[i]), int(batch.visual_len[i])
-        span = slice(start, start + length)
-        merged = inner_llm_merge(hidden[i : i + 1, span], attention[i : i + 1, span], ratio)
-        first = int(batch.valid[i].nonzero()[0])
-        rows.append(torch.cat([hidden[i, first:start], merged.hidden[0], hidden[i, start + length :]]))
-        row_positions.append(
-            torch.cat([batch.positions[i, first:start], batch.positions[i, start + merged.kept[0]], batch.positions[i, start + length :]])
-        )
-        kept_counts.append(merged.kept.shape[1])
-    width = max(r.shape[0] for r in rows)
-    out = hidden.new_zeros(len(rows), width, hidden.shape[2])
-    positions = torch.zeros(len(rows), width, dtype=torch.long, device=hidden.device)
-    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=hidden.device)
-    for i, (row, pos) in enumerate(zip(rows, row_positions)):
-        out[i, width - row.shape[0] :] = row
-        positions[i, width - row.shape[0] :] = pos
-        valid[i, width - row.shape[0] :] = True
-    return out, positions, valid, torch.tensor(kept_counts, device=hidden.device)
-
-
-def prefill(language_model: nn.Module, batch: PromptBatch, inner: InnerMergeParams | None) -> PrefillOutput:
-    """Run a Qwen2 decoder (``Qwen2Model``) over ``batch`` with HoliTom's inner merge at layer ``inner.layer``.
-
-    Layers ``< k`` see the whole sequence; before layer ``k`` each visual span is merged
-    (:func:`merge_visual_spans`) using layer ``k - 1``'s last-token attention, and the rotary embeddings
-    are recomputed from the kept tokens' original positions, as ``Qwen2Model_holitom.forward`` does.
-    ``inner=None`` runs the plain decoder.
-    """
-    layers = language_model.layers
-    if inner is not None and inner.layer >= len(layers):
-        raise ValueError(f"inner merge layer {inner.layer} needs more than {len(layers)} decoder layers")
-    hidden, positions, valid = batch.embeds, batch.positions, batch.valid
-    mask = additive_mask(valid, hidden.dtype)
-    rotary = language_model.rotary_emb(hidden, positions)
-    lengths, kept = [], batch.visual_len
-    layer_input = hidden
-    for index, layer in enumerate(layers):
-        if inner is not None and index == inner.layer:
-            attention = last_token_attention(layers[index - 1], layer_input, rotary, mask)
-            hidden, positions, valid, kept = merge_visual_spans(hidden, batch, attention, inner.ratio)
-            mask = additive_mask(valid, hidden.dtype)
-            rotary = language_model.rotary_emb(hidden, positions)
-        lengths.append(hidden.shape[1])
-        layer_input = hidden
-        hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
-    last = language_model.norm(hidden[:, -1])
-    return PrefillOutput(
-        last_hidden=last,
-        layer_lengths=lengths,
-        tokens_fed=batch.valid.sum(dim=1),
-        visual_tokens=batch.visual_len,
-        visual_tokens_merged=kept,
-        positions=[p[v] for p, v in zip(positions, valid)],
-    )
-
-
-def yes_probability(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]) -> torch.Tensor:
-    """``[B, V]`` next-token logits -> ``[B]`` P(yes | the answer is yes or no): softmax over the answer
-    words' logits, summed over the yes words."""
-    answers = logits[:, list(yes_ids) + list(no_ids)].float().softmax(dim=-1)
-    return answers[:, : len(yes_ids)].sum(dim=-1)
-
-
-def plan_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Split candidates (in order) into batches whose padded size ``len(batch) * max(lengths)`` stays
-    within ``max_tokens``; a candidate longer than ``max_tokens`` runs alone."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i, n in enumerate(lengths):
-        if current and (len(current) + 1) * max(longest, n) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, n)
-    if current:
-        batches.append(current)
-    return batches
-
-
-# ----- FLOPs ------------------------------------------------------------------------------------
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the matrix products ``fn()`` runs, counted by ``torch.utils.flop_counter.FlopCounterMode``.
-
-    Attention runs on SDPA's math backend here: the fused CPU kernel is an op ``FlopCounterMode`` has no
-    formula for (it would count 0), the math backend decomposes into ``bmm`` products it counts.
-    """
-    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        fn()
-    return int(counter.get_total_flops())
-
-
-def prefill_layer_lengths(
-    text_tokens: int, visual_tokens: int, num_layers: int, inner: InnerMergeParams | None
-) -> list[int]:
-    """Tokens each decoder layer of a batch-1 prefill sees: ``text + visual`` before the inner-merge
-    layer, ``text + round(visual * (1 - r))`` from it on."""
-    full = text_tokens + visual_tokens
-    if inner is None:
-        return [full] * num_layers
-    merged = text_tokens + round(visual_tokens * (1 - inner.ratio))
-    return [full] * inner.layer + [merged] * (num_layers - inner.layer)
-
-
-def analytic_prefill_flops(text_config: Any, text_tokens: int, visual_tokens: int, inner: InnerMergeParams | None) -> int:
-    """Matrix-product FLOPs of :func:`prefill` for one sequence, counted the way ``FlopCounterMode`` counts
-    them (``2 * m * n * k`` per product; attention as two full ``L x L`` products per head, causality not
-    discounted) -- decoder layers, the LM head on the last token and, with the inner merge, its extra
-    work: the last-token attention row of layer ``k - 1`` and the merge's cosine similarities.
-
-    Args:
-        text_config: a ``Qwen2Config`` (hidden_size, heads, key/value heads, intermediate_size, vocab_size).
-        text_tokens: prompt tokens around the video.
-        visual_tokens: the visual span, newline included.
-        inner: the inner merge, or None.
-    """
-    d = text_config.hidden_size
-    heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
-    head_dim = getattr(text_config, "head_dim", None) or d // heads
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    per_token = 2 * (d * q_out + 2 * d * kv_out + q_out * d + 3 * d * text_config.intermediate_size)
-    lengths = prefill_layer_lengths(text_tokens, visual_tokens, text_config.num_hidden_layers, inner)
-    total = sum(n * per_token + 4 * heads * n * n * head_dim for n in lengths) + 2 * d * text_config.vocab_size
-    if inner is not None:
-        n = lengths[inner.layer - 1]
-        keep = round(visual_tokens * (1 - inner.ratio))
-        total += 2 * d * q_out + 2 * n * d * kv_out + 2 * heads * n * head_dim  # last-token attention row
-        if keep < visual_tokens:
-            total += 2 * (visual_tokens - keep) * keep * d  # cosine similarities of merged vs kept tokens
-    return total
-
-
 # ----- the model -------------------------------------------------------------------------------
 
 
@@ -404,8 +119,8 @@ def llm_space_summary(features: VisualFeatures, times: Sequence[float], method: 
     tokens (``code_vectors="raw"``), because without VQToken's trained VQ-Attention the LLM has to read
     them as ordinary visual tokens, at the projector's scale. Positions are indices on the pooled grid.
     """
-    if method not in LLM_METHODS:
-        raise ValueError(f"unknown LLM summary method {method!r}; expected one of {LLM_METHODS}")
+    if method not in SUMMARIZERS:
+        raise ValueError(f"unknown LLM summary method {method!r}; expected one of {SUMMARIZERS.names()}")
     return summarize(method, features.tokens.float(), features.attention.float(), list(times), code_vectors="raw", **params)
 
 
@@ -416,7 +131,7 @@ class LlavaReranker:
         model: ``LlavaOnevisionForConditionalGeneration`` (eval mode is set here).
         tokenizer: its tokenizer; ``Yes``/``yes``/``No``/``no`` must each be one token (those that are not
             are left out, at least one of each is needed).
-        name: model id or directory, part of :attr:`key`.
+        name: model id or directory.
         inner: HoliTom's inner merge, or None for plain prefill.
     """
 
@@ -432,13 +147,6 @@ class LlavaReranker:
         self.no_ids = self._single_token_ids(NO_WORDS)
         if not self.yes_ids or not self.no_ids:
             raise ValueError("the tokenizer has no single-token 'yes'/'no' answer words")
-        prefix, suffix = PROMPT_TEMPLATE.split("{video}")
-        self._prefix_template, self._suffix_template = prefix, suffix
-
-    @property
-    def key(self) -> str:
-        """Identity of the visual space summaries are stored in (model id or directory)."""
-        return f"llava:{self.name}"
 
     @property
     def device(self) -> torch.device:
@@ -525,10 +233,9 @@ class LlavaReranker:
 
     def prompt_embeddings(self, query: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``([P, D], [S, D])`` of the prompt around the video for ``query``."""
-        question = QUESTION.format(query=query)
         embed = self.model.get_input_embeddings()
         parts = []
-        for text in (self._prefix_template.format(system=SYSTEM_PROMPT), self._suffix_template.format(question=question)):
+        for text in prompt_texts(query):
             ids = torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), device=self.device, dtype=torch.long)
             parts.append(embed(ids))
         return parts[0], parts[1]
@@ -547,3 +254,39 @@ class LlavaReranker:
         out = prefill(self.model.model.language_model, batch, self.inner if merge else None)
         logits = self.model.lm_head(out.last_hidden)
         return ScoreOutput(p_yes=yes_probability(logits, self.yes_ids, self.no_ids), prefill=out)
+
+
+def llm_summary_key(source: str, method: str) -> str:
+    """Catalog ``embedding_key`` of LLM-space summaries made by model ``source`` with ``method``."""
+    return f"llava:{source}|{method}"
+
+
+class LazyLlm:
+    """Loads the video LLM once per process on first use, thread-safely; a failure is remembered (and
+    reported) instead of retried on every request."""
+
+    def __init__(self, load: Callable[[], LlavaReranker]):
+        self._load = load
+        self._lock = threading.Lock()
+        self._model: LlavaReranker | None = None
+        self._error: LlmUnavailableError | None = None
+
+    @classmethod
+    def of(cls, source: str, device: str, inner: InnerMergeParams | None) -> LazyLlm:
+        """:meth:`LlavaReranker.load` of ``source`` on ``device`` with ``inner``, on first use."""
+        return cls(lambda: LlavaReranker.load(source, device, inner))
+
+    def get(self) -> LlavaReranker:
+        """The model. Raises :class:`LlmUnavailableError` if it cannot be loaded."""
+        with self._lock:
+            if self._model is None and self._error is None:
+                try:
+                    self._model = self._load()
+                except LlmUnavailableError as exc:
+                    self._error = exc
+                except ValueError as exc:  # loaded, but unusable (e.g. the merge layer is past its layers)
+                    self._error = LlmUnavailableError(str(exc))
+            if self._error is not None:
+                raise self._error
+            assert self._model is not None
+            return self._model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
+from models.registry import RERANKERS
 from search.api.context import ctx
 
 bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/static", template_folder="../templates")
@@ -14,7 +15,7 @@ def index():
     c = ctx()
     reranking = c.queries.reranking
     return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision, rerank=reranking.default,
-                           rerankers=reranking.availability())
+                           rerankers=reranking.availability(), choices=[(m.name, m.label) for m in RERANKERS.values()])
 
 
 @bp.get("/favicon.ico")
