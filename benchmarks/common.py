@@ -25,6 +25,8 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
+from models.precision import detect_cpu_capability
+
 # ----- time -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CpuTimes:
@@ -163,14 +165,6 @@ def process_peak_rss_bytes() -> int | None:
     return None
 
 # ----- environment and output -------------------------------------------------------------------
-def cpu_capability() -> str:
-    """The vector instructions torch dispatches to (``AVX2``, ``AVX512``, ...), plus ``+AMX`` and
-    ``+AVX512-BF16`` where the CPU has those bf16 units."""
-    units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-             if getattr(torch.cpu, probe, lambda: False)()]
-    return "+".join([torch.backends.cpu.get_cpu_capability(), *units])
-
-
 def machine_description() -> dict[str, Any]:
     """CPU model and capability, core count, torch threads and version, and the 1-minute load average now."""
     cpu = platform.processor() or platform.machine()
@@ -181,7 +175,7 @@ def machine_description() -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
-        "capability": cpu_capability(),
+        "capability": detect_cpu_capability().describe(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
