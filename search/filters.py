@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, func
 
 from search.tables import Video
 
@@ -63,7 +63,8 @@ class SearchFilters:
         if self.max_duration is not None:
             where.append(Video.duration <= self.max_duration)
         if self.folder is not None:
-            where.append(Video.path.startswith(str(self.folder).rstrip("/") + "/", autoescape=True))
+            prefix = str(self.folder).rstrip("/") + "/"  # compared exactly: SQLite's LIKE ignores case
+            where.append(func.substr(Video.path, 1, len(prefix)) == prefix)
         return where
 
 

@@ -131,6 +131,7 @@ def test_min_score_drops_low_hits_and_offset_pages_without_overlap(library: Libr
     assert_same(ranked(got), brute_force(library, query, everyone, 10, min_score=third))
     assert len(got.hits) == 3 and all(m.score >= third for h in got.hits for m in [h.moment, *h.more])
     assert service.search("q0", 10, min_score=1.0).hits == []
+    assert service.search("q0", 10, filters=SearchFilters(folder=library.root / "A")).hits == []  # case counts
 
     pages = [ranked(service.search("q0", 7, offset=offset)) for offset in (0, 7, 14)]
     ids = [v for page in pages for v, _ in page]
