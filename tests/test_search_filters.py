@@ -12,6 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
+from benchmarks.filter_bench import main
 from indexer.service import build_runtime
 from search.api import create_app
 from search.api.context import ApiContext
@@ -235,3 +236,9 @@ def test_cli_search_flags(settings: Settings, samples_dir: Path, tmp_path: Path)
     assert found.returncode == 0, found.stderr
     assert " snow " in found.stdout and "red_ball" not in found.stdout
     assert found.stdout.startswith(" 1. ")
+
+
+def test_filter_benchmark_runs(capsys: pytest.CaptureFixture) -> None:
+    main(["--segments", "2000", "--dim", "16", "--queries", "2", "--nlist", "16"])
+    table = capsys.readouterr().out
+    assert table.count("| flat |") == 3 and table.count("| ivf |") == 3 and "| 1% of segments |" in table
