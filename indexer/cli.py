@@ -288,16 +288,24 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from indexer.service import build_runtime
+    from search.filters import FilterError, SearchFilters, check_min_score, check_offset
     from search.query import QueryError, validate_query
 
-    try:
-        validate_query(args.query, args.k)  # before the model loads: a typo costs no wait
-    except QueryError as exc:
+    try:  # before the model loads: a typo costs no wait
+        validate_query(args.query, args.k)
+        check_min_score(args.min_score)
+        check_offset(args.offset)
+        folder = confine(args.folder, settings.allowed_media_roots) if args.folder else None
+        video_ids = tuple(args.video_id) if args.video_id else None
+        filters = SearchFilters(video_ids, args.min_duration, args.max_duration, folder)
+    except (QueryError, FilterError, PathNotAllowed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runtime = build_runtime(settings)
-    result = runtime.queries.search(args.query, args.k)
-    for rank, hit in enumerate(result.hits, 1):
+    result = runtime.queries.search(args.query, args.k, filters=filters, min_score=args.min_score, offset=args.offset)
+    if not result.hits:
+        print("no matching videos")
+    for rank, hit in enumerate(result.hits, args.offset + 1):
         print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]")
     print(f"({result.timings_ms['total']:.1f} ms)")
     return 0
@@ -369,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="query from the command line")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--offset", type=int, default=0, help="skip the best OFFSET videos (paging)")
+    p.add_argument("--min-score", type=float, default=None, help="drop moments whose cosine score is below this")
+    p.add_argument("--video-id", type=int, action="append", help="search only this video (repeat for several)")
+    p.add_argument("--folder", default=None, help="search only videos under this folder (inside the media roots)")
+    p.add_argument("--min-duration", type=float, default=None, help="seconds")
+    p.add_argument("--max-duration", type=float, default=None, help="seconds")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("db", help="catalog database schema")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.filters import MAX_FILTER_IDS, MAX_OFFSET
 from search.query import MAX_K, MAX_QUERY_CHARS
 from search.settings import RERANKERS
 
@@ -21,6 +22,29 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 def _id_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
+
+
+_OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0,
+           "description": "skip the best OFFSET videos (paging: the next page starts at offset + k)"}
+_MIN_SCORE = {"minimum": -1, "maximum": 1,
+              "description": "drop matched moments whose first-stage (cosine) score is below it; no hits is still 200"}
+_VIDEO_ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_DURATION = {"minimum": 0, "description": "seconds of the whole video"}
+_FOLDER = {"description": "search only videos whose file lies under this folder (inside the media roots)"}
+
+
+def _filter_params() -> list[dict[str, Any]]:
+    """The query-string parameters of GET /api/search that narrow and page the results."""
+    return [
+        {"name": "offset", "in": "query", "required": False, "schema": _OFFSET},
+        {"name": "min_score", "in": "query", "required": False, "schema": {"type": "number", **_MIN_SCORE}},
+        {"name": "video_ids", "in": "query", "required": False, "style": "form", "explode": False,
+         "schema": {"type": "array", "items": _VIDEO_ID, "minItems": 1, "maxItems": MAX_FILTER_IDS},
+         "description": "search only these videos (comma-separated)"},
+        {"name": "min_duration", "in": "query", "required": False, "schema": {"type": "number", **_DURATION}},
+        {"name": "max_duration", "in": "query", "required": False, "schema": {"type": "number", **_DURATION}},
+        {"name": "folder", "in": "query", "required": False, "schema": {"type": "string", **_FOLDER}},
+    ]
 
 
 _MOMENT = {
@@ -56,6 +80,13 @@ _SCHEMAS: dict[str, Any] = {
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
             "rerank": {"type": ["string", "null"], "enum": [*RERANKERS, None],
                        "description": "as in GET /api/search; null or absent: the configured default"},
+            "offset": _OFFSET,
+            "min_score": {"type": ["number", "null"], **_MIN_SCORE},
+            "video_ids": {"type": ["array", "null"], "items": _VIDEO_ID, "minItems": 1, "maxItems": MAX_FILTER_IDS,
+                          "description": "search only these videos"},
+            "min_duration": {"type": ["number", "null"], **_DURATION},
+            "max_duration": {"type": ["number", "null"], **_DURATION},
+            "folder": {"type": ["string", "null"], **_FOLDER},
         },
     },
     "Hit": {
@@ -236,9 +267,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                         {"name": "rerank", "in": "query", "required": False, "schema": {"type": "string", "enum": list(RERANKERS)},
                          "description": "rescore the top VIDSEEK_RERANK_K videos from their stored summaries "
                                         "(default VIDSEEK_RERANK)"},
+                        *_filter_params(),
                     ],
                     "responses": {"200": _json("SearchResult", "ranked videos"),
-                                  "400": _error("empty or invalid query, unknown reranker")},
+                                  "400": _error("empty or invalid query, unknown reranker, bad filter or paging value, "
+                                                "folder outside the media roots")},
                 },
                 "post": {
                     "operationId": "searchVideosJson",
@@ -248,7 +281,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
                     },
                     "responses": {"200": _json("SearchResult", "ranked videos"),
-                                  "400": _error("not a JSON object, empty or invalid query, unknown reranker"),
+                                  "400": _error("not a JSON object, empty or invalid query, unknown reranker, "
+                                                "bad filter or paging value, folder outside the media roots"),
                                   "413": _error("body larger than 64 KiB")},
                 },
             },

@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from search.catalog import Catalog, SegmentMeta, VideoName
+from search.filters import FilterError, SearchFilters, check_min_score, check_offset
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
 from search.settings import RERANKERS
@@ -20,6 +21,8 @@ TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
 EXTRA_MOMENTS = 3
+MAX_WIDENINGS = 2  # extra, wider index searches when the candidates name too few videos
+WIDENING_FACTOR = 4
 
 
 class QueryError(ValueError):
@@ -117,18 +120,28 @@ class QueryService:
         self.reranking = reranking or RerankService({}, "none", 1)
         self._encode = lru_cache(maxsize=1024)(encode_text)
 
-    def search(self, query: str, k: int = 10, rerank: str | None = None) -> SearchResult:
-        """Top ``k`` videos for ``query``; ``rerank`` names the reranker (None: the configured default)."""
+    def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
+               min_score: float | None = None, offset: int = 0) -> SearchResult:
+        """Top ``k`` videos for ``query`` after skipping the best ``offset``; ``rerank`` names the
+        reranker (None: the configured default). Only videos matching ``filters`` are searched (FAISS
+        keeps to their segment ids, so a selective filter still fills ``k``); segments whose
+        first-stage score is below ``min_score`` are dropped before videos are ranked."""
         text = validate_query(query, k)
         method = validate_rerank(rerank if rerank is not None else self.reranking.default)
-        depth = k if method == "none" else max(k, self.reranking.k)
+        try:
+            min_score, offset = check_min_score(min_score), check_offset(offset)
+        except FilterError as exc:
+            raise QueryError(str(exc)) from None
+        wanted = offset + k
+        depth = wanted if method == "none" else max(wanted, self.reranking.k)
         t0 = time.perf_counter()
         vector = self._encode(text)
         t1 = time.perf_counter()
-        scores, ids = self.index.search(vector, max(self.candidates, depth * (EXTRA_MOMENTS + 1)))
+        allowed = None
+        if filters is not None and filters.active:
+            allowed = self.catalog.segment_ids_where(filters, self.index.state.embedding_key)
+        grouped, searched = self._first_stage(vector, depth, allowed, min_score)
         t2 = time.perf_counter()
-        meta = self.catalog.segment_meta(ids.tolist())
-        grouped = group_by_video(scores, ids, meta, depth)
         names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
             VideoHit(vid, names[vid], moments[0].score, moments[0], moments[1:])
@@ -142,11 +155,35 @@ class QueryService:
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
             result = self.reranking.rerank(method, text, vector, candidates)
             hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
-            hits = [self._previewed(hit) for hit in hits[:k]]  # only the hits returned get a lookup
+            hits = [self._previewed(hit) for hit in hits[offset:wanted]]  # only the hits returned get a lookup
             timings.update(result.timings_ms)
             info = result.info
+        else:
+            hits = hits[offset:wanted]
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return SearchResult(text, hits[:k], len(ids), {name: round(ms, 3) for name, ms in timings.items()}, info)
+        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
+
+    def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
+                     min_score: float | None) -> tuple[list[tuple[int, list[Moment]]], int]:
+        """Up to ``depth`` videos with their moments from the index (among the ``allowed`` segment
+        ids when given), and how many segments were looked at. When the segments fetched name fewer
+        than ``depth`` videos (a few videos with many segments each) and more could exist, the search
+        is widened, at most ``MAX_WIDENINGS`` times."""
+        n = max(self.candidates, depth * (EXTRA_MOMENTS + 1))
+        if allowed is not None and not len(allowed):
+            return [], 0
+        widenings = 0
+        while True:
+            scores, ids = self.index.search(vector, n, allowed)
+            if min_score is not None:
+                keep = scores >= min_score
+                scores, ids = scores[keep], ids[keep]
+            grouped = group_by_video(scores, ids, self.catalog.segment_meta(ids.tolist()), depth)
+            exhausted = len(ids) < n  # the index (or min_score) has nothing further
+            if len(grouped) >= depth or exhausted or widenings == MAX_WIDENINGS:
+                return grouped, len(ids)
+            n *= WIDENING_FACTOR
+            widenings += 1
 
     @staticmethod
     def _rescored(hit: VideoHit, verdict: Rescored | None) -> VideoHit:

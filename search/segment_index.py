@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_TRAINING_SAMPLE = 1_000_000
 VECTOR_TOLERANCE = 1e-4
+RESCORE_BATCH = 10_000  # segment ids per catalog read when scoring exactly
 
 
 @dataclass(frozen=True)
@@ -250,20 +251,33 @@ class SegmentIndex:
                                                   "duplicated": len(duplicated), "mismatched": mismatched})
             return replace(report, repaired=True)
 
-    def search(self, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Refresh if due, then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``.
+    def search(self, query: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Refresh if due, then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``,
+        among the segment ids ``allowed`` int64 ``[m]`` only when given.
 
         IVF-PQ compares the query with compressed vectors, so its scores are approximate and its
         order is rough (in ``benchmarks/index_memory.py``, a third of the exact top 10 is in its top
         10, but 99% in its top 200): its candidates are re-scored exactly with their catalog vectors.
+        An index that cannot search a subset of ids (HNSW, GPU) scores the allowed segments' catalog
+        vectors exactly instead.
         """
         self.refresh()
-        scores, ids = self.index.search(query[None, :], n)
+        if allowed is not None and not self.index.filterable:
+            return self._rescored(query, allowed, n)
+        scores, ids = self.index.search(query[None, :], n, allowed)
         if self.options.kind != "ivfpq" or not len(ids[0]):
             return scores[0], ids[0]
-        found, vectors = self.catalog.embeddings_of(ids[0])
-        exact = vectors @ query.astype(np.float32) if len(found) else np.zeros(0, np.float32)
-        order = np.argsort(-exact, kind="stable")
+        return self._rescored(query, ids[0], n)
+
+    def _rescored(self, query: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``n`` of the segments ``ids`` by exact score against their catalog vectors."""
+        parts = [self.catalog.embeddings_of(ids[i:i + RESCORE_BATCH]) for i in range(0, len(ids), RESCORE_BATCH)]
+        parts = [(found, vectors) for found, vectors in parts if len(found)]
+        if not parts:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        found = np.concatenate([f for f, _ in parts])
+        exact = np.concatenate([v @ query.astype(np.float32) for _, v in parts])
+        order = np.argsort(-exact, kind="stable")[:n]
         return exact[order], found[order]
 
     def save(self) -> None:

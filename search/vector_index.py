@@ -221,19 +221,33 @@ class VectorIndex:
         with self._lock:
             return int(self._index.ntotal) - len(self._deleted)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product for ``queries`` float32 ``[Q, dim]``.
+    @property
+    def filterable(self) -> bool:
+        """Whether :meth:`search` can restrict itself to ``allowed`` ids: CPU flat and IVF kinds.
+        HNSW (a filtered graph walk can come back short) and GPU indexes cannot."""
+        return self.kind != "hnsw" and not self.use_gpu
 
-        Returns ``(scores [Q, k'], ids [Q, k'])`` with ``k' = min(k, len(self))``, best first.
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product for ``queries`` float32 ``[Q, dim]``, among the ids in
+        ``allowed`` int64 ``[m]`` only when given (needs :attr:`filterable`; IVF then probes every
+        list, so the top ``k`` allowed vectors are found however few there are).
+
+        Returns ``(scores [Q, k'], ids [Q, k'])`` with ``k' <= min(k, len(self))``, best first.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if allowed is not None and not self.filterable:
+            raise ValueError(f"a {self.kind} index{' on the GPU' if self.use_gpu else ''} cannot search a subset of ids")
         with self._lock:
-            n = len(self)
+            n = len(self) if allowed is None else min(len(self), len(allowed))
             if n == 0 or k <= 0:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
             k = min(k, n)
             fetch = min(k + len(self._deleted), int(self._index.ntotal))
-            scores, ids = self._index.search(queries, fetch)
+            if allowed is None:
+                scores, ids = self._index.search(queries, fetch)
+            else:
+                selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+                scores, ids = self._index.search(queries, fetch, params=self._subset_params(selector))
             deleted = list(self._deleted)
         keep = ids >= 0  # IVF may find fewer than asked for when few lists are probed
         if deleted:
@@ -243,6 +257,12 @@ class VectorIndex:
             scores = np.stack([row[m][:width] for row, m in zip(scores, keep)])
             ids = np.stack([row[m][:width] for row, m in zip(ids, keep)])
         return scores[:, :k], ids[:, :k]
+
+    def _subset_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        """Search parameters keeping to ``selector``'s ids; an IVF index probes all its lists."""
+        if isinstance(self._index, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(self._index.nlist))
+        return faiss.SearchParameters(sel=selector)
 
     def ids(self) -> np.ndarray:
         """Every id held (sorted int64 ``[n]``); an id stored twice appears twice."""

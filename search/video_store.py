@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from search.filters import SearchFilters
 from search.store import Store, int_ids, serialize_segment_writes
 from search.tables import CLIP_SPACE, Segment, SegmentTombstone, Status, Video, VideoSummaryRow
 
@@ -247,6 +248,18 @@ class VideoStore(Store):
         with self.session() as s:
             rows = s.execute(_SEGMENT_META.where(Segment.id.in_(int_ids(segment_ids)))).all()
         return {r.id: SegmentMeta(*r) for r in rows}
+
+    def segment_ids_where(self, filters: SearchFilters, embedding_key: str) -> np.ndarray:
+        """Ids of the segments embedded with ``embedding_key`` whose video matches ``filters``
+        (sorted int64 ``[n]``): one query, videos filtered first, segments reached by their
+        ``video_id`` index."""
+        with self.session() as s:
+            ids = s.scalars(
+                select(Segment.id).join(Video, Segment.video_id == Video.id)
+                .where(Segment.embedding_key == embedding_key, *filters.clauses())
+                .order_by(Segment.id)
+            ).all()
+        return np.asarray(ids, dtype=np.int64)
 
     def segment_at(self, video_id: int, seconds: float) -> SegmentMeta | None:
         """The video's segment that holds ``seconds``: the last one starting at or before it (the first

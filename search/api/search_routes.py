@@ -14,6 +14,8 @@ from flask import Blueprint, jsonify, request
 from search.api.context import ctx
 from search.api.errors import ApiError
 from search.api.serialize import search_json
+from search.filters import FilterError, SearchFilters
+from search.media_paths import PathNotAllowed, confine
 from search.query import QueryError
 
 bp = Blueprint("search", __name__, url_prefix="/api")
@@ -47,9 +49,58 @@ def text_arg(name: str) -> str:
     return request.args.get(name, "")
 
 
-def run_search(query: str, k: int, rerank: str | None):
+def float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
     try:
-        result = ctx().queries.search(query, k, rerank)
+        return float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+
+
+def ids_arg(name: str) -> list[int] | None:
+    """``name`` given as comma-separated integers, repeated or not (``video_ids=3,5&video_ids=8``)."""
+    raw = [part for value in request.args.getlist(name) for part in value.split(",") if part.strip()]
+    if not raw:
+        return None
+    try:
+        return [int(part) for part in raw]
+    except ValueError:
+        raise ApiError(400, f"{name} must be comma-separated integers") from None
+
+
+def json_number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise ApiError(400, f"{name} must be a number")
+    try:
+        return None if value is None else float(value)
+    except OverflowError:
+        raise ApiError(400, f"{name} is out of range") from None
+
+
+def json_ids(body: dict, name: str) -> list[int] | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)):
+        raise ApiError(400, f"{name} must be a list of integers")
+    return value
+
+
+def make_filters(video_ids: list[int] | None, min_duration: float | None, max_duration: float | None,
+                 folder: str | None) -> SearchFilters:
+    """The filters of a request; ``folder`` must lie inside the media roots (400 otherwise)."""
+    try:
+        confined = confine(folder, ctx().settings.allowed_media_roots) if folder else None
+        ids = tuple(video_ids) if video_ids is not None else None
+        return SearchFilters(ids, min_duration, max_duration, confined)
+    except (FilterError, PathNotAllowed) as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def run_search(query: str, k: int, rerank: str | None, filters: SearchFilters, min_score: float | None, offset: int):
+    try:
+        result = ctx().queries.search(query, k, rerank, filters=filters, min_score=min_score, offset=offset)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     return jsonify(search_json(result))
@@ -58,7 +109,9 @@ def run_search(query: str, k: int, rerank: str | None):
 @bp.get("/search")
 def search_videos():
     rerank = request.args.get("rerank") or None  # absent or empty: the configured default
-    return run_search(text_arg("q"), int_arg("k", 10), rerank)
+    filters = make_filters(ids_arg("video_ids"), float_arg("min_duration"), float_arg("max_duration"),
+                           text_arg("folder") or None)
+    return run_search(text_arg("q"), int_arg("k", 10), rerank, filters, float_arg("min_score"), int_arg("offset", 0))
 
 
 @bp.post("/search")
@@ -68,10 +121,16 @@ def search_videos_json():
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object such as {"q": "a dog catches a frisbee", "k": 10}')
     query, k, rerank = body.get("q", ""), body.get("k", 10), body.get("rerank")
+    offset, folder = body.get("offset", 0), body.get("folder")
     if not isinstance(query, str):
         raise ApiError(400, "q must be a string")
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise ApiError(400, "k must be an integer")
+    for name, value in (("k", k), ("offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError(400, f"{name} must be an integer")
     if rerank is not None and not isinstance(rerank, str):
         raise ApiError(400, "rerank must be a string")
-    return run_search(query, k, rerank or None)
+    if folder is not None and not isinstance(folder, str):
+        raise ApiError(400, "folder must be a string")
+    filters = make_filters(json_ids(body, "video_ids"), json_number(body, "min_duration"),
+                           json_number(body, "max_duration"), folder or None)
+    return run_search(query, k, rerank or None, filters, json_number(body, "min_score"), offset)
