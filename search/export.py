@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,27 +64,33 @@ def check_destination(out: Path) -> None:
 
 
 def iter_chunks(store: VideoStore, embedding_key: str, chunk_size: int) -> Iterator[SegmentRows]:
-    """The segments of ``embedding_key`` in id order, ``chunk_size`` at a time (the last one fewer)."""
+    """The segments of ``embedding_key`` in id order, ``chunk_size`` at a time (the last one fewer).
+
+    Each page's vectors are copied into one chunk buffer as they arrive, so a chunk costs its
+    vectors once (not once per page plus once concatenated)."""
     last = 0
     while True:
         pages: list[SegmentRows] = []
-        wanted = chunk_size
-        while wanted:
-            page = store.segment_rows(embedding_key, last, min(PAGE_SIZE, wanted))
+        buffer: np.ndarray | None = None  # float32 [chunk_size, D]; untouched rows take no memory
+        have = 0
+        while have < chunk_size:
+            page = store.segment_rows(embedding_key, last, min(PAGE_SIZE, chunk_size - have))
             if page is None:
                 break
-            pages.append(page)
-            wanted -= len(page)
-            last = int(page.ids[-1])
-        if pages:
-            yield _concat(pages)
-        if wanted:  # the catalog ran out
+            if buffer is None:
+                buffer = np.empty((chunk_size, page.embeddings.shape[1]), np.float32)
+            rows = slice(have, have + len(page))
+            buffer[rows] = page.embeddings
+            pages.append(replace(page, embeddings=buffer[rows]))
+            have, last = have + len(page), int(page.ids[-1])
+        if buffer is not None:
+            yield _concat(pages, buffer[:have])
+        if have < chunk_size:  # the catalog ran out
             return
 
 
-def _concat(pages: list[SegmentRows]) -> SegmentRows:
-    if len(pages) == 1:
-        return pages[0]
+def _concat(pages: list[SegmentRows], embeddings: np.ndarray) -> SegmentRows:
+    """One chunk of ``pages``, whose vectors ``embeddings`` already holds in order."""
     return SegmentRows(
         ids=np.concatenate([p.ids for p in pages]),
         video_ids=np.concatenate([p.video_ids for p in pages]),
@@ -92,7 +98,7 @@ def _concat(pages: list[SegmentRows]) -> SegmentRows:
         ends=np.concatenate([p.ends for p in pages]),
         paths=[x for p in pages for x in p.paths],
         titles=[x for p in pages for x in p.titles],
-        embeddings=np.concatenate([p.embeddings for p in pages]),
+        embeddings=embeddings,
     )
 
 
