@@ -12,34 +12,27 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from indexer.evaluation.cli import add_eval_parser
 from indexer.media import find_videos, sha256_file
-from indexer.pipeline import VideoIngestor
-from indexer.reaper import run_beat
-from indexer.samples import ensure_samples
-from indexer.service import (
-    build_runtime,
-    create_service_app,
-    load_encoder,
-    load_model,
-    open_catalog,
-    open_index,
-    settings_space_key,
-)
-from indexer.tasks import INGEST_TASK, CeleryQueue, LazyIngestor, make_celery
-from models.factory import RANDOM_WEIGHTS, WeightsUnavailableError, model_embed_dim
-from search.catalog import Catalog
-from search.db import current_revision, upgrade
-from search.export import DEFAULT_CHUNK_SIZE, FORMATS, ExportError, check_destination, export_segments
+from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
 from search.logs import configure_logging
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, require_utf8_name
-from search.query import QueryError, validate_query
 from search.settings import Settings, SettingsError
-from search.tables import Job, Status
+from search.tables import Status
+
+if TYPE_CHECKING:
+    from indexer.pipeline import VideoIngestor
+    from search.catalog import Catalog
+    from search.tables import Job
+
+# The model stack (torch, open_clip, FAISS, Celery) is imported inside the commands that use it: the
+# parser, a configuration error, ``--help`` and the maintenance commands start in a fraction of a
+# second instead of the ~6 s the stack takes to import.
 
 log = logging.getLogger("vidseek")
 
@@ -128,6 +121,10 @@ def report(catalog: Catalog, jobs: Sequence[Job], skipped: int, rejected: Sequen
 
 def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, ingestor: VideoIngestor | None = None) -> int:
     """Ingest ``paths``; the model is loaded only once there is a file to encode."""
+    from indexer.pipeline import VideoIngestor
+    from indexer.service import load_encoder, open_catalog, settings_space_key
+    from indexer.tasks import INGEST_TASK, make_celery
+
     with logging_redirect_tqdm():
         files, rejected = check_paths(settings, paths)
         catalog = open_catalog(settings)
@@ -209,6 +206,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 flush=True))
 
         def load(self):
+            from indexer.service import create_service_app
+
             return create_service_app(settings)
 
     Server().run()
@@ -216,6 +215,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.pipeline import VideoIngestor
+    from indexer.service import load_encoder, open_catalog
+    from indexer.tasks import LazyIngestor, make_celery
+
     if settings.runs_in_process:
         print("VIDSEEK_BROKER_URL is not set: a worker needs a broker (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2
@@ -234,6 +237,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
     """Re-queue jobs whose worker died (see ``indexer.reaper``) until SIGTERM or Ctrl+C."""
+    from indexer.reaper import run_beat
+    from indexer.service import open_catalog
+    from indexer.tasks import CeleryQueue, make_celery
+
     if settings.runs_in_process:
         print("VIDSEEK_BROKER_URL is not set: beat re-queues jobs through a broker", file=sys.stderr)
         return 2
@@ -248,6 +255,10 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.samples import ensure_samples
+    from indexer.service import build_runtime, load_model
+    from search.api import create_app
+
     # the demo runs everything in this process, for a person at a terminal
     settings = settings.with_overrides(broker_url="", log_format="text", log_level="WARNING")
     configure_logging(settings.log_level, settings.log_format)
@@ -270,14 +281,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     ingest_paths(settings, samples, ingestor=runtime.ingestor())
     runtime.index.refresh(force=True)
     runtime.index.refresh_in_background()
-    from search.api import create_app
-
     serve(create_app(runtime.api_context()), args.host, args.port)
     return 0
 
 
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.service import build_runtime
+    from search.query import QueryError, validate_query
+
     try:
         validate_query(args.query, args.k)  # before the model loads: a typo costs no wait
     except QueryError as exc:
@@ -292,6 +304,8 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from search.db import current_revision, upgrade
+
     url = settings.resolved_database_url
     if args.action == "upgrade":
         upgrade(url)
@@ -300,6 +314,9 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.service import open_catalog, open_index, settings_space_key
+    from models.factory import model_embed_dim
+
     catalog = open_catalog(settings)
     dim = model_embed_dim(settings.model, settings.model_config_dir)
     index = open_index(settings, catalog, settings_space_key(settings), dim)
@@ -323,11 +340,15 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Segment embeddings of the active embedding space and their metadata, to files (``search.export``)."""
+    from search.export import ExportError, check_destination, export_segments
+
     try:
-        check_destination(args.out)  # before the catalog opens: a typo costs no wait
+        check_destination(args.out)  # before the model stack and the catalog load: a typo costs no wait
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from indexer.service import open_catalog, settings_space_key
+
     catalog = open_catalog(settings)
     key = settings_space_key(settings)
     with tqdm(total=catalog.count_segments(key), desc="exporting", unit="segment", disable=None) as bar:
@@ -348,6 +369,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+# search.export's FORMATS and DEFAULT_CHUNK_SIZE, spelled out so that building the parser imports no
+# pyarrow (tests/test_export.py checks that they agree).
+EXPORT_FORMATS = ("npy", "parquet")
+EXPORT_CHUNK_SIZE = 100_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,10 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write segment embeddings and metadata to files (clip-retrieval's layout, or parquet)")
     p.add_argument("out", type=Path, help="a new or empty folder")
-    p.add_argument("--format", choices=FORMATS, default="npy",
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="npy",
                    help="npy: img_emb/img_emb_N.npy beside metadata/metadata_N.parquet; parquet: segments_N.parquet "
                         "with an embedding column (default: npy)")
-    p.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, help="segments per file")
+    p.add_argument("--chunk-size", type=_positive_int, default=EXPORT_CHUNK_SIZE,
+                   help=f"segments per file (default: {EXPORT_CHUNK_SIZE})")
     p.set_defaults(func=cmd_export)
     add_eval_parser(sub)
     return parser

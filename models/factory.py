@@ -31,10 +31,10 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from models.backbone import ClipBackbone
 from models.precision import FP32, CpuCapability, choose_precision, detect_cpu_capability
+from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError  # re-exported: the factory raises it
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
 OFFLINE_HINT = (
     "On a machine without internet access, download the checkpoint elsewhere (e.g. "
@@ -45,10 +45,6 @@ HF_WEIGHTS_FILE = "open_clip_pytorch_model.bin"  # open_clip's name when a hub e
 # What a broken or mismatched checkpoint makes torch / open_clip raise.
 CHECKPOINT_ERRORS = (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError)
 _registered_config_dirs: set[Path] = set()  # open_clip keeps a global registry; add each folder once
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested pretrained weights cannot be loaded (no network, unknown tag, bad file)."""
 
 
 # ----- names of weights and embedding spaces -----------------------------------------------------

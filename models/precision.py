@@ -23,14 +23,14 @@ from typing import Literal
 
 import torch
 
+from models.registry import AUTO, PRECISIONS
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 FP32: Precision = "fp32"
 BF16: Precision = "bf16"
 FP16: Precision = "fp16"
-AUTO = "auto"
-PRECISIONS: tuple[str, ...] = (AUTO, FP32, BF16, FP16)
 DTYPES: dict[str, torch.dtype] = {FP32: torch.float32, BF16: torch.bfloat16, FP16: torch.float16}
 
 

@@ -29,6 +29,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The precision policies (VIDSEEK_PRECISION); models.precision maps them to dtypes and chooses for ``auto``.
+AUTO = "auto"
+PRECISIONS: tuple[str, ...] = (AUTO, "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class Method:

@@ -35,9 +35,16 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+# Libraries that announce their own import at INFO ("Loading faiss.", "setup plugin ..."): the CLI
+# imports them after logging is configured (inside the commands), where they would only add noise.
+IMPORT_CHATTER_LOGGERS = ("faiss.loader", "alembic.runtime.plugins")
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in IMPORT_CHATTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from models.precision import PRECISIONS
 from models.registry import ENCODERS as ENCODER_REGISTRY
+from models.registry import PRECISIONS
 from models.registry import RERANKERS as RERANKER_REGISTRY
 from models.registry import SUMMARIZERS
 

@@ -17,13 +17,8 @@ from indexer.cli import main
 from indexer.decode import center_crop, iter_sampled_frames
 from indexer.evaluation.annotations import Annotations, Caption, resolve_videos
 from indexer.evaluation import harness
-from indexer.evaluation.harness import (
-    EvalError,
-    EvalRequest,
-    parse_encoder_config,
-    pool_segments,
-    run_eval,
-)
+from indexer.evaluation.configs import EvalError, parse_encoder_config
+from indexer.evaluation.harness import EvalRequest, pool_segments, run_eval
 from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import retrieval_metrics
 from indexer.samples import captions

@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from indexer.cli import EXPORT_CHUNK_SIZE, EXPORT_FORMATS
 from indexer.service import open_catalog, settings_space_key
 from search import export as export_module
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
-from search.export import ExportError, export_segments
+from search.export import DEFAULT_CHUNK_SIZE, FORMATS, ExportError, export_segments
 from search.settings import Settings
 from tests.conftest import REPO, settings_env, temporary_database
 
@@ -186,6 +187,10 @@ def test_export_from_postgresql(tmp_path: Path) -> None:
             _assert_matches_catalog(chunks, _catalog_rows(catalog))
         finally:
             catalog.dispose()
+
+
+def test_the_command_line_offers_the_formats_and_chunk_size_of_the_export() -> None:
+    assert (EXPORT_FORMATS, EXPORT_CHUNK_SIZE) == (FORMATS, DEFAULT_CHUNK_SIZE)
 
 
 def _vidseek(settings: Settings, *args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from indexer.cli import build_parser
-from indexer.evaluation.harness import check_rerankers, eval_rerankers
+from indexer.evaluation.configs import check_rerankers, eval_rerankers
 from models.encoders import FullClipEncoder, build_encoder
 from models.registry import ENCODERS, RERANKERS, SUMMARIZERS, Method, Registry, UnknownMethod
 from models.summary import summarize

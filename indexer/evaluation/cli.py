@@ -7,17 +7,9 @@ import sys
 from pathlib import Path
 
 from indexer.evaluation.annotations import AnnotationError, load_annotations, resolve_videos
-from indexer.evaluation.harness import (
-    MODIFIERS,
-    EvalError,
-    EvalRequest,
-    check_rerankers,
-    eval_rerankers,
-    parse_encoder_config,
-    run_eval,
-)
-from models.factory import RANDOM_WEIGHTS
+from indexer.evaluation.configs import MODIFIERS, EvalError, check_rerankers, eval_rerankers, parse_encoder_config
 from models.registry import ENCODERS
+from models.weights import RANDOM_WEIGHTS
 from search.settings import Settings, SettingsError
 
 # CLIP4Clip's and TempMe's MSR-VTT protocol: 1 frame per second, at most 12 frames, uniformly.
@@ -75,13 +67,17 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if base.pretrained == RANDOM_WEIGHTS:
         print("warning: VIDSEEK_PRETRAINED=random -- the metrics will be chance level", file=sys.stderr)
+    # imported here: the harness loads torch, open_clip and the pipeline (seconds), which the
+    # other commands and a bad argument need not pay
+    from indexer.evaluation.harness import EvalRequest, run_eval
+
     request = EvalRequest(base, annotations, args.annotations, videos, encoders, args.rerank, args.work_dir)
     try:
         run = run_eval(request)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    # imported here: matplotlib takes half a second to load, which other commands need not pay
+    # matplotlib takes half a second to load
     from indexer.evaluation.report import format_table, plot_r1_vs_gflops, write_json
 
     print(format_table(run))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -34,60 +34,23 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.evaluation.annotations import Annotations
+from indexer.evaluation.configs import EncoderConfig, EvalError, check_rerankers
 from indexer.evaluation.meter import MeteredEncoder
 from indexer.evaluation.metrics import RetrievalMetrics, retrieval_metrics
 from indexer.pipeline import VideoIngestor
 from indexer.service import load_encoder, load_model, open_catalog, reranker_inputs
 from models.backbone import ClipBackbone
 from models.factory import weights_identity
-from models.bvllm import STATIC_CHANGE_THRESHOLD
 from models.encoders import SegmentEncoder
 from models.registry import RERANKERS
 from search.catalog import Catalog, embedding_from_bytes
 from search.rerank_service import Candidate, build_rerankers
-from search.settings import Settings, SettingsError
+from search.settings import Settings
 from search.tables import Status
 
 log = logging.getLogger(__name__)
 
 TEXT_BATCH = 256
-
-
-class EvalError(RuntimeError):
-    """The evaluation cannot run as asked; the message says why."""
-
-
-# ----- configurations -----------------------------------------------------------------------
-# ``<encoder>+<modifier>...``: the encoder is VIDSEEK_ENCODER, each modifier a Settings override.
-MODIFIERS: dict[str, Callable[[Settings], dict[str, object]]] = {
-    # B-VLLM-style static-frame dropping before the ViT (VIDSEEK_FRAME_DEDUP): the configured
-    # threshold when one is set, else models.bvllm's default.
-    "bvllm-dedup": lambda base: {"frame_dedup": base.frame_dedup or STATIC_CHANGE_THRESHOLD},
-}
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """One ingestion configuration: its name and the Settings it changes."""
-
-    name: str
-    overrides: Mapping[str, object]
-
-
-def parse_encoder_config(name: str, base: Settings) -> EncoderConfig:
-    """``"tempme+bvllm-dedup"`` -> encoder ``tempme`` with frame dropping. Everything a name does
-    not ask for is switched off, whatever the environment says (``full`` is plain CLIP)."""
-    encoder, *modifiers = name.strip().split("+")
-    overrides: dict[str, object] = {"encoder": encoder, "frame_dedup": 0.0}
-    for modifier in modifiers:
-        if modifier not in MODIFIERS:
-            raise EvalError(f"unknown modifier {modifier!r} in {name!r}; known: {', '.join(MODIFIERS)}")
-        overrides.update(MODIFIERS[modifier](base))
-    try:
-        base.with_overrides(**overrides)
-    except SettingsError as exc:
-        raise EvalError(f"configuration {name!r}: {exc}") from exc
-    return EncoderConfig(name.strip(), overrides)
 
 
 # ----- rerankers ----------------------------------------------------------------------------
@@ -137,18 +100,6 @@ def rerank_similarities(method: str, ingested: IngestedSet, sim: np.ndarray) -> 
         for v, c in zip(top, candidates):
             out[q, v] = rescored[c.video_id].score if c.video_id in rescored else row[v]
     return out
-
-
-def eval_rerankers() -> tuple[str, ...]:
-    """The registered rerankers an evaluation can run (all but those reading LLM-space summaries)."""
-    return tuple(name for name, m in RERANKERS.items() if m.summary_space != "llm")
-
-
-def check_rerankers(names: Sequence[str]) -> None:
-    """Raise :class:`EvalError` for a reranker name that is unknown or cannot run in an evaluation."""
-    for name in names:
-        if name not in eval_rerankers():
-            raise EvalError(f"unknown reranker {name!r}; available: {', '.join(eval_rerankers())}")
 
 
 # ----- pooling and text ---------------------------------------------------------------------
