@@ -170,3 +170,16 @@ def test_spine_bench_smoke(tiny_config_dir: Path, tmp_path: Path, capsys: pytest
     printed = capsys.readouterr().out
     assert "| encoder |" in printed and "tempme" in printed
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_text_bench_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.text_bench import main as text_main
+
+    rows = text_main(["--model", "vidseek-tiny-ViT", "--model-config-dir", str(tiny_config_dir), "--queries", "6",
+                      "--json", str(tmp_path / "text.json")])
+    assert [r["precision"].split(" ")[0] for r in rows] == ["fp32", "fp32", "auto"]
+    assert rows[1]["cos_min"] > 0.99999  # the EOT cut is the same function in fp32
+    assert rows[2]["cos_min"] > 0.99  # auto: bf16 where the CPU has bf16 units, else fp32
+    assert all(r["p50"] > 0 and r["p99"] >= r["p50"] for r in rows)
+    assert json.loads((tmp_path / "text.json").read_text())["rows"] == rows
+    assert "min cos to open_clip fp32" in capsys.readouterr().out

@@ -1,0 +1,83 @@
+"""One text query's encoder latency, side by side in one process: open_clip's own ``encode_text``
+in fp32 over the full context (77 tokens) against vidseek's text path (``ClipBackbone.encode_text``:
+the causal tower cut at the batch's last EOT token) in fp32 and at ``VIDSEEK_PRECISION=auto``.
+
+One thread by default, as in an API process (``vidseek serve`` runs ``OMP_NUM_THREADS=1`` workers).
+Prints the CPU model and capability; reports p50/p99 per call and the ratio of the medians to
+open_clip fp32, and how far each embedding lies from open_clip fp32 (min cosine).
+
+    PYTHONPATH=. python benchmarks/text_bench.py --queries 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import Column, distinct_queries, latency_percentiles, machine_description, markdown_table
+from models.factory import load_backbone
+from models.precision import FP32
+from models.weights import RANDOM_WEIGHTS
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default=RANDOM_WEIGHTS)
+    parser.add_argument("--model-config-dir", type=Path, default=None)
+    parser.add_argument("--queries", type=int, default=200, help="distinct queries, each timed once per call")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load = lambda precision: load_backbone(args.model, args.pretrained, "cpu", args.model_config_dir, precision)  # noqa: E731
+    fp32, auto = load(FP32), load("auto")
+    queries = distinct_queries(args.queries)
+
+    @torch.inference_mode()
+    def open_clip_fp32(text: str) -> torch.Tensor:
+        return F.normalize(fp32.model.encode_text(fp32.tokenizer([text])).float(), dim=-1)
+
+    calls = {
+        "open_clip encode_text, 77 tokens": ("fp32", open_clip_fp32),
+        "vidseek, cut at EOT": ("fp32", lambda text: fp32.encode_text([text])),
+        "vidseek, cut at EOT ": (f"auto = {auto.precision.precision}", lambda text: auto.encode_text([text])),
+    }
+    for _, fn in calls.values():  # warm-up
+        for text in queries[:5]:
+            fn(text)
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    cosines: dict[str, list[float]] = {name: [] for name in calls}
+    for text in queries:  # round-robin: load from other processes falls on every call alike
+        reference = None
+        for name, (_, fn) in calls.items():
+            start = time.perf_counter()
+            emb = fn(text)
+            latencies[name].append((time.perf_counter() - start) * 1000)
+            reference = emb if reference is None else reference
+            cosines[name].append(float((emb * reference).sum()))
+    base = latency_percentiles(latencies["open_clip encode_text, 77 tokens"])["p50"]
+    rows = []
+    for name, (precision, _) in calls.items():
+        stats = latency_percentiles(latencies[name])
+        rows.append({"call": name.strip(), "precision": precision, **stats, "speedup": base / stats["p50"],
+                     "cos_min": min(cosines[name])})
+    machine = machine_description()
+    print(f"# text query latency: {args.model} ({args.pretrained} weights), {args.queries} queries, batch 1")
+    print(f"machine: {machine['cpu']} ({machine['capability']}), {machine['cores']} cores, torch {machine['torch']} "
+          f"with {args.threads} thread(s), load {machine['load_1min']:.2f}\n")
+    print(markdown_table([Column("call", "call"), Column("precision", "precision"), Column("p50", "p50 ms", "{:.1f}"),
+                          Column("p99", "p99 ms", "{:.1f}"), Column("speedup", "× open_clip fp32 (p50)", "{:.2f}"),
+                          Column("cos_min", "min cos to open_clip fp32", "{:.6f}")], rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
