@@ -1,4 +1,4 @@
-"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, db, index."""
+"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, db, index, export."""
 
 from __future__ import annotations
 
@@ -346,6 +346,45 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Segment embeddings of the active embedding space and their metadata, to files (``search.export``)."""
+    from search.export import ExportError, check_destination, export_segments
+
+    try:
+        check_destination(args.out)  # before the model stack and the catalog load: a typo costs no wait
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from indexer.service import open_catalog, settings_space_key
+
+    catalog = open_catalog(settings)
+    key = settings_space_key(settings)
+    with tqdm(total=catalog.count_segments(key), desc="exporting", unit="segment", disable=None) as bar:
+        done = export_segments(catalog, key, args.out, args.format, args.chunk_size, bar.update)
+    if not done.segments:
+        others = catalog.count_segments()
+        hint = f" ({others} segments are in other spaces: set VIDSEEK_MODEL / VIDSEEK_ENCODER as when they were ingested)" if others else ""
+        print(f"nothing to export: the catalog has no segments in embedding space {key}{hint}; nothing was written",
+              file=sys.stderr)
+        return 0
+    print(f"exported {done.segments} segments ({done.dim} floats each, space {key}) "
+          f"in {len(done.files)} files to {done.out}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+# search.export's FORMATS and DEFAULT_CHUNK_SIZE, spelled out so that building the parser imports no
+# pyarrow (tests/test_export.py checks that they agree).
+EXPORT_FORMATS = ("npy", "parquet")
+EXPORT_CHUNK_SIZE = 100_000
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidseek", description="Text-to-video retrieval search.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -393,12 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["rebuild", "verify"])
     p.add_argument("--check", action="store_true", help="verify only: report differences, repair nothing (exit 1)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("export", help="write segment embeddings and metadata to files (clip-retrieval's layout, or parquet)")
+    p.add_argument("out", type=Path, help="a new or empty folder")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="npy",
+                   help="npy: img_emb/img_emb_N.npy beside metadata/metadata_N.parquet; parquet: segments_N.parquet "
+                        "with an embedding column (default: npy)")
+    p.add_argument("--chunk-size", type=_positive_int, default=EXPORT_CHUNK_SIZE,
+                   help=f"segments per file (default: {EXPORT_CHUNK_SIZE})")
+    p.set_defaults(func=cmd_export)
     add_eval_parser(sub)
     return parser
 
 
 # Commands a person runs at a terminal and reads the answer of; services (serve, worker, beat) log JSON.
-INTERACTIVE_COMMANDS = ("search", "ingest")
+INTERACTIVE_COMMANDS = ("search", "ingest", "export")
 
 
 def interactive_logging(settings: Settings, command: str, environ: Mapping[str, str], terminal: bool) -> Settings:

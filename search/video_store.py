@@ -57,6 +57,26 @@ class SegmentMeta:
 
 
 @dataclass(frozen=True)
+class SegmentRows:
+    """Segments of one embedding space with their videos' names, in id order, for export.
+
+    ``ids``, ``video_ids``: int64 ``[n]``; ``starts``, ``ends``: float64 ``[n]`` seconds;
+    ``paths``, ``titles``: ``n`` strings; ``embeddings``: float32 ``[n, D]``.
+    """
+
+    ids: np.ndarray
+    video_ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    paths: list[str]
+    titles: list[str]
+    embeddings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
 class VideoName:
     """How a video is named to people: its ``title`` (the file's stem), and the file's ``file_name`` and
     the name of its ``folder`` (never the absolute path), to tell apart files with the same stem."""
@@ -324,6 +344,29 @@ class VideoStore(Store):
             ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
             yield ids, np.stack([embedding_from_bytes(r.embedding) for r in rows])
             last = int(ids[-1])
+
+    def segment_rows(self, embedding_key: str, after_id: int, limit: int) -> SegmentRows | None:
+        """Up to ``limit`` segments with ``id > after_id`` embedded with ``embedding_key``, in id order
+        (one page of a keyset pagination); None when there are no more."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.id, Segment.video_id, Segment.start, Segment.end, Video.path, Video.title, Segment.embedding)
+                .join(Video, Video.id == Segment.video_id)
+                .where(Segment.id > after_id, Segment.embedding_key == embedding_key)
+                .order_by(Segment.id)
+                .limit(limit)
+            ).all()
+        if not rows:
+            return None
+        return SegmentRows(
+            ids=np.array([r.id for r in rows], np.int64),
+            video_ids=np.array([r.video_id for r in rows], np.int64),
+            starts=np.array([r.start for r in rows], np.float64),
+            ends=np.array([r.end for r in rows], np.float64),
+            paths=[r.path for r in rows],
+            titles=[r.title for r in rows],
+            embeddings=np.stack([embedding_from_bytes(r.embedding) for r in rows]),
+        )
 
     def embeddings_of(self, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors of those ``segment_ids`` that still exist: ``(ids int64 [n], float32 [n, D])``."""
