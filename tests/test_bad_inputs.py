@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from indexer.cli import check_paths, plan_jobs
+from indexer.bulk import check_paths, plan_jobs
 from indexer.decode import iter_sampled_frames, probe
 from indexer.service import Runtime, build_runtime, settings_space_key
 from search.api import create_app
