@@ -16,6 +16,10 @@ Language Models" (arXiv 2505.21334). The outer-LLM part runs on ``T`` frames x `
 
 :func:`inner_llm_merge` is the inner-LLM step (``Qwen2Model_holitom.forward``) as a pure function.
 
+One module of ~560 lines on purpose: its functions are the steps of one method, each a small pure
+function named after the reference function it follows, so the paper and the official code can be
+read side by side with this file.
+
 Deviations from the reference, all deliberate:
 
 * The reference 2x2-pools SigLIP's 27x27 grid first (``get_2dPool``); CLIP ViT-B/32's 7x7 grid is
