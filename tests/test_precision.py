@@ -162,3 +162,23 @@ def test_non_causal_tower_takes_the_full_path(tmp_path: Path, monkeypatch: pytes
         seen = _lengths_seen(monkeypatch, model.transformer)
         torch.testing.assert_close(encode_text_tokens(model, tokens), model.encode_text(tokens))
     assert seen == [77, 77]
+
+
+def test_layer_norm_of_bf16_activations_matches_open_clips_float32_norm():
+    """vit_blocks.layer_norm (torch's mixed-type kernel, no copies) equals open_clip's LayerNormFp32
+    (copy to float32, norm, copy back) up to one bf16 rounding step, and is the module itself in fp32."""
+    from open_clip.transformer import LayerNormFp32
+
+    from models.vit_blocks import layer_norm
+
+    torch.manual_seed(0)
+    norm = LayerNormFp32(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 17, 64) * 4 + 1).to(torch.bfloat16)
+    out = layer_norm(norm, x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), norm(x).float(), rtol=2**-7, atol=2**-7)
+    x32 = x.float()
+    assert torch.equal(layer_norm(norm, x32), norm(x32))
