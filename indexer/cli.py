@@ -18,7 +18,7 @@ from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
 from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
 from search.logs import configure_logging
-from search.media_paths import PathNotAllowed, confine
+from search.media_paths import PathNotAllowed
 from search.settings import Settings, SettingsError
 
 # The model stack (torch, open_clip, FAISS, Celery) is imported inside the commands that use it: the
@@ -174,16 +174,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from indexer.service import build_runtime
-    from search.filters import FilterError, SearchFilters, check_min_score, check_offset
+    from search.filters import FilterError, check_min_score, check_offset, confined_filters
     from search.query import QueryError, validate_query
 
     try:  # before the model loads: a typo costs no wait
         validate_query(args.query, args.k)
         check_min_score(args.min_score)
         check_offset(args.offset)
-        folder = confine(args.folder, settings.allowed_media_roots) if args.folder else None
-        video_ids = tuple(args.video_id) if args.video_id else None
-        filters = SearchFilters(video_ids, args.min_duration, args.max_duration, folder)
+        filters = confined_filters(args.video_id, args.min_duration, args.max_duration, args.folder,
+                                   settings.allowed_media_roots)
     except (QueryError, FilterError, PathNotAllowed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

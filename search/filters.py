@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import ColumnElement, func
 
+from search.media_paths import confine
 from search.tables import Video
 
 MAX_FILTER_IDS = 1000  # video ids one search may name
@@ -66,6 +67,14 @@ class SearchFilters:
             prefix = str(self.folder).rstrip("/") + "/"  # compared exactly: SQLite's LIKE ignores case
             where.append(func.substr(Video.path, 1, len(prefix)) == prefix)
         return where
+
+
+def confined_filters(video_ids: list[int] | tuple[int, ...] | None, min_duration: float | None,
+                     max_duration: float | None, folder: str | Path | None, roots: tuple[Path, ...]) -> SearchFilters:
+    """The filters of a request (API or CLI): ``folder`` resolved and confined to the media ``roots``
+    (``search.media_paths.PathNotAllowed`` otherwise); :class:`FilterError` for a bad value."""
+    confined = confine(folder, roots) if folder else None
+    return SearchFilters(None if video_ids is None else tuple(video_ids), min_duration, max_duration, confined)
 
 
 def check_min_score(value: float | None) -> float | None:

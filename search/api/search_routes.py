@@ -14,8 +14,8 @@ from flask import Blueprint, jsonify, request
 from search.api.context import ctx
 from search.api.errors import ApiError
 from search.api.serialize import search_json
-from search.filters import FilterError, SearchFilters
-from search.media_paths import PathNotAllowed, confine
+from search.filters import FilterError, SearchFilters, confined_filters
+from search.media_paths import PathNotAllowed
 from search.query import QueryError
 
 bp = Blueprint("search", __name__, url_prefix="/api")
@@ -91,9 +91,7 @@ def make_filters(video_ids: list[int] | None, min_duration: float | None, max_du
                  folder: str | None) -> SearchFilters:
     """The filters of a request; ``folder`` must lie inside the media roots (400 otherwise)."""
     try:
-        confined = confine(folder, ctx().settings.allowed_media_roots) if folder else None
-        ids = tuple(video_ids) if video_ids is not None else None
-        return SearchFilters(ids, min_duration, max_duration, confined)
+        return confined_filters(video_ids, min_duration, max_duration, folder, ctx().settings.allowed_media_roots)
     except (FilterError, PathNotAllowed) as exc:
         raise ApiError(400, str(exc)) from None
 
