@@ -43,30 +43,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def open_clip_fp32(text: str) -> torch.Tensor:
         return F.normalize(fp32.model.encode_text(fp32.tokenizer([text])).float(), dim=-1)
 
-    calls = {
-        "open_clip encode_text, 77 tokens": ("fp32", open_clip_fp32),
-        "vidseek, cut at EOT": ("fp32", lambda text: fp32.encode_text([text])),
-        "vidseek, cut at EOT ": (f"auto = {auto.precision.precision}", lambda text: auto.encode_text([text])),
-    }
-    for _, fn in calls.values():  # warm-up
+    calls = [  # (call, precision, fn)
+        ("open_clip encode_text, 77 tokens", "fp32", open_clip_fp32),
+        ("vidseek, cut at EOT", "fp32", lambda text: fp32.encode_text([text])),
+        ("vidseek, cut at EOT", f"auto = {auto.precision.precision}", lambda text: auto.encode_text([text])),
+    ]
+    for _, _, fn in calls:  # warm-up
         for text in queries[:5]:
             fn(text)
-    latencies: dict[str, list[float]] = {name: [] for name in calls}
-    cosines: dict[str, list[float]] = {name: [] for name in calls}
+    latencies: list[list[float]] = [[] for _ in calls]
+    cosines: list[list[float]] = [[] for _ in calls]
     for text in queries:  # round-robin: load from other processes falls on every call alike
         reference = None
-        for name, (_, fn) in calls.items():
+        for i, (_, _, fn) in enumerate(calls):
             start = time.perf_counter()
             emb = fn(text)
-            latencies[name].append((time.perf_counter() - start) * 1000)
+            latencies[i].append((time.perf_counter() - start) * 1000)
             reference = emb if reference is None else reference
-            cosines[name].append(float((emb * reference).sum()))
-    base = latency_percentiles(latencies["open_clip encode_text, 77 tokens"])["p50"]
+            cosines[i].append(float((emb * reference).sum()))
+    base = latency_percentiles(latencies[0])["p50"]
     rows = []
-    for name, (precision, _) in calls.items():
-        stats = latency_percentiles(latencies[name])
-        rows.append({"call": name.strip(), "precision": precision, **stats, "speedup": base / stats["p50"],
-                     "cos_min": min(cosines[name])})
+    for (name, precision, _), times, cos in zip(calls, latencies, cosines):
+        stats = latency_percentiles(times)
+        rows.append({"call": name, "precision": precision, **stats, "speedup": base / stats["p50"], "cos_min": min(cos)})
     machine = machine_description()
     print(f"# text query latency: {args.model} ({args.pretrained} weights), {args.queries} queries, batch 1")
     print(f"machine: {machine['cpu']} ({machine['capability']}), {machine['cores']} cores, torch {machine['torch']} "
