@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
+from models.registry import AUTO
 from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
 from search.logs import configure_logging
 from search.media_paths import PathNotAllowed
@@ -186,6 +187,8 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     except (QueryError, FilterError, PathNotAllowed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.text_runtime == AUTO:  # one query: torch answers it sooner than an ONNX export would
+        settings = settings.with_overrides(text_runtime="torch")
     runtime = build_runtime(settings)
     result = runtime.queries.search(args.query, args.k, filters=filters, min_score=args.min_score, offset=args.offset)
     if not result.hits:
