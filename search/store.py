@@ -6,11 +6,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_session_factory
-from search.tables import utcnow
+from search.tables import Job, Status, Video, utcnow
 
 # Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
 # visible in id order: index replicas then never skip an id below their watermark.
@@ -30,6 +30,14 @@ def aware(moment: datetime) -> datetime:
 def int_ids(ids: Sequence[int]) -> list[int]:
     """Ids as plain ints (numpy integers do not bind as SQL parameters)."""
     return [int(i) for i in ids]
+
+
+def count_by_status(s: Session, table: type[Job] | type[Video]) -> dict[Status, int]:
+    """How many rows of ``table`` are in each status (every status present, zero included): one GROUP BY."""
+    rows = s.execute(select(table.status, func.count()).group_by(table.status)).all()
+    counts = dict.fromkeys(Status, 0)
+    counts.update({Status(r[0]): int(r[1]) for r in rows})
+    return counts
 
 
 class Store:
