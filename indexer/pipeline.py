@@ -130,7 +130,7 @@ class VideoIngestor:
     def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
         path = confine(job.path, self.settings.allowed_media_roots)
         if not is_regular_file(path):
-            raise DecodeError(f"{path.name} does not exist or is not a file")
+            raise DecodeError(f"{path.name} does not exist or is not a file", kind="missing")
         content_hash = sha256_file(path)
         video = self._claim(job, path, content_hash, lease)
         if video is None:
