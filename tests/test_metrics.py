@@ -32,7 +32,7 @@ from search.tables import Status
 from tests.conftest import REPO, settings_env, temporary_database
 from tests.test_celery import running_worker, wait_for
 from tests.test_cli import free_port
-from tests.test_topology import Processes, get_json, wait_until
+from tests.test_topology import Processes, get_json, wait_for_api, wait_until
 
 REQUESTS = "vidseek_http_requests_total"
 SEARCH_ROUTE = "/api/search"
@@ -175,15 +175,7 @@ def test_serve_adds_up_the_metrics_of_its_processes(settings: Settings, tmp_path
     base, route = f"http://127.0.0.1:{port}", "/api/library"
     try:
         procs.start("api", "serve", "--port", str(port), "--workers", "2", "--threads", "2")
-
-        def answering() -> bool:
-            assert procs.procs["api"].poll() is None, procs.log("api")
-            try:
-                return get_json(f"{base}/healthz")["status"] == "ok"
-            except OSError:
-                return False
-
-        wait_until(answering, 120, "the API to answer /healthz")
+        wait_for_api(procs, base)
         (folder,) = temp.glob("vidseek-metrics-*")
         sent = 0
         while sum(1 for n in process_counts(folder, route).values() if n) < 2:  # until both processes answered some
