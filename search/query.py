@@ -12,6 +12,7 @@ import numpy as np
 
 from search.catalog import Catalog, SegmentMeta, VideoName
 from search.filters import FilterError, SearchFilters, check_min_score, check_offset
+from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
 from search.settings import RERANKERS
@@ -161,6 +162,7 @@ class QueryService:
         else:
             hits = hits[offset:wanted]
         timings["total"] = (time.perf_counter() - t0) * 1e3
+        observe_search(timings)
         return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
 
     def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None,

@@ -7,12 +7,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, Row, Select, any_, bindparam, text
+from sqlalchemy import BigInteger, ColumnElement, Engine, Row, Select, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_session_factory
-from search.tables import utcnow
+from search.tables import Job, Status, Video, utcnow
 
 # Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
 # visible in id order: index replicas then never skip an id below their watermark.
@@ -50,6 +50,14 @@ class IdLookup:
     def of(cls, query: Select, column: ColumnElement[int]) -> IdLookup:
         return cls(query.where(column == any_(bindparam("ids", type_=ARRAY(BigInteger)))),
                    query.where(column.in_(bindparam("ids", expanding=True))))
+
+
+def count_by_status(s: Session, table: type[Job] | type[Video]) -> dict[Status, int]:
+    """How many rows of ``table`` are in each status (every status present, zero included): one GROUP BY."""
+    rows = s.execute(select(table.status, func.count()).group_by(table.status)).all()
+    counts = dict.fromkeys(Status, 0)
+    counts.update({Status(r[0]): int(r[1]) for r in rows})
+    return counts
 
 
 class Store:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.filters import SearchFilters
-from search.store import IdLookup, Store, int_ids, serialize_segment_writes
+from search.store import IdLookup, Store, count_by_status, int_ids, serialize_segment_writes
 from search.tables import CLIP_SPACE, Segment, SegmentTombstone, Status, Video, VideoSummaryRow
 
 
@@ -174,10 +174,7 @@ class VideoStore(Store):
     def status_counts(self) -> dict[Status, int]:
         """How many videos are in each status (every status present, zero included)."""
         with self.session() as s:
-            rows = s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all()
-        counts = dict.fromkeys(Status, 0)
-        counts.update({Status(r[0]): int(r[1]) for r in rows})
-        return counts
+            return count_by_status(s, Video)
 
     def videos_with_path(self, path: str) -> int:
         """How many videos say their file is at ``path``."""
