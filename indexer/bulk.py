@@ -112,15 +112,17 @@ def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, i
     """Ingest ``paths``; the model is loaded only once there is a file to encode."""
     from indexer.pipeline import VideoIngestor
     from indexer.service import load_encoder, open_catalog, settings_space_key
+    from indexer.spaces import active_settings
     from indexer.tasks import INGEST_TASK, make_celery
 
     with logging_redirect_tqdm():
         files, rejected = check_paths(settings, paths)
         catalog = open_catalog(settings)
+        settings = active_settings(settings, catalog)  # the model of the space searches answer from
         jobs, skipped = plan_jobs(catalog, files, ingestor.key if ingestor else settings_space_key(settings))
         if settings.runs_in_process:
             if jobs:
-                run_jobs_in_process(ingestor or VideoIngestor(settings, catalog, load_encoder(settings)), jobs)
+                run_jobs_in_process(ingestor or VideoIngestor(settings, catalog, load_encoder(settings), load_encoder=load_encoder), jobs)
         else:
             app = make_celery(settings)
             for job in jobs:

@@ -139,11 +139,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     from indexer.pipeline import VideoIngestor
     from indexer.service import load_encoder, open_catalog
+    from indexer.spaces import active_settings
     from indexer.tasks import LazyIngestor, make_celery
 
     def factory() -> VideoIngestor:
         catalog = open_catalog(settings)
-        return VideoIngestor(settings, catalog, load_encoder(settings))
+        model = active_settings(settings, catalog)  # re-indexing jobs load their space's model beside it
+        return VideoIngestor(model, catalog, load_encoder(model), load_encoder=load_encoder)
 
     app = make_celery(settings, LazyIngestor(factory))
     argv = ["worker", f"--concurrency={args.concurrency}", "--loglevel=INFO", "--without-gossip", "--without-mingle"]
@@ -174,7 +176,7 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from indexer.samples import ensure_samples
-    from indexer.service import build_runtime, load_model
+    from indexer.service import SpaceFollower, build_runtime, load_model
     from search.api import create_app
 
     # the demo runs everything in this process, for a person at a terminal
@@ -199,7 +201,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     ingest_paths(settings, samples, ingestor=runtime.ingestor())
     runtime.index.refresh(force=True)
     runtime.index.refresh_in_background()
-    serve(create_app(runtime.api_context()), args.host, args.port)
+    context = runtime.api_context()
+    SpaceFollower(runtime, context).follow_in_background()
+    serve(create_app(context), args.host, args.port)
     return 0
 
 
@@ -242,9 +246,11 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     from indexer.service import open_catalog, open_index, settings_space_key
+    from indexer.spaces import active_settings
     from models.factory import model_embed_dim
 
     catalog = open_catalog(settings)
+    settings = active_settings(settings, catalog)
     dim = model_embed_dim(settings.model, settings.model_config_dir)
     index = open_index(settings, catalog, settings_space_key(settings), dim)
     folder = settings.resolved_index_dir
@@ -265,6 +271,24 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-index into a new embedding space without downtime, or drop the old one's vectors (``indexer.reindex``)."""
+    from indexer.reindex import drop_old, reindex, target_settings
+
+    if args.drop_old:
+        if args.model or args.pretrained or args.encoder or args.tempme_weights:
+            print("error: --drop-old takes no model options", file=sys.stderr)
+            return 2
+        return drop_old(settings)
+    named = (args.model, args.pretrained, args.encoder, args.tempme_weights)
+    try:
+        target = target_settings(settings, *named) if any(v is not None for v in named) else None
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return reindex(settings, target, wait=args.wait)
+
+
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Segment embeddings of the active embedding space and their metadata, to files (``search.export``)."""
     from search.export import ExportError, check_destination, export_segments
@@ -275,9 +299,10 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from indexer.service import open_catalog, settings_space_key
+    from indexer.spaces import active_settings
 
     catalog = open_catalog(settings)
-    key = settings_space_key(settings)
+    key = settings_space_key(active_settings(settings, catalog))
     with tqdm(total=catalog.count_segments(key), desc="exporting", unit="segment", disable=None) as bar:
         done = export_segments(catalog, key, args.out, args.format, args.chunk_size, bar.update)
     if not done.segments:
@@ -355,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="verify only: report differences, repair nothing (exit 1)")
     p.set_defaults(func=cmd_index)
 
+    p = sub.add_parser("reindex", help="re-encode every video into a new embedding space while searches go on, "
+                                       "then switch to it; or --drop-old")
+    p.add_argument("--model", default=None, help="open_clip architecture of the new space (default: VIDSEEK_MODEL)")
+    p.add_argument("--pretrained", default=None, help="its weights: an open_clip tag or a checkpoint file")
+    p.add_argument("--encoder", default=None, help="segment encoder of the new space (default: VIDSEEK_ENCODER)")
+    p.add_argument("--tempme-weights", type=Path, default=None, help="TempMe checkpoint of the new space")
+    p.add_argument("--no-wait", dest="wait", action="store_false", help="with a broker: queue and return")
+    p.add_argument("--drop-old", action="store_true", help="delete the vectors of the spaces that were active before")
+    p.set_defaults(func=cmd_reindex)
+
     p = sub.add_parser("export", help="write segment embeddings and metadata to files (clip-retrieval's layout, or parquet)")
     p.add_argument("out", type=Path, help="a new or empty folder")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="npy",
@@ -368,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a person runs at a terminal and reads the answer of; services (serve, worker, beat) log JSON.
-INTERACTIVE_COMMANDS = ("search", "ingest", "export")
+INTERACTIVE_COMMANDS = ("search", "ingest", "export", "reindex")
 
 
 def interactive_logging(settings: Settings, command: str, environ: Mapping[str, str], terminal: bool) -> Settings:

@@ -8,6 +8,7 @@ job runs, its worker holds a lease on it, renewed by a heartbeat (``indexer.leas
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from indexer.media import sha256_file
 from indexer.prefetch import Prefetcher
 from indexer.segment_writer import SegmentWriter
 from indexer.segments import SegmentBatchEncoder, SummaryBuilder, default_batch_segments
+from indexer.spaces import space_settings
 from models.factory import space_key
 from models.encoders import SegmentEncoder
 from models.rerankers.llava import LazyLlm, LlmUnavailableError, llm_summary_key
@@ -33,7 +35,8 @@ from search.catalog import Catalog, JobLeased, SegmentRecord, SummaryRecord
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, remove_empty_folders
 from search.metrics import count_decode_error, observe_encoding
 from search.settings import Settings
-from search.tables import LLM_SPACE, Job, Status, Video, utcnow
+from search.space_store import SpaceInfo
+from search.tables import LLM_SPACE, Job, SpaceState, Status, Video, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,13 @@ class EncodedVideo:
     llm_note: str | None = None
 
 
+EncoderLoader = Callable[[Settings], SegmentEncoder]
+
+
+def _no_other_space(settings: Settings) -> SegmentEncoder:
+    raise RuntimeError(f"this ingestor cannot load the model of another embedding space ({settings.model})")
+
+
 def lazy_llm(settings: Settings) -> LazyLlm | None:
     """The video LLM ``VIDSEEK_LLM_RERANKER`` names (loaded on first use), or None when none is set."""
     if not settings.llm_reranker:
@@ -71,8 +81,13 @@ class VideoIngestor:
     """Runs ingestion jobs against one catalog with one loaded encoder (and, when
     ``VIDSEEK_LLM_RERANKER`` is set, the video LLM that summarises videos for the llm reranker)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None):
+    def __init__(self, settings: Settings, catalog: Catalog, encoder: SegmentEncoder, llm: LazyLlm | None = None,
+                 load_encoder: EncoderLoader | None = None):
+        """``load_encoder`` builds the encoder of another embedding space's settings (``for_space``)."""
         self.settings, self.catalog, self.encoder = settings, catalog, encoder
+        self._load_encoder = load_encoder or _no_other_space
+        self._spaces: dict[str, VideoIngestor] = {}
+        self._spaces_lock = threading.Lock()
         self.key = embedding_key(encoder)
         device = encoder.backbone.device
         self.batch_segments = settings.batch_segments or default_batch_segments(device, settings.segment_frames)
@@ -130,7 +145,70 @@ class VideoIngestor:
             log.warning("taking over the job of a dead worker", extra={"job": job_id, "dead_worker": exc.worker})
             return self.catalog.start_job(job_id, worker, self._stale_before(), dead_holder=exc.worker)
 
+    # ----- which embedding space a job writes ---------------------------------------------
+    def for_space(self, space: SpaceInfo) -> VideoIngestor:
+        """The ingestor of embedding space ``space``: this one when it is its space, else one with
+        that space's model (loaded on first use, then kept), sharing the catalog and the video LLM."""
+        if space.key == self.key:
+            return self
+        with self._spaces_lock:
+            ingestor = self._spaces.get(space.key)
+            if ingestor is None:
+                settings = space_settings(self.settings, space)
+                ingestor = VideoIngestor(settings, self.catalog, self._load_encoder(settings), self.llm, self._load_encoder)
+                self._spaces[space.key] = ingestor
+            return ingestor
+
     def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
+        """A re-indexing job (``job.space_key``) encodes its video into that space; an ingestion job
+        into the active space (the catalog's; without one, this ingestor's), then into the space a
+        re-index is building, if any -- so that a video ingested during a re-index ends up in both."""
+        if job.space_key is not None:
+            target = self.catalog.space(job.space_key)
+            if target is None:
+                raise MediaRejected(f"embedding space {job.space_key} is no longer registered")
+            return self.for_space(target)._reindex(job, progress, lease)
+        active = self.catalog.space_in(SpaceState.active)
+        ingestor = self if active is None else self.for_space(active)
+        status = ingestor._ingest_new(job, progress, lease)
+        building = self.catalog.space_in(SpaceState.building)
+        video_id = (self.catalog.get_job(job.id) or job).video_id
+        if status is Status.done and building is not None and video_id is not None:
+            try:
+                self.for_space(building)._encode_into_space(video_id, lease)
+            except (LeaseLost, *TRANSIENT_ERRORS):
+                raise
+            except Exception as exc:  # the video is indexed in the active space; `vidseek reindex` retries this
+                log.warning("could not encode the video into the space being built",
+                            extra={"video": video_id, "space": building.key, "error": f"{type(exc).__name__}: {exc}"})
+        return status
+
+    def _reindex(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
+        """Encode job ``job``'s video into this ingestor's space (its segments elsewhere untouched),
+        then switch the active space if that was the last video missing from it."""
+        assert job.video_id is not None, "a re-indexing job names its video"
+        self.catalog.set_job_precision(job.id, self.encoder.backbone.precision.precision)
+        count = self._encode_into_space(job.video_id, lease, self._progress_reporter(job.id, progress, lease))
+        self.catalog.finish_job(job.id, Status.done, message=f"{count} segments in space {self.key}")
+        if self.catalog.activate_if_complete(self.key):
+            log.info("embedding space switched", extra={"space": self.key})
+        return Status.done
+
+    def _encode_into_space(self, video_id: int, lease: JobHeartbeat, progress: ProgressFn | None = None) -> int:
+        """Encode the video's file into this ingestor's space; returns how many segments it got."""
+        video = self.catalog.get_video(video_id)
+        if video is None:
+            raise MediaRejected(f"video {video_id} was deleted")
+        path = confine(video.path, self.settings.allowed_media_roots)
+        if not is_regular_file(path):
+            raise DecodeError(f"{path.name} does not exist or is not a file", kind="missing")
+        encoded = self.encode_video(path, video.content_hash, progress)
+        lease.check()
+        self.catalog.replace_space_segments(video_id, encoded.segments, self.key)
+        log.info("video encoded into a space", extra={"video": video_id, "space": self.key, "segments": len(encoded.segments)})
+        return len(encoded.segments)
+
+    def _ingest_new(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
         path = confine(job.path, self.settings.allowed_media_roots)
         if not is_regular_file(path):
             raise DecodeError(f"{path.name} does not exist or is not a file", kind="missing")
@@ -151,6 +229,7 @@ class VideoIngestor:
             encoded.segments,
             self.key,
             summaries=self.summary_records(encoded),
+            keep_keys=tuple(self.catalog.registered_keys()),
             duration=info.duration,
             fps=info.fps,
             width=info.width,
@@ -209,10 +288,11 @@ class VideoIngestor:
         log.info("duplicate upload removed", extra={"path": resolved.name})
 
     def _fail(self, job_id: int, reason: str) -> None:
-        """Mark the job failed with ``reason``, and its video too once it is known."""
+        """Mark the job failed with ``reason``, and its video too once it is known -- unless it is a
+        re-indexing job: the video keeps serving from the active space."""
         self.catalog.finish_job(job_id, Status.failed, error=reason)
         job = self.catalog.get_job(job_id)
-        if job is not None and job.video_id is not None:
+        if job is not None and job.video_id is not None and job.space_key is None:
             self.catalog.fail_video(job.video_id, reason)
 
     def _progress_reporter(self, job_id: int, callback: ProgressFn | None, lease: JobHeartbeat) -> ProgressFn:

@@ -8,6 +8,7 @@ Production WSGI entry: ``vidseek serve`` (gunicorn), or ``gunicorn 'indexer.serv
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 from flask import Flask
 
 from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm
+from indexer.spaces import active_settings, space_settings
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
 from models.backbone import ClipBackbone
 from models.factory import embedding_space_key, load_backbone
@@ -27,7 +29,7 @@ from search.catalog import Catalog
 from search.db import upgrade
 from search.ingestion import IngestionQueue
 from search.logs import configure_logging
-from search.query import QueryService, TextEncoder
+from search.query import QueryService, SearchSpace, TextEncoder
 from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
@@ -95,7 +97,7 @@ class Runtime:
     text_runtime: TextRuntimeChoice | None = None
 
     def ingestor(self) -> VideoIngestor:
-        return VideoIngestor(self.settings, self.catalog, self.encoder, self.llm)
+        return VideoIngestor(self.settings, self.catalog, self.encoder, self.llm, load_encoder)
 
     def api_context(self) -> ApiContext:
         return ApiContext(
@@ -125,22 +127,104 @@ def build_reranking(settings: Settings, catalog: Catalog, encoder: SegmentEncode
     return RerankService(rerankers, settings.default_rerank, settings.rerank_k, unavailable)
 
 
-def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
-    catalog = open_catalog(settings)
-    encoder = load_encoder(settings, backbone)
-    backbone = encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
-    text_runtime = attach_text_runtime(backbone, settings.text_runtime, settings.data_dir / "text-towers")
-    index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
+@dataclass(frozen=True)
+class ServingSpace:
+    """One embedding space loaded for answering queries: the model, its index and the query side over them."""
 
-    llm = lazy_llm(settings)
+    encoder: SegmentEncoder
+    text_runtime: TextRuntimeChoice
+    search: SearchSpace
+
+    @property
+    def backbone(self) -> ClipBackbone:
+        return self.encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
+
+
+def load_serving_space(settings: Settings, catalog: Catalog, llm: LazyLlm | None,
+                       backbone: ClipBackbone | None = None) -> ServingSpace:
+    """The model ``settings`` name (over ``backbone`` when given), its text runtime, its index (not
+    refreshed yet) and reranking."""
+    encoder = load_encoder(settings, backbone)
+    text_runtime = attach_text_runtime(encoder.backbone, settings.text_runtime, settings.data_dir / "text-towers")
+    index = open_index(settings, catalog, embedding_key(encoder), encoder.backbone.embed_dim)
     reranking = build_reranking(settings, catalog, encoder, llm)
-    queries = QueryService(catalog, index, text_encoder(settings, backbone), settings.search_candidates, reranking)
+    return ServingSpace(encoder, text_runtime, SearchSpace.of(index, text_encoder(settings, encoder.backbone), reranking))
+
+
+def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
+    """The runtime of ``settings``, with the model of the catalog's active embedding space when one is
+    registered (``indexer.spaces.active_settings``; ``backbone`` is then used only if it is that model's)."""
+    catalog = open_catalog(settings)
+    active = active_settings(settings, catalog)
+    if active != settings:
+        settings, backbone = active, None
+    llm = lazy_llm(settings)
+    serving = load_serving_space(settings, catalog, llm, backbone)
+    encoder, index = serving.encoder, serving.search.index
+    queries = QueryService(catalog, index, serving.search.encode, settings.search_candidates, serving.search.reranking)
     queue: IngestionQueue
     if settings.runs_in_process:
-        queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm)))
+        queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm, load_encoder)))
     else:
         queue = CeleryQueue(make_celery(settings))
-    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner, llm, text_runtime)
+    return Runtime(settings, catalog, encoder.backbone, encoder, index, queries, queue, banner, llm, serving.text_runtime)
+
+
+class SpaceFollower:
+    """Keeps a query process on the catalog's active embedding space: every refresh tick it reads the
+    active key; when ``vidseek reindex`` switched it, the new space's model, text runtime and index
+    are loaded (and the index caught up with the catalog) off the request path, then swapped in as
+    one :class:`~search.query.SearchSpace` -- a search uses the old model and index or the new ones,
+    never a mix -- and the old index stops refreshing. No restart."""
+
+    def __init__(self, runtime: Runtime, context: ApiContext | None = None):
+        self.runtime, self.context = runtime, context
+        self._base = runtime.settings
+        self._stop = threading.Event()
+
+    def check(self) -> bool:
+        """Switch to the catalog's active space if it changed; returns whether it switched."""
+        key = self.runtime.catalog.active_space_key()
+        if key is None or key == self.runtime.queries.space.key:
+            return False
+        space = self.runtime.catalog.space(key)
+        if space is None:
+            return False
+        settings = space_settings(self._base, space)
+        serving = load_serving_space(settings, self.runtime.catalog, self.runtime.llm)
+        serving.search.index.refresh(force=True)
+        serving.search.index.refresh_in_background()
+        old = self.runtime.queries.space.index
+        self.runtime.queries.switch_space(serving.search)
+        old.stop_refreshing()
+        r = self.runtime
+        r.settings, r.encoder, r.backbone, r.index, r.text_runtime = settings, serving.encoder, serving.backbone, serving.search.index, serving.text_runtime
+        if self.context is not None:
+            c = self.context
+            c.settings, c.index, c.model_name, c.precision, c.text_runtime = (
+                settings, serving.search.index, serving.backbone.key, serving.backbone.precision, serving.text_runtime)
+        log.info("switched to the active embedding space", extra={"space": key})
+        return True
+
+    def follow_in_background(self) -> threading.Thread:
+        """Run :meth:`check` every ``VIDSEEK_INDEX_REFRESH_SECONDS`` (at least every 0.1 s) on a daemon
+        thread; errors (the catalog briefly unreachable, a model that cannot load) are logged and retried."""
+
+        def loop() -> None:
+            while not self._stop.wait(max(self._base.index_refresh_seconds, 0.1)):
+                try:
+                    self.check()
+                except Exception as exc:
+                    log.warning("could not follow the active embedding space", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+        thread = threading.Thread(target=loop, name="space-follower", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """End the thread of :meth:`follow_in_background` and the current index's refreshing."""
+        self._stop.set()
+        self.runtime.index.stop_refreshing()
 
 
 def create_service_app(settings: Settings | None = None) -> Flask:
@@ -150,4 +234,6 @@ def create_service_app(settings: Settings | None = None) -> Flask:
     runtime = build_runtime(settings)
     runtime.index.refresh(force=True)
     runtime.index.refresh_in_background()
-    return create_app(runtime.api_context())
+    context = runtime.api_context()
+    SpaceFollower(runtime, context).follow_in_background()
+    return create_app(context)

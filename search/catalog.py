@@ -2,7 +2,9 @@
 
 - :class:`~search.job_store.JobStore`: ingestion jobs and the leases of the workers running them;
 - :class:`~search.video_store.VideoStore`: videos, segments, summaries and the change feed that
-  index replicas follow.
+  index replicas follow;
+- :class:`~search.space_store.SpaceStore`: the embedding spaces (which one is active, which one a
+  re-index builds).
 
 :class:`Catalog` is both (one engine, one session factory); callers that need only one side may
 type against the store they use.
@@ -11,6 +13,7 @@ type against the store they use.
 from __future__ import annotations
 
 from search.job_store import JobLeased, JobStore, StaleJob
+from search.space_store import SpaceStore
 from search.tables import CLIP_SPACE
 from search.video_store import (
     SegmentMeta,
@@ -28,5 +31,5 @@ __all__ = [
 ]
 
 
-class Catalog(JobStore, VideoStore):
+class Catalog(JobStore, VideoStore, SpaceStore):
     """The catalog database (SQLite or PostgreSQL): jobs, videos and segments."""

@@ -48,9 +48,11 @@ def _set(s: Session, job_id: int, values: dict[str, Any]) -> None:
 class JobStore(Store):
     """Jobs: created by the API/CLI, leased and updated by the worker running them."""
 
-    def create_job(self, path: Path, video_id: int | None = None, status: Status = Status.queued) -> Job:
+    def create_job(self, path: Path, video_id: int | None = None, status: Status = Status.queued,
+                   space_key: str | None = None) -> Job:
+        """A job ingesting ``path``; with ``space_key``, re-indexing video ``video_id`` into that space."""
         with self.session() as s:
-            job = Job(path=str(path), video_id=video_id, status=status)
+            job = Job(path=str(path), video_id=video_id, status=status, space_key=space_key)
             if status is Status.done:
                 job.progress, job.finished_at, job.message = 1.0, utcnow(), "already indexed"
             s.add(job)
@@ -175,7 +177,9 @@ class JobStore(Store):
                 .values(**values)
             )
             if result.rowcount == 1 and status is Status.failed and job.video_id is not None:
-                s.execute(update(Video).where(Video.id == job.video_id).values(status=Status.failed, error=reason))
+                # a failed re-indexing job leaves its video serving from the active space
+                ingesting = select(Job.id).where(Job.id == job.id, Job.space_key.is_(None)).exists()
+                s.execute(update(Video).where(Video.id == job.video_id, ingesting).values(status=Status.failed, error=reason))
             return result.rowcount == 1
 
     def finish_job(self, job_id: int, status: Status, message: str | None = None, error: str | None = None) -> None:

@@ -139,6 +139,8 @@ _SCHEMAS: dict[str, Any] = {
             "rerank": {"$ref": "#/components/schemas/Rerank"},
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
                            "description": "per stage: encode, search, group, rerank (+ rerank_load, rerank_score), total"},
+            "space": {"type": "string", "description": "the embedding space that answered (changes once when "
+                                                       "`vidseek reindex` switches the active space)"},
         },
     },
     "Video": {
@@ -227,6 +229,19 @@ _SCHEMAS: dict[str, Any] = {
             "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
                           "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},
             "precision_reason": {"type": "string", "description": "why, e.g. 'auto: CPU AVX2 (no bf16 units)'"},
+            "space": {"type": "string", "description": "the embedding space this process answers from"},
+            "reindex": {
+                "type": ["object", "null"],
+                "description": "the re-index in progress (`vidseek reindex`), or null when none is",
+                "required": ["target", "done", "total", "failed"],
+                "properties": {
+                    "target": {"type": "string", "description": "the embedding space being built"},
+                    "done": {"type": "integer", "description": "indexed videos with segments in the target space"},
+                    "total": {"type": "integer", "description": "indexed videos"},
+                    "failed": {"type": "integer",
+                               "description": "videos whose re-indexing failed (they keep serving from the active space)"},
+                },
+            },
         },
     },
 }

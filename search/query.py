@@ -76,6 +76,7 @@ class SearchResult:
     candidates: int
     timings_ms: dict[str, float]
     rerank: RerankInfo = field(default_factory=lambda: RerankInfo("none"))
+    space: str = ""  # the embedding space that answered (``Segment.embedding_key``)
 
 
 def validate_query(query: str, k: int) -> str:
@@ -111,15 +112,46 @@ def validate_rerank(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a search reads of one embedding space, replaced as a whole when the active space changes
+    (``vidseek reindex``): its index, the text encoder of its model (``text -> [D]``, cached) and the
+    reranking over its summaries. A search takes the current one once, so it uses either the old
+    model with the old index or the new ones, never a mix."""
+
+    index: SegmentIndex
+    encode: TextEncoder
+    reranking: RerankService
+
+    @classmethod
+    def of(cls, index: SegmentIndex, encode_text: TextEncoder, reranking: RerankService | None = None) -> SearchSpace:
+        return cls(index, lru_cache(maxsize=1024)(encode_text), reranking or RerankService({}, "none", 1))
+
+    @property
+    def key(self) -> str:
+        return self.index.state.embedding_key
+
+
 class QueryService:
     """Answers text queries over a :class:`SegmentIndex` and the catalog, reranking the top hits with
     ``reranking`` (none configured: only ``rerank=none`` does anything)."""
 
     def __init__(self, catalog: Catalog, index: SegmentIndex, encode_text: TextEncoder, candidates: int = 200,
                  reranking: RerankService | None = None):
-        self.catalog, self.index, self.candidates = catalog, index, candidates
-        self.reranking = reranking or RerankService({}, "none", 1)
-        self._encode = lru_cache(maxsize=1024)(encode_text)
+        self.catalog, self.candidates = catalog, candidates
+        self.space = SearchSpace.of(index, encode_text, reranking)
+
+    @property
+    def index(self) -> SegmentIndex:
+        return self.space.index
+
+    @property
+    def reranking(self) -> RerankService:
+        return self.space.reranking
+
+    def switch_space(self, space: SearchSpace) -> None:
+        """Answer from ``space`` from the next search on (searches under way finish with the old one)."""
+        self.space = space
 
     def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
                min_score: float | None = None, offset: int = 0) -> SearchResult:
@@ -127,21 +159,22 @@ class QueryService:
         reranker (None: the configured default). Only videos matching ``filters`` are searched (FAISS
         keeps to their segment ids, so a selective filter still fills ``k``); segments whose
         first-stage score is below ``min_score`` are dropped before videos are ranked."""
+        space = self.space
         text = validate_query(query, k)
-        method = validate_rerank(rerank if rerank is not None else self.reranking.default)
+        method = validate_rerank(rerank if rerank is not None else space.reranking.default)
         try:
             min_score, offset = check_min_score(min_score), check_offset(offset)
         except FilterError as exc:
             raise QueryError(str(exc)) from None
         wanted = offset + k
-        depth = wanted if method == "none" else max(wanted, self.reranking.k)
+        depth = wanted if method == "none" else max(wanted, space.reranking.k)
         t0 = time.perf_counter()
-        vector = self._encode(text)
+        vector = space.encode(text)
         t1 = time.perf_counter()
         allowed = None
         if filters is not None and filters.active:
-            allowed = self.catalog.segment_ids_where(filters, self.index.state.embedding_key)
-        grouped, searched = self._first_stage(vector, depth, allowed, min_score)
+            allowed = self.catalog.segment_ids_where(filters, space.key)
+        grouped, searched = self._first_stage(space.index, vector, depth, allowed, min_score)
         t2 = time.perf_counter()
         names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
@@ -154,7 +187,7 @@ class QueryService:
         info = RerankInfo(method)
         if method != "none":
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
-            result = self.reranking.rerank(method, text, vector, candidates)
+            result = space.reranking.rerank(method, text, vector, candidates)
             hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
             hits = [self._previewed(hit) for hit in hits[offset:wanted]]  # only the hits returned get a lookup
             timings.update(result.timings_ms)
@@ -163,11 +196,11 @@ class QueryService:
             hits = hits[offset:wanted]
         timings["total"] = (time.perf_counter() - t0) * 1e3
         observe_search(timings)
-        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
+        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info, space.key)
 
-    def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
+    def _first_stage(self, index: SegmentIndex, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
                      min_score: float | None) -> tuple[list[tuple[int, list[Moment]]], int]:
-        """Up to ``depth`` videos with their moments from the index (among the ``allowed`` segment
+        """Up to ``depth`` videos with their moments from ``index`` (among the ``allowed`` segment
         ids when given), and how many segments were looked at. When the segments fetched name fewer
         than ``depth`` videos (a few videos with many segments each) and more could exist, the search
         is widened, at most ``MAX_WIDENINGS`` times."""
@@ -176,7 +209,7 @@ class QueryService:
             return [], 0
         widenings = 0
         while True:
-            scores, ids = self.index.search(vector, n, allowed)
+            scores, ids = index.search(vector, n, allowed)
             if min_score is not None:
                 keep = scores >= min_score
                 scores, ids = scores[keep], ids[keep]

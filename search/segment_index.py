@@ -82,6 +82,7 @@ class SegmentIndex:
         self._last_refresh = -float("inf")  # when the last refresh started, successful or not
         self._last_success = -float("inf")  # when the last successful one started
         self._refreshed_in_background = False  # searches then leave refreshing to that thread
+        self._stop_refreshing = threading.Event()
         self._last_save = time.monotonic()
         self._dirty = False
         with _folder_lock(folder, shared=True):
@@ -109,8 +110,7 @@ class SegmentIndex:
         Database errors are logged and retried at the next tick."""
 
         def loop() -> None:
-            while True:
-                time.sleep(max(self.refresh_seconds, 0.1))
+            while not self._stop_refreshing.wait(max(self.refresh_seconds, 0.1)):
                 try:
                     self.refresh(force=True)
                 except Exception as exc:  # the catalog briefly unreachable: try again next tick
@@ -120,6 +120,11 @@ class SegmentIndex:
         self._refreshed_in_background = True
         thread.start()
         return thread
+
+    def stop_refreshing(self) -> None:
+        """End the thread of :meth:`refresh_in_background` (an index no longer searched: the active
+        embedding space changed)."""
+        self._stop_refreshing.set()
 
     @property
     def structure(self) -> str:

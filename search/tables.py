@@ -126,6 +126,34 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The float type the job's encoder ran at (fp32 / bf16 / fp16); None until it encodes.
     precision: Mapped[str | None] = mapped_column(String(8))
+    # A re-indexing job: the embedding space it encodes the video into (None: an ingestion job,
+    # into the active space and any space being built; see search.space_store).
+    space_key: Mapped[str | None] = mapped_column(String(255), index=True)
+
+
+class SpaceState(str, enum.Enum):
+    active = "active"  # the space searches answer from (at most one)
+    building = "building"  # being filled by `vidseek reindex`; becomes active when every video is in it
+    retired = "retired"  # was active; its vectors stay until `vidseek reindex --drop-old`
+
+
+class Space(Base):
+    """An embedding space the catalog knows: the model settings that produce it and its state.
+
+    ``key`` is ``models.factory.embedding_space_key(model, pretrained, encoder, tempme_weights)``.
+    No row at all means a catalog that never re-indexed: its space is the one the settings name.
+    """
+
+    __tablename__ = "spaces"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    pretrained: Mapped[str] = mapped_column(Text)
+    encoder: Mapped[str] = mapped_column(String(32))
+    tempme_weights: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[SpaceState] = mapped_column(Enum(SpaceState, name="space_state", native_enum=False, length=16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 CLIP_SPACE = "clip"  # summary tokens in the CLIP ViT's hidden space (late-interaction reranking)

@@ -107,13 +107,31 @@ def embedding_from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
-def _remove_segments(s: Session, video_id: int) -> list[tuple[int, str | None]]:
-    """Delete a video's segments, tombstoned so index replicas drop them; returns their (id, thumbnail)."""
+def _remove_segments(s: Session, video_id: int, keep_keys: Sequence[str] = ()) -> list[tuple[int, str | None]]:
+    """Delete a video's segments (but those in the spaces ``keep_keys``), tombstoned so index replicas
+    drop them; returns their (id, thumbnail)."""
     serialize_segment_writes(s)
-    rows = s.execute(select(Segment.id, Segment.thumbnail).where(Segment.video_id == video_id)).all()
+    which = [Segment.video_id == video_id, Segment.embedding_key.not_in(list(keep_keys))]
+    rows = s.execute(select(Segment.id, Segment.thumbnail).where(*which)).all()
     s.add_all(SegmentTombstone(segment_id=r.id) for r in rows)
-    s.execute(delete(Segment).where(Segment.video_id == video_id))
+    s.execute(delete(Segment).where(*which))
     return [(r.id, r.thumbnail) for r in rows]
+
+
+def _segment_rows(video_id: int, segments: Sequence[SegmentRecord], embedding_key: str) -> list[Segment]:
+    return [
+        Segment(
+            video_id=video_id,
+            ordinal=r.ordinal,
+            start=r.start,
+            end=r.end,
+            frame_count=r.frame_count,
+            thumbnail=r.thumbnail,
+            embedding_key=embedding_key,
+            embedding=embedding_to_bytes(r.embedding),
+        )
+        for r in segments
+    ]
 
 
 def _summaries_of(video_ids: Sequence[int], embedding_key: str, space: str) -> list[ColumnElement[bool]]:
@@ -208,12 +226,15 @@ class VideoStore(Store):
         segments: Sequence[SegmentRecord],
         embedding_key: str,
         summaries: Sequence[SummaryRecord] = (),
+        keep_keys: Sequence[str] = (),
         **video_values: object,
     ) -> list[int]:
         """Atomically swap a video's segments and summaries (at most one per space) for new ones and
         mark the video done. A summary without an ``embedding_key`` gets the segments' key.
 
-        Old segments are tombstoned so index replicas drop them. Returns the new segment ids.
+        Old segments are tombstoned so index replicas drop them, but those in the embedding spaces
+        ``keep_keys`` (the other spaces a re-index keeps, ``search.space_store``). Returns the new
+        segment ids.
         """
         if len({r.space for r in summaries}) != len(summaries):
             raise ValueError("at most one summary per space")
@@ -224,22 +245,24 @@ class VideoStore(Store):
                                 token_count=r.token_count, data=r.data)
                 for r in summaries
             )
-            _remove_segments(s, video_id)
-            rows = [
-                Segment(
-                    video_id=video_id,
-                    ordinal=r.ordinal,
-                    start=r.start,
-                    end=r.end,
-                    frame_count=r.frame_count,
-                    thumbnail=r.thumbnail,
-                    embedding_key=embedding_key,
-                    embedding=embedding_to_bytes(r.embedding),
-                )
-                for r in segments
-            ]
+            _remove_segments(s, video_id, [k for k in keep_keys if k != embedding_key])
+            rows = _segment_rows(video_id, segments, embedding_key)
             s.add_all(rows)
             _set(s, video_id, {"status": Status.done, "error": None, "embedding_key": embedding_key, **video_values})
+            s.flush()
+            return [r.id for r in rows]
+
+    def replace_space_segments(self, video_id: int, segments: Sequence[SegmentRecord], embedding_key: str) -> list[int]:
+        """Atomically swap a video's segments in embedding space ``embedding_key`` only (a re-index into
+        a space being built): its segments in other spaces, its summaries and its status stay as they
+        are. Returns the new segment ids."""
+        with self.session() as s:
+            serialize_segment_writes(s)
+            which = [Segment.video_id == video_id, Segment.embedding_key == embedding_key]
+            s.add_all(SegmentTombstone(segment_id=i) for i in s.scalars(select(Segment.id).where(*which)))
+            s.execute(delete(Segment).where(*which))
+            rows = _segment_rows(video_id, segments, embedding_key)
+            s.add_all(rows)
             s.flush()
             return [r.id for r in rows]
 
@@ -293,18 +316,22 @@ class VideoStore(Store):
         with self.session() as s:
             return s.get(Segment, segment_id)
 
-    def segments_of(self, video_id: int) -> list[Segment]:
+    def segments_of(self, video_id: int, embedding_key: str | None = None) -> list[Segment]:
+        """The video's segments (only those in space ``embedding_key`` when given), in order."""
+        in_space = [Segment.embedding_key == embedding_key] if embedding_key is not None else []
         with self.session() as s:
-            return list(s.scalars(select(Segment).where(Segment.video_id == video_id).order_by(Segment.ordinal)))
+            return list(s.scalars(select(Segment).where(Segment.video_id == video_id, *in_space).order_by(Segment.ordinal)))
 
-    def segment_counts(self, video_ids: Sequence[int]) -> dict[int, int]:
-        """Segments stored per video, for those of ``video_ids`` that have any."""
+    def segment_counts(self, video_ids: Sequence[int], embedding_key: str | None = None) -> dict[int, int]:
+        """Segments stored per video (only those in space ``embedding_key`` when given), for those of
+        ``video_ids`` that have any."""
         if not video_ids:
             return {}
+        in_space = [Segment.embedding_key == embedding_key] if embedding_key is not None else []
         with self.session() as s:
             rows = s.execute(
                 select(Segment.video_id, func.count(Segment.id))
-                .where(Segment.video_id.in_(int_ids(video_ids)))
+                .where(Segment.video_id.in_(int_ids(video_ids)), *in_space)
                 .group_by(Segment.video_id)
             ).all()
         return {int(r[0]): int(r[1]) for r in rows}

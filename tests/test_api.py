@@ -82,9 +82,9 @@ def test_concurrent_searches_through_the_text_batcher_answer_like_sequential_one
     app = client.application
     with ThreadPoolExecutor(len(queries)) as pool:  # one test client per thread, like gunicorn threads
         together = list(pool.map(lambda q: app.test_client().get("/api/search", query_string={"q": q}).get_json(), queries))
-    batcher = runtime.queries._encode.__wrapped__
+    batcher = runtime.queries.space.encode.__wrapped__
     assert isinstance(batcher, TextBatcher) and batcher.texts == len(queries)
-    runtime.queries._encode.cache_clear()
+    runtime.queries.space.encode.cache_clear()
     for query, body in zip(queries, together):
         alone = client.get("/api/search", query_string={"q": query}).get_json()
         assert body["query"] == query

@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from search.api.context import ctx
+from search.api.serialize import reindex_json
 from search.openapi import openapi_document
 
 bp = Blueprint("meta", __name__)
@@ -37,6 +38,8 @@ def health():
         body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
     if c.text_runtime is not None:
         body.update(text_runtime=c.text_runtime.runtime, text_runtime_reason=c.text_runtime.reason)
+    if database == "ok":
+        body.update(space=c.queries.space.key, reindex=reindex_json(c.catalog))
     return jsonify(body), 200 if database == "ok" else 503
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import url_for
 
-from search.catalog import VideoName
+from search.catalog import Catalog, VideoName
 from search.query import Moment, SearchResult, VideoHit
 from search.rerank_service import RerankInfo
-from search.tables import Job, Segment, Video
+from search.tables import Job, Segment, SpaceState, Video
 
 
 def _iso(value) -> str | None:
@@ -75,7 +75,18 @@ def search_json(result: SearchResult) -> dict:
         "candidates": result.candidates,
         "rerank": rerank_json(result.rerank),
         "timings_ms": result.timings_ms,
+        "space": result.space,
     }
+
+
+def reindex_json(catalog: Catalog) -> dict | None:
+    """The re-index in progress (``vidseek reindex``): target space, videos done / total in it, failed;
+    None when no space is being built."""
+    building = catalog.space_in(SpaceState.building)
+    if building is None:
+        return None
+    p = catalog.reindex_progress(building.key)
+    return {"target": p.target, "done": p.done, "total": p.total, "failed": p.failed}
 
 
 def video_json(video: Video, segments: list[Segment] | None = None, segment_count: int | None = None) -> dict:

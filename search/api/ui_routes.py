@@ -6,6 +6,7 @@ from flask import Blueprint, render_template
 
 from models.registry import RERANKERS
 from search.api.context import ctx
+from search.api.serialize import reindex_json
 
 bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/static", template_folder="../templates")
 
@@ -16,7 +17,7 @@ def index():
     reranking = c.queries.reranking
     return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision,
                            text_runtime=c.text_runtime, rerank=reranking.default, rerankers=reranking.availability(),
-                           choices=[(m.name, m.label) for m in RERANKERS.values()])
+                           choices=[(m.name, m.label) for m in RERANKERS.values()], reindex=reindex_json(c.catalog))
 
 
 @bp.get("/favicon.ico")

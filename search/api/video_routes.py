@@ -144,7 +144,7 @@ def list_videos():
         raise ApiError(400, f"status must be one of {', '.join(Status.__members__)}")
     catalog = ctx().catalog
     videos, total = catalog.list_videos(limit, offset, Status(status) if status else None)
-    counts = catalog.segment_counts([v.id for v in videos])
+    counts = catalog.segment_counts([v.id for v in videos], ctx().queries.space.key)  # those searched
     return jsonify({"videos": [video_json(v, segment_count=counts.get(v.id, 0)) for v in videos],
                     "total": total, "limit": limit, "offset": offset})
 
@@ -159,7 +159,8 @@ def _video_or_404(video_id: int):
 @bp.get("/videos/<int:video_id>")
 def get_video(video_id: int):
     video = _video_or_404(video_id)
-    return jsonify(video_json(video, ctx().catalog.segments_of(video_id)))
+    c = ctx()
+    return jsonify(video_json(video, c.catalog.segments_of(video_id, c.queries.space.key)))  # those searched
 
 
 @bp.delete("/videos/<int:video_id>")
