@@ -237,3 +237,36 @@ def test_reindex_refuses_the_active_space_and_bad_options(
     assert main(["reindex", "--drop-old", "--model", TINY_MODEL]) == 2
     assert main(["reindex", "--encoder", "nonsense"]) == 2
     assert "VIDSEEK_ENCODER must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.services
+def test_celery_workers_reindex_and_switch_the_space(
+    settings: Settings, redis_url: str, samples_dir: Path, second_checkpoint: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``vidseek reindex --no-wait`` queues the jobs on a real worker (Redis, PostgreSQL), which loads the new
+    space's model beside its own and switches the active space when it writes the last video."""
+    from tests.test_celery import running_worker
+
+    with temporary_database("vidseek_reindex") as url:
+        embedded = settings.with_overrides(database_url=url)
+        assert ingest_paths(embedded, [samples_dir / "red_ball.mp4", samples_dir / "stripes.mp4"]) == 0
+        queued = embedded.with_overrides(broker_url=redis_url, task_queue=f"test-reindex-{time.monotonic_ns()}")
+        for name, value in settings_env(queued).items():
+            if name.startswith("VIDSEEK_"):
+                monkeypatch.setenv(name, value)
+        old, new = settings_space(queued).key, space_of(queued, second_checkpoint)
+        runtime = build_runtime(embedded)
+        with running_worker(queued, tmp_path / "worker.log"):
+            assert main([*reindex_args(second_checkpoint), "--no-wait"]) == 0
+            assert "queued 2 jobs" in capsys.readouterr().out
+            deadline = time.monotonic() + 180
+            while runtime.catalog.active_space_key() != new and time.monotonic() < deadline:
+                time.sleep(0.5)
+        assert runtime.catalog.active_space_key() == new, (tmp_path / "worker.log").read_text()[-3000:]
+        assert runtime.catalog.space(old).state is SpaceState.retired
+        assert runtime.catalog.count_segments(new) == runtime.catalog.count_segments(old) > 0
+        follower = SpaceFollower(runtime)
+        assert follower.check() and runtime.queries.search("a red ball").space == new
+        follower.stop()
+        runtime.catalog.dispose()
