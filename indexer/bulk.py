@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,22 +113,33 @@ def ingest_paths(settings: Settings, paths: Sequence[Path], wait: bool = True, i
     from indexer.pipeline import VideoIngestor
     from indexer.service import load_encoder, open_catalog, settings_space_key
     from indexer.spaces import active_settings
-    from indexer.tasks import INGEST_TASK, make_celery
 
     with logging_redirect_tqdm():
         files, rejected = check_paths(settings, paths)
         catalog = open_catalog(settings)
         settings = active_settings(settings, catalog)  # the model of the space searches answer from
         jobs, skipped = plan_jobs(catalog, files, ingestor.key if ingestor else settings_space_key(settings))
-        if settings.runs_in_process:
-            if jobs:
-                run_jobs_in_process(ingestor or VideoIngestor(settings, catalog, load_encoder(settings), load_encoder=load_encoder), jobs)
-        else:
-            app = make_celery(settings)
-            for job in jobs:
-                app.send_task(INGEST_TASK, args=[job.id])
-            print(f"queued {len(jobs)} jobs on {settings.broker_url}")
-            if not wait:
-                return 0
-            wait_for_jobs(catalog, jobs)
+        make = (lambda: ingestor) if ingestor else (lambda: VideoIngestor(settings, catalog, load_encoder(settings), load_encoder=load_encoder))
+        if not run_jobs(settings, catalog, jobs, make, wait):
+            return 0
     return report(catalog, jobs, skipped, rejected)
+
+
+def run_jobs(settings: Settings, catalog: Catalog, jobs: Sequence[Job], make_ingestor: Callable[[], VideoIngestor],
+             wait: bool = True) -> bool:
+    """Run ``jobs`` in this process (with the ingestor ``make_ingestor`` builds, only when there are
+    jobs) or, with a broker, queue them on the workers and, with ``wait``, wait for them. Returns
+    whether they are finished (False: queued, not waited for)."""
+    from indexer.tasks import INGEST_TASK, make_celery
+
+    if settings.runs_in_process:
+        if jobs:
+            run_jobs_in_process(make_ingestor(), jobs)
+        return True
+    app = make_celery(settings)
+    for job in jobs:
+        app.send_task(INGEST_TASK, args=[job.id])
+    print(f"queued {len(jobs)} jobs on {settings.broker_url}")
+    if wait:
+        wait_for_jobs(catalog, jobs)
+    return wait

@@ -173,7 +173,8 @@ class VideoIngestor:
         status = ingestor._ingest_new(job, progress, lease)
         building = self.catalog.space_in(SpaceState.building)
         video_id = (self.catalog.get_job(job.id) or job).video_id
-        if status is Status.done and building is not None and video_id is not None:
+        if status is Status.done and building is not None and video_id is not None \
+                and not self.catalog.segment_counts([video_id], building.key):
             try:
                 self.for_space(building)._encode_into_space(video_id, lease)
             except (LeaseLost, *TRANSIENT_ERRORS):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from indexer.bulk import run_jobs_in_process, wait_for_jobs
+from indexer.bulk import run_jobs
 from indexer.spaces import active_settings, settings_space, space_settings
 from search.catalog import Catalog
 from search.settings import Settings
@@ -56,7 +56,6 @@ def reindex(settings: Settings, target: Settings | None, wait: bool = True) -> i
     still missing, 2 nothing to do this way."""
     from indexer.pipeline import VideoIngestor
     from indexer.service import load_encoder, open_catalog
-    from indexer.tasks import INGEST_TASK, make_celery
 
     catalog = open_catalog(settings)
     if target is None:
@@ -74,17 +73,9 @@ def reindex(settings: Settings, target: Settings | None, wait: bool = True) -> i
     with logging_redirect_tqdm():
         jobs = queue_missing(catalog, space)
         print(f"re-indexing into {space.key}: {len(jobs)} videos to encode")
-        if jobs and settings.runs_in_process:
-            model = space_settings(settings, space)
-            run_jobs_in_process(VideoIngestor(model, catalog, load_encoder(model), load_encoder=load_encoder), jobs)
-        elif jobs:
-            app = make_celery(settings)
-            for job in jobs:
-                app.send_task(INGEST_TASK, args=[job.id])
-            print(f"queued {len(jobs)} jobs on {settings.broker_url}")
-            if not wait:
-                return 0
-            wait_for_jobs(catalog, jobs)
+        model = space_settings(settings, space)
+        if not run_jobs(settings, catalog, jobs, lambda: VideoIngestor(model, catalog, load_encoder(model), load_encoder=load_encoder), wait):
+            return 0
     return report(catalog, space, jobs)
 
 

@@ -133,11 +133,16 @@ class ServingSpace:
 
     encoder: SegmentEncoder
     text_runtime: TextRuntimeChoice
-    search: SearchSpace
+    index: SegmentIndex
+    encode_text: TextEncoder
+    reranking: RerankService
 
     @property
     def backbone(self) -> ClipBackbone:
         return self.encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.of(self.index, self.encode_text, self.reranking)
 
 
 def load_serving_space(settings: Settings, catalog: Catalog, llm: LazyLlm | None,
@@ -148,7 +153,7 @@ def load_serving_space(settings: Settings, catalog: Catalog, llm: LazyLlm | None
     text_runtime = attach_text_runtime(encoder.backbone, settings.text_runtime, settings.data_dir / "text-towers")
     index = open_index(settings, catalog, embedding_key(encoder), encoder.backbone.embed_dim)
     reranking = build_reranking(settings, catalog, encoder, llm)
-    return ServingSpace(encoder, text_runtime, SearchSpace.of(index, text_encoder(settings, encoder.backbone), reranking))
+    return ServingSpace(encoder, text_runtime, index, text_encoder(settings, encoder.backbone), reranking)
 
 
 def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, banner: str | None = None) -> Runtime:
@@ -160,8 +165,8 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
         settings, backbone = active, None
     llm = lazy_llm(settings)
     serving = load_serving_space(settings, catalog, llm, backbone)
-    encoder, index = serving.encoder, serving.search.index
-    queries = QueryService(catalog, index, serving.search.encode, settings.search_candidates, serving.search.reranking)
+    encoder, index = serving.encoder, serving.index
+    queries = QueryService(catalog, index, serving.encode_text, settings.search_candidates, serving.reranking)
     queue: IngestionQueue
     if settings.runs_in_process:
         queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm, load_encoder)))
@@ -192,17 +197,17 @@ class SpaceFollower:
             return False
         settings = space_settings(self._base, space)
         serving = load_serving_space(settings, self.runtime.catalog, self.runtime.llm)
-        serving.search.index.refresh(force=True)
-        serving.search.index.refresh_in_background()
+        serving.index.refresh(force=True)
+        serving.index.refresh_in_background()
         old = self.runtime.queries.space.index
-        self.runtime.queries.switch_space(serving.search)
+        self.runtime.queries.switch_space(serving.search_space())
         old.stop_refreshing()
         r = self.runtime
-        r.settings, r.encoder, r.backbone, r.index, r.text_runtime = settings, serving.encoder, serving.backbone, serving.search.index, serving.text_runtime
+        r.settings, r.encoder, r.backbone, r.index, r.text_runtime = settings, serving.encoder, serving.backbone, serving.index, serving.text_runtime
         if self.context is not None:
             c = self.context
             c.settings, c.index, c.model_name, c.precision, c.text_runtime = (
-                settings, serving.search.index, serving.backbone.key, serving.backbone.precision, serving.text_runtime)
+                settings, serving.index, serving.backbone.key, serving.backbone.precision, serving.text_runtime)
         log.info("switched to the active embedding space", extra={"space": key})
         return True
 

@@ -286,7 +286,8 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     assert body == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat",
                     "index_refreshed_seconds_ago": body["index_refreshed_seconds_ago"], "model": runtime.backbone.key,
                     "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION",
-                    "text_runtime": "onnx", "text_runtime_reason": "auto: CPU with onnxruntime (exact float32 graph)"}
+                    "text_runtime": "onnx", "text_runtime_reason": "auto: CPU with onnxruntime (exact float32 graph)",
+                    "space": runtime.queries.space.key, "reindex": None}
     page = client.get("/")
     assert page.status_code == 200 and b'id="search-form"' in page.data
     assert b'<span class="model precision" title="set by VIDSEEK_PRECISION">fp32</span>' in page.data
