@@ -173,26 +173,46 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    """Search by text, by an example picture (``--image``, with or without text) or by a stored moment
+    (``--like-segment``); the arguments and the picture are checked before the model loads."""
     from indexer.service import build_runtime
-    from search.filters import FilterError, check_min_score, check_offset, confined_filters
-    from search.query import QueryError, validate_query
+    from search.filters import FilterError, confined_filters
+    from search.query import QueryError, SearchOptions, validate_text, validate_weight
+    from search.query_image import read_image
 
+    text = image = None
     try:  # before the model loads: a typo costs no wait
-        validate_query(args.query, args.k)
-        check_min_score(args.min_score)
-        check_offset(args.offset)
+        if args.like_segment is not None and (args.query or args.image):
+            raise QueryError("--like-segment searches with a stored moment alone: give no query and no --image")
+        if args.query or (args.image is None and args.like_segment is None):
+            text = validate_text(args.query or "")
+        if args.image is not None:
+            validate_weight(args.image_weight)
+            image = read_image(args.image, settings.max_image_bytes)
         filters = confined_filters(args.video_id, args.min_duration, args.max_duration, args.folder,
                                    settings.allowed_media_roots)
-    except (QueryError, FilterError, PathNotAllowed) as exc:
+        options = SearchOptions(args.k, None, filters, args.min_score, args.offset)
+    except (QueryError, FilterError, PathNotAllowed, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runtime = build_runtime(settings)
-    result = runtime.queries.search(args.query, args.k, filters=filters, min_score=args.min_score, offset=args.offset)
+    queries = runtime.queries
+    try:
+        if args.like_segment is not None:
+            query = queries.like_query(args.like_segment)
+        elif image is not None:
+            query = queries.image_query(image, text, args.image_weight)
+        else:
+            query = queries.text_query(text)
+        result = queries.search_vector(query, options)
+    except QueryError as exc:  # e.g. no such segment
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not result.hits:
         print("no matching videos")
     for rank, hit in enumerate(result.hits, args.offset + 1):
-        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]")
-    print(f"({result.timings_ms['total']:.1f} ms)")
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]  segment {hit.moment.segment_id}")
+    print(f"({result.query}; {result.timings_ms['total']:.1f} ms)")
     return 0
 
 
@@ -298,8 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("beat", help="re-queue jobs whose worker died (run one or more next to the workers)")
     p.set_defaults(func=cmd_beat)
 
-    p = sub.add_parser("search", help="query from the command line")
-    p.add_argument("query")
+    p = sub.add_parser("search", help="query from the command line: by text, by an example picture, or by a moment")
+    p.add_argument("query", nargs="?", default=None, help="the text to search for (optional with --image)")
+    p.add_argument("--image", type=Path, default=None, help="search by this picture (JPEG, PNG or WebP); with a query, by both")
+    p.add_argument("--image-weight", type=float, default=0.5,
+                   help="the picture's share when a query is given too, 0 to 1 (default: 0.5)")
+    p.add_argument("--like-segment", type=int, default=None, metavar="N",
+                   help="more moments like segment N (its id in search results); N itself is left out")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--offset", type=int, default=0, help="skip the best OFFSET videos (paging)")
     p.add_argument("--min-score", type=float, default=None, help="drop moments whose cosine score is below this")

@@ -1,8 +1,13 @@
-"""Text query -> ranked videos, each with the moment (segment time range) that matched best,
-optionally reranked from the videos' stored token summaries (``search.rerank_service``)."""
+"""A query -> ranked videos, each with the moment (segment time range) that matched best,
+optionally reranked from the videos' stored token summaries (``search.rerank_service``).
+
+A query is a vector in the index's embedding space (:class:`QueryVector`), made from text, from an
+example picture (with or without text), or taken from a stored moment ("more like this"); all of
+them are answered by one first stage, :meth:`QueryService.search_vector`."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -10,13 +15,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from search.catalog import Catalog, SegmentMeta, VideoName
+from models.registry import RERANKERS
+from search.catalog import Catalog, SegmentMeta, VideoName, embedding_from_bytes
 from search.filters import FilterError, SearchFilters, check_min_score, check_offset
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
-from search.settings import RERANKERS
 
 TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
+ImageEncoder = Callable[[np.ndarray], np.ndarray]  # RGB picture uint8 [H, W, 3] -> L2-normalised float32 [D]
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
@@ -27,6 +33,10 @@ WIDENING_FACTOR = 4
 
 class QueryError(ValueError):
     """The query cannot be answered as given (empty, too long, bad k)."""
+
+
+class ExampleNotFound(QueryError):
+    """The moment a "more like this" query names does not exist (no such segment or video)."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +87,49 @@ class SearchResult:
     rerank: RerankInfo = field(default_factory=lambda: RerankInfo("none"))
 
 
-def validate_query(query: str, k: int) -> str:
+@dataclass(frozen=True)
+class QueryVector:
+    """What the first stage searches with.
+
+    Attributes:
+        vector: float32 ``[D]``, L2-normalised, in the index's embedding space.
+        label: what was searched, in words (the result's ``query``): the text, ``image``, ``like segment N``.
+        text: the query text, for rerankers that read it; None when the query has none.
+        exclude: segment ids left out of the results (the example moment itself).
+        timings_ms: what making the vector took, per stage (``encode``, ``lookup``).
+    """
+
+    vector: np.ndarray
+    label: str
+    text: str | None = None
+    exclude: frozenset[int] = frozenset()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def validate_text(query: str) -> str:
+    """``query`` with its whitespace collapsed; :class:`QueryError` when empty or too long."""
     text = " ".join(query.split())
     if not text:
         raise QueryError("query is empty")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"query is longer than {MAX_QUERY_CHARS} characters")
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be between 1 and {MAX_K}")
     return text
+
+
+def validate_weight(image_weight: float) -> float:
+    if not (math.isfinite(image_weight) and 0.0 <= image_weight <= 1.0):
+        raise QueryError("image_weight must be a number between 0 and 1")
+    return image_weight
+
+
+def blend(text: np.ndarray, image: np.ndarray, image_weight: float) -> np.ndarray:
+    """Two L2-normalised ``[D]`` embeddings -> their weighted sum ``(1 - w) text + w image``, normalised
+    (``w`` = 1: the image's direction, 0: the text's)."""
+    mixed = (1.0 - image_weight) * text.astype(np.float32) + image_weight * image.astype(np.float32)
+    norm = float(np.linalg.norm(mixed))
+    if not norm > 1e-6:
+        raise QueryError("the text and the image cancel out; search with one of them")
+    return (mixed / norm).astype(np.float32)
 
 
 def group_by_video(
@@ -110,76 +154,179 @@ def validate_rerank(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """Which results a search returns: the top ``k`` videos after skipping the best ``offset``, reranked
+    by ``rerank`` (None: the configured default), among the videos matching ``filters`` (FAISS keeps to
+    their segment ids, so a selective filter still fills ``k``), from the moments whose first-stage
+    score is at least ``min_score``. Checked when made: :class:`QueryError` names the bad value."""
+
+    k: int = 10
+    rerank: str | None = None
+    filters: SearchFilters | None = None
+    min_score: float | None = None
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}")
+        if self.rerank is not None:
+            validate_rerank(self.rerank)
+        try:
+            check_min_score(self.min_score)
+            check_offset(self.offset)
+        except FilterError as exc:
+            raise QueryError(str(exc)) from None
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1e3
+
+
 class QueryService:
-    """Answers text queries over a :class:`SegmentIndex` and the catalog, reranking the top hits with
-    ``reranking`` (none configured: only ``rerank=none`` does anything)."""
+    """Answers queries -- text, an example picture (``encode_image``; None: not offered), or a stored
+    moment -- over a :class:`SegmentIndex` and the catalog, reranking the top hits with ``reranking``
+    (none configured: only ``rerank=none`` does anything)."""
 
     def __init__(self, catalog: Catalog, index: SegmentIndex, encode_text: TextEncoder, candidates: int = 200,
-                 reranking: RerankService | None = None):
+                 reranking: RerankService | None = None, encode_image: ImageEncoder | None = None):
         self.catalog, self.index, self.candidates = catalog, index, candidates
         self.reranking = reranking or RerankService({}, "none", 1)
         self._encode = lru_cache(maxsize=1024)(encode_text)
+        self._encode_image = encode_image
 
-    def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
-               min_score: float | None = None, offset: int = 0) -> SearchResult:
-        """Top ``k`` videos for ``query`` after skipping the best ``offset``; ``rerank`` names the
-        reranker (None: the configured default). Only videos matching ``filters`` are searched (FAISS
-        keeps to their segment ids, so a selective filter still fills ``k``); segments whose
-        first-stage score is below ``min_score`` are dropped before videos are ranked."""
-        text = validate_query(query, k)
-        method = validate_rerank(rerank if rerank is not None else self.reranking.default)
-        try:
-            min_score, offset = check_min_score(min_score), check_offset(offset)
-        except FilterError as exc:
-            raise QueryError(str(exc)) from None
-        wanted = offset + k
-        depth = wanted if method == "none" else max(wanted, self.reranking.k)
+    # ----- queries -------------------------------------------------------------------------
+    def text_query(self, query: str) -> QueryVector:
+        text = validate_text(query)
         t0 = time.perf_counter()
         vector = self._encode(text)
-        t1 = time.perf_counter()
+        return QueryVector(vector, text, text, timings_ms={"encode": _ms(t0)})
+
+    def image_query(self, image: np.ndarray, text: str | None = None, image_weight: float = 0.5) -> QueryVector:
+        """The query of an example picture (RGB ``[H, W, 3]`` uint8), encoded as ingestion encodes a
+        frame; with ``text``, the normalised blend of both embeddings (:func:`blend`, ``image_weight``
+        the picture's share)."""
+        if self._encode_image is None:
+            raise QueryError("this server does not search by image")
+        image_weight = validate_weight(image_weight)
+        text = validate_text(text) if text is not None else None
+        t0 = time.perf_counter()
+        vector = self._encode_image(image)
+        if text is None:
+            return QueryVector(vector, "image", timings_ms={"encode": _ms(t0)})
+        vector = blend(self._encode(text), vector, image_weight)
+        return QueryVector(vector, f"{text} + image (image_weight {image_weight:g})", text, timings_ms={"encode": _ms(t0)})
+
+    def like_query(self, segment_id: int | None = None, video_id: int | None = None, t: float | None = None) -> QueryVector:
+        """"More moments like this": the stored embedding of segment ``segment_id``, or of the segment of
+        ``video_id`` that holds second ``t``; that segment is left out of the results, its video is not.
+
+        Raises:
+            ExampleNotFound: no such segment or video, no segment at ``t``, or one this index does not hold.
+            QueryError: neither a segment nor a video and time named, or a bad ``t``.
+        """
+        t0 = time.perf_counter()
+        if segment_id is None:
+            segment_id = self._segment_at(video_id, t)
+        segment = self.catalog.get_segment(segment_id)
+        if segment is None:
+            raise ExampleNotFound(f"no segment {segment_id}")
+        key = self.index.state.embedding_key
+        if segment.embedding_key != key:
+            raise ExampleNotFound(f"segment {segment_id} was indexed with another model ({segment.embedding_key}), "
+                                  f"not with this index's {key}")
+        vector = embedding_from_bytes(segment.embedding)
+        vector = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+        return QueryVector(vector, f"like segment {segment_id}", exclude=frozenset({segment_id}),
+                           timings_ms={"lookup": _ms(t0)})
+
+    def _segment_at(self, video_id: int | None, t: float | None) -> int:
+        if video_id is None or t is None:
+            raise QueryError("like needs a segment_id, or a video_id and a time t")
+        if not (math.isfinite(t) and t >= 0):
+            raise QueryError("t must be a non-negative number of seconds")
+        meta = self.catalog.segment_at(video_id, t)
+        if meta is None:
+            known = self.catalog.get_video(video_id) is not None
+            raise ExampleNotFound(f"video {video_id} has no indexed segments" if known else f"no video {video_id}")
+        if t > meta.end:
+            raise ExampleNotFound(f"video {video_id} has no segment at {t:g} s (its last one ends at {meta.end:g} s)")
+        return meta.id
+
+    # ----- search --------------------------------------------------------------------------
+    def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
+               min_score: float | None = None, offset: int = 0) -> SearchResult:
+        """Text ``query``: encoded, then :meth:`search_vector` with these :class:`SearchOptions`."""
+        text = validate_text(query)
+        options = SearchOptions(k, rerank, filters, min_score, offset)  # checked before the encoder runs
+        return self.search_vector(self.text_query(text), options)
+
+    def search_vector(self, query: QueryVector, options: SearchOptions) -> SearchResult:
+        """The videos ``options`` ask for, ranked for ``query``. A reranker that reads text refuses a query
+        without any when it is asked for by name (:class:`QueryError`), and is skipped when it is only the
+        configured default (the result says why)."""
+        method, skipped = self._reranker_for(query, options.rerank)
+        wanted = options.offset + options.k
+        depth = wanted if method == "none" else max(wanted, self.reranking.k)
+        t0 = time.perf_counter()
         allowed = None
-        if filters is not None and filters.active:
-            allowed = self.catalog.segment_ids_where(filters, self.index.state.embedding_key)
-        grouped, searched = self._first_stage(vector, depth, allowed, min_score)
-        t2 = time.perf_counter()
+        if options.filters is not None and options.filters.active:
+            allowed = self.catalog.segment_ids_where(options.filters, self.index.state.embedding_key)
+        grouped, searched = self._first_stage(query.vector, depth, allowed, options.min_score, query.exclude)
+        t1 = time.perf_counter()
         names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
             VideoHit(vid, names[vid], moments[0].score, moments[0], moments[1:])
             for vid, moments in grouped
             if vid in names
         ]
-        t3 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t2) * 1e3}
-        info = RerankInfo(method)
+        t2 = time.perf_counter()
+        timings = {**query.timings_ms, "search": (t1 - t0) * 1e3, "group": (t2 - t1) * 1e3}
+        info = skipped or RerankInfo(method)
         if method != "none":
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
-            result = self.reranking.rerank(method, text, vector, candidates)
+            result = self.reranking.rerank(method, query.text, query.vector, candidates)
             hits = [self._rescored(hits[i], result.scores.get(hits[i].video_id)) for i in result.order]
-            hits = [self._previewed(hit) for hit in hits[offset:wanted]]  # only the hits returned get a lookup
+            hits = [self._previewed(hit) for hit in hits[options.offset:wanted]]  # only the hits returned get a lookup
             timings.update(result.timings_ms)
             info = result.info
         else:
-            hits = hits[offset:wanted]
-        timings["total"] = (time.perf_counter() - t0) * 1e3
-        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
+            hits = hits[options.offset:wanted]
+        timings["total"] = sum(query.timings_ms.values()) + _ms(t0)
+        return SearchResult(query.label, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
 
-    def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
-                     min_score: float | None) -> tuple[list[tuple[int, list[Moment]]], int]:
+    def _reranker_for(self, query: QueryVector, asked: str | None) -> tuple[str, RerankInfo | None]:
+        """The reranker to run -- ``asked``, else the configured default -- and, when that default reads
+        text and ``query`` has none, ``none`` instead with the report saying why."""
+        method = asked if asked is not None else self.reranking.default
+        if query.text is not None or not RERANKERS[method].needs_text:
+            return method, None
+        if asked is not None:
+            raise QueryError(f"rerank={method} reads the query text: with an image or a moment alone, "
+                             "use rerank=none or late (or add q)")
+        return "none", RerankInfo(method, fallback=True, reason=f"{method} reranking reads the query text; this search has none")
+
+    def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None, min_score: float | None,
+                     exclude: frozenset[int] = frozenset()) -> tuple[list[tuple[int, list[Moment]]], int]:
         """Up to ``depth`` videos with their moments from the index (among the ``allowed`` segment
-        ids when given), and how many segments were looked at. When the segments fetched name fewer
-        than ``depth`` videos (a few videos with many segments each) and more could exist, the search
-        is widened, at most ``MAX_WIDENINGS`` times."""
+        ids when given, never the ``exclude`` ones), and how many segments were looked at. When the
+        segments fetched name fewer than ``depth`` videos (a few videos with many segments each) and
+        more could exist, the search is widened, at most ``MAX_WIDENINGS`` times."""
         n = max(self.candidates, depth * (EXTRA_MOMENTS + 1))
         if allowed is not None and not len(allowed):
             return [], 0
+        excluded = np.fromiter(exclude, np.int64, len(exclude))
         widenings = 0
         while True:
             scores, ids = self.index.search(vector, n, allowed)
             if min_score is not None:
                 keep = scores >= min_score
                 scores, ids = scores[keep], ids[keep]
-            grouped = group_by_video(scores, ids, self.catalog.segment_meta(ids.tolist()), depth)
             exhausted = len(ids) < n  # the index (or min_score) has nothing further
+            if len(excluded):
+                keep = ~np.isin(ids, excluded)
+                scores, ids = scores[keep], ids[keep]
+            grouped = group_by_video(scores, ids, self.catalog.segment_meta(ids.tolist()), depth)
             if len(grouped) >= depth or exhausted or widenings == MAX_WIDENINGS:
                 return grouped, len(ids)
             n *= WIDENING_FACTOR
