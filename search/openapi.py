@@ -75,9 +75,11 @@ _SCHEMAS: dict[str, Any] = {
     "Moment": _MOMENT,
     "SearchRequest": {
         "type": "object",
-        "required": ["q"],
+        "description": "q (text) or like (a stored moment), not both",
+        "anyOf": [{"required": ["q"]}, {"required": ["like"]}],
         "properties": {
             "q": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+            "like": {"$ref": "#/components/schemas/Like"},
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
             "rerank": {"type": ["string", "null"], "enum": [*RERANKERS, None],
                        "description": "as in GET /api/search; null or absent: the configured default"},
@@ -88,6 +90,41 @@ _SCHEMAS: dict[str, Any] = {
             "min_duration": {"type": ["number", "null"], **_DURATION},
             "max_duration": {"type": ["number", "null"], **_DURATION},
             "folder": {"type": ["string", "null"], **_FOLDER},
+        },
+    },
+    "Like": {
+        "description": "more moments like this one: a segment, or the segment of a video holding second t. The "
+                       "search runs with that segment's stored embedding; the segment itself is left out of the "
+                       "results, the rest of its video is not",
+        "oneOf": [
+            {"type": "object", "required": ["segment_id"], "additionalProperties": False,
+             "properties": {"segment_id": _VIDEO_ID}},
+            {"type": "object", "required": ["video_id", "t"], "additionalProperties": False,
+             "properties": {"video_id": _VIDEO_ID, "t": {"type": "number", "minimum": 0, "description": "seconds"}}},
+        ],
+    },
+    "ImageSearchRequest": {
+        "type": "object",
+        "required": ["image"],
+        "description": "search by an example picture, encoded as ingestion encodes a video frame",
+        "properties": {
+            "image": {"type": "string", "format": "binary",
+                      "description": "JPEG, PNG or WebP, at most VIDSEEK_MAX_IMAGE_BYTES (10 MiB) and "
+                                     "PIL.Image.MAX_IMAGE_PIXELS pixels"},
+            "q": {"type": "string", "maxLength": MAX_QUERY_CHARS,
+                  "description": "optional text: the search runs with the normalised weighted sum of both embeddings"},
+            "image_weight": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                             "description": "the picture's share when q is given (1: the picture alone, 0: the text alone)"},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+            "rerank": {"type": "string", "enum": list(RERANKERS),
+                       "description": "as in GET /api/search; llm needs q (it reads the text)"},
+            "offset": _OFFSET,
+            "min_score": {"type": "number", **_MIN_SCORE},
+            "video_ids": {"type": "array", "items": _VIDEO_ID, "minItems": 1, "maxItems": MAX_FILTER_IDS,
+                          "description": "search only these videos (repeated fields, or comma-separated)"},
+            "min_duration": {"type": "number", **_DURATION},
+            "max_duration": {"type": "number", **_DURATION},
+            "folder": {"type": "string", **_FOLDER},
         },
     },
     "Hit": {
@@ -133,7 +170,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["query", "hits", "rerank", "timings_ms"],
         "properties": {
-            "query": {"type": "string"},
+            "query": {"type": "string",
+                      "description": "what was searched: the text, 'image', 'TEXT + image (image_weight W)', 'like segment N'"},
             "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
             "candidates": {"type": "integer"},
             "rerank": {"$ref": "#/components/schemas/Rerank"},
@@ -276,15 +314,25 @@ def openapi_document(version: str) -> dict[str, Any]:
                 },
                 "post": {
                     "operationId": "searchVideosJson",
-                    "summary": "Rank videos for a text query given as JSON (for queries too long for a URL)",
+                    "summary": "Rank videos for a text query given as JSON (for queries too long for a URL), for a "
+                               "stored moment (like: more moments like this), or for an example picture (multipart)",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+                            "multipart/form-data": {
+                                "schema": {"$ref": "#/components/schemas/ImageSearchRequest"},
+                                "encoding": {"image": {"contentType": "image/jpeg, image/png, image/webp"}},
+                            },
+                        },
                     },
                     "responses": {"200": _json("SearchResult", "ranked videos"),
-                                  "400": _error("not a JSON object, empty or invalid query, unknown reranker, "
+                                  "400": _error("not a JSON object, empty or invalid query, q and like together, "
+                                                "not a JPEG/PNG/WebP picture, unknown reranker (or llm without text), "
                                                 "bad filter or paging value, folder outside the media roots"),
-                                  "413": _error("body larger than 64 KiB")},
+                                  "404": _error("like names no segment or video, or no segment at t"),
+                                  "413": _error("JSON body larger than 64 KiB, or picture larger than "
+                                                "VIDSEEK_MAX_IMAGE_BYTES or PIL.Image.MAX_IMAGE_PIXELS pixels")},
                 },
             },
             "/api/videos": {
