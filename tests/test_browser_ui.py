@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from indexer.service import build_runtime
+from indexer.service import build_runtime, image_encoder
 from search.api import create_app
 from search.api.context import ApiContext
 from search.query import QueryService
@@ -60,7 +60,8 @@ def context_with_slow_query(runtime) -> ApiContext:
         return runtime.backbone.encode_text([q])[0].numpy()
 
     context = runtime.api_context()
-    context.queries = QueryService(runtime.catalog, runtime.index, encode, reranking=runtime.queries.reranking)
+    context.queries = QueryService(runtime.catalog, runtime.index, encode, reranking=runtime.queries.reranking,
+                                   encode_image=image_encoder(runtime.backbone))
     return context
 
 
@@ -366,4 +367,51 @@ def test_upload_with_touch_at_phone_width_then_search_it(browser, library: str, 
     page.tap("#search-form button[type=submit]")
     page.wait_for_selector("#results .card")
     assert any("snow" in t for t in page.locator("#results .card .title").all_inner_texts())
+    page.context.close()
+
+
+def test_search_by_a_picture_then_more_like_a_result(browser, library: str, shots: Path) -> None:
+    """The Image button searches by a picture (multipart), with the words typed too when there are any;
+    "More like this" on a card searches for moments like its matched one, which is left out."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from indexer.samples import HEIGHT, SAMPLES, WIDTH
+
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    stripes = next(s for s in SAMPLES if s.name == "stripes").paint(3.0, yy, xx)
+    png = io.BytesIO()
+    Image.fromarray(stripes).save(png, "PNG")
+    page = new_page(browser, 390)
+    page.goto(library + "/")
+    page.wait_for_function("() => /searchable/.test(document.querySelector('#library-count').textContent)")
+    reachable(page, "label[for=image-input]", 390)
+    with page.expect_file_chooser() as chooser:
+        page.click("label[for=image-input]")
+    chooser.value.set_files(files=[{"name": "stripes.png", "mimeType": "image/png", "buffer": png.getvalue()}])
+    page.wait_for_selector("#results .card")
+    titles = page.locator("#results .card .title").all_inner_texts()
+    assert set(titles[:2]) == {"red_ball.mkv", "three_scenes"}, titles  # the two videos showing stripes
+    assert page.is_visible("#image-chip") and page.inner_text("#image-name") == "stripes.png"
+    assert page.title() == "stripes.png — vidseek"
+    fits_width(page, 390)
+    page.screenshot(path=str(shots / "by-picture-390.png"), full_page=True)
+    no_serious_violations(page, "results of a search by picture")
+
+    three = page.locator("#results .card", has=page.locator(".title", has_text="three_scenes"))
+    with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+        three.locator("button.like").click()
+    body = answer.value.json()
+    source = body["query"].removeprefix("like segment ")
+    assert body["query"].startswith("like segment ") and source.isdigit()
+    page.wait_for_function("() => !document.querySelector('#status').classList.contains('busy')")
+    assert f"?like={source}" in page.url and page.is_hidden("#player-pane")  # the click searched, it did not play
+    assert page.locator("#results .card .title").first.inner_text() == "red_ball.mkv"  # the stripes elsewhere
+    assert int(source) not in {h["segment_id"] for h in body["hits"]}
+    page.screenshot(path=str(shots / "more-like-this-390.png"), full_page=True)
+
+    page.click("#image-clear")  # without the picture and with no words: back to the start
+    assert page.is_hidden("#image-chip") and page.is_visible("#landing")
     page.context.close()

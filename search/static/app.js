@@ -1,5 +1,6 @@
-// vidseek web page: search the REST API and play a hit at its matched moment; a library view lists,
-// uploads (with live job progress) and deletes videos. Plain JS, no build step, nothing from a CDN.
+// vidseek web page: search the REST API -- by text, by an example picture, or for more moments like a
+// result -- and play a hit at its matched moment; a library view lists, uploads (with live job progress)
+// and deletes videos. Plain JS, no build step, nothing from a CDN.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +11,7 @@ const alertBox = $("alert");
 const KEY_STORE = "vidseek-api-key";  // sessionStorage: the key lives as long as this tab
 let library = null;  // GET /api/library, refreshed after uploads and deletes
 let lastOpener = null;  // the control that opened the player (focus returns to it on close)
+let exampleImage = null;  // the picture searched by (a File), with the text box's words when there are any
 
 function clock(seconds) {
   const s = Math.max(0, Math.round(seconds));
@@ -164,6 +166,10 @@ function card(hit) {
     }
     item.append(chips);
   }
+  const like = el("button", { type: "button", className: "like", "aria-label": `More moments like ${name} at ${clock(hit.segment_start)}` },
+    "More like this");
+  like.addEventListener("click", (ev) => { ev.stopPropagation(); searchLike(hit.segment_id, `${name} at ${clock(hit.segment_start)}`); });
+  item.append(like);
   playButton.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, hit.start, hit.end, playButton); });
   item.addEventListener("click", () => play(hit, hit.start, hit.end, playButton));
   return item;
@@ -178,9 +184,42 @@ function rerankNote(info, timings) {
 
 function shortQuery(q) { return q.length > 60 ? `${q.slice(0, 57)}…` : q; }
 
+// The llm reranker reads the query's words: a search by a picture or a moment alone is not reranked by it.
+function rerankFor(hasText) { return !hasText && rerank.value === "llm" ? "none" : rerank.value; }
+
+function textRequest(q) {
+  // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
+  return { headers: { "Content-Type": "application/json" }, body: JSON.stringify({ q, k: 12, rerank: rerankFor(true) }) };
+}
+
+function imageRequest(file, q) {
+  const data = new FormData();  // multipart: the browser sets the Content-Type with its boundary
+  data.append("image", file);
+  if (q) data.append("q", q);
+  data.append("k", "12");
+  data.append("rerank", rerankFor(Boolean(q)));
+  return { body: data };
+}
+
+function searchLike(segmentId, what) {
+  showView("search");
+  document.title = `Like ${shortQuery(what)} — vidseek`;
+  history.replaceState(null, "", `?like=${encodeURIComponent(segmentId)}`);
+  search({ headers: { "Content-Type": "application/json" },
+           body: JSON.stringify({ like: { segment_id: segmentId }, k: 12, rerank: rerankFor(false) }) },
+         `moments like ${what}`);
+}
+
+function showImageChip() {
+  $("image-chip").hidden = !exampleImage;
+  $("image-name").textContent = exampleImage ? exampleImage.name : "";
+  $("image-name").title = exampleImage ? exampleImage.name : "";
+}
+
 let inflight = null;  // the running search: a new one aborts it
 
-async function search(q, method) {
+// request: { headers, body } of POST /api/search; what: the query in words, for the status line
+async function search(request, what) {
   if (inflight) inflight.abort();
   const controller = new AbortController();
   inflight = controller;
@@ -188,24 +227,18 @@ async function search(q, method) {
   results.replaceChildren();
   landing.hidden = true;
   const started = performance.now();
-  const tick = () => { statusLine.textContent = `Searching for “${shortQuery(q)}”… ${((performance.now() - started) / 1000).toFixed(1)} s`; };
+  const tick = () => { statusLine.textContent = `Searching for ${what}… ${((performance.now() - started) / 1000).toFixed(1)} s`; };
   tick();
   statusLine.classList.add("busy");
   results.setAttribute("aria-busy", "true");
   const timer = setInterval(tick, 100);
   try {
-    // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
-    const body = await api("/api/search", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ q, k: 12, rerank: method }),
-      signal: controller.signal,
-    });
+    const body = await api("/api/search", { method: "POST", ...request, signal: controller.signal });
     labelHits(body.hits);
     if (body.hits.length) {
       statusLine.textContent = `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms${rerankNote(body.rerank, body.timings_ms)}`;
     } else {
-      statusLine.textContent = `No videos match “${shortQuery(q)}”.`;
+      statusLine.textContent = `No videos match ${what}.`;
       landing.hidden = false;  // says what is indexed, and how to add videos when nothing is
       loadLibrary().catch(() => {});
     }
@@ -240,15 +273,37 @@ form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = input.value.trim();
   showView("search");
+  if (exampleImage) {  // a picture cannot be put in an address: none to share
+    const what = q ? `“${shortQuery(q)}” and the picture ${exampleImage.name}` : `the picture ${exampleImage.name}`;
+    document.title = `${exampleImage.name} — vidseek`;
+    history.replaceState(null, "", location.pathname);
+    search(imageRequest(exampleImage, q), what);
+    return;
+  }
   if (!q) { resetSearch(); return; }
   document.title = `“${shortQuery(q)}” — vidseek`;
   // a shareable address, unless the query is too long for servers to take back as a URL
   const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
   history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
-  search(q, rerank.value);
+  search(textRequest(q), `“${shortQuery(q)}”`);
 });
 
-rerank.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
+$("image-input").addEventListener("change", (ev) => {
+  const file = ev.target.files[0];
+  ev.target.value = "";  // choosing the same file again searches again
+  if (!file) return;
+  exampleImage = file;
+  showImageChip();
+  form.requestSubmit();
+});
+$("image-clear").addEventListener("click", () => {
+  exampleImage = null;
+  showImageChip();
+  $("image-input").focus();
+  if (input.value.trim()) form.requestSubmit(); else resetSearch();
+});
+
+rerank.addEventListener("change", () => { if (input.value.trim() || exampleImage) form.requestSubmit(); });
 for (const b of document.querySelectorAll(".example")) {
   b.addEventListener("click", () => { input.value = b.textContent; form.requestSubmit(); });
 }
@@ -460,6 +515,7 @@ loadLibrary().catch((err) => {
 const params = new URLSearchParams(location.search);
 const chosen = params.get("rerank");
 if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
-const initial = params.get("q");
+const initial = params.get("q"), likeSegment = params.get("like");
 if (location.hash === "#library") showView("library");
 else if (initial) { input.value = initial; form.requestSubmit(); }
+else if (/^\d+$/.test(likeSegment || "")) searchLike(Number(likeSegment), `segment ${likeSegment}`);
