@@ -22,4 +22,4 @@ RUN pip install . && pip uninstall -y faiss-cpu && pip install "faiss-gpu>=1.15,
 
 FROM base AS cpu
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.14.1+cpu" "torchvision==0.29.1+cpu" \
- && pip install .
+ && pip install ".[onnx]"

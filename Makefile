@@ -15,11 +15,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade --quiet pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[onnx]'
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,onnx]'
 	@touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

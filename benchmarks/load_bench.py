@@ -8,8 +8,9 @@ and ingestion throughput with 1 and 2 Celery workers, on this machine's Redis an
 space, ``--per-video`` per video), starts ``vidseek serve`` (gunicorn) on it and lets
 ``--clients`` threads (each count in turn) send ``--requests`` searches in total, each with a
 distinct text (so every request runs the text encoder: no cache hits), over keep-alive
-connections; it does so with the text batcher off and on (``--text-batch``), one server after the
-other on the same catalog, and reports the server's mean time per query in the text encoder
+connections; it does so with the text batcher off and on (``--text-batch``) and for each text
+runtime asked for (``--text-runtime``: torch, onnx, onnx-int8; ``models/text_onnx.py``), one server
+after the other on the same catalog, and reports the server's mean time per query in the text encoder
 (waiting for a shared forward included), the index and the catalog reads. ``ingest`` generates
 ``--videos`` distinct synthetic videos, starts N ``vidseek worker`` processes, warms each up (model
 loaded), queues every video and times them from the first job's start to the last one's end.
@@ -181,24 +182,26 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
         index.save()
         print(f"index: {len(index)} segments, {index.structure}, built in {time.perf_counter() - t0:.1f}s", flush=True)
         del index
-        for batching in args.text_batch:
+        for batching, text_runtime in [(b, r) for b in args.text_batch for r in args.text_runtime]:
             env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
-                   "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1",
+                   "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1", "VIDSEEK_TEXT_RUNTIME": text_runtime,
                    "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
             port = 18000 + os.getpid() % 1000
-            log = Path(tmp) / f"api-{batching}.log"
+            log = Path(tmp) / f"api-{batching}-{text_runtime}.log"
             t0 = time.perf_counter()
             api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
                         env, log)
             try:
                 wait_ready(port, args.segments, api, log)
-                print(f"server (text batcher {batching}) ready in {time.perf_counter() - t0:.1f}s", flush=True)
+                print(f"server (text batcher {batching}, text runtime {text_runtime}) ready in "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)
                 for clients in args.clients:
                     run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
                     latencies, wall, errors, stages = run_clients(port, clients, args.requests, args.k)
                     rows.append({
                         "benchmark": "query", "machine": machine_description(), "model": args.model,
                         "index": args.index_type, "segments": args.segments, "text_batcher": batching,
+                        "text_runtime": text_runtime,
                         "clients": clients, "requests": args.requests, "k": args.k,
                         "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
                         "throughput_rps": round(len(latencies) / wall, 1),
@@ -309,6 +312,8 @@ def main() -> None:
     q.add_argument("--index-type", default="auto")
     q.add_argument("--text-batch", nargs="+", choices=("off", "on"), default=["off", "on"],
                    help="run a server with the text batcher off (VIDSEEK_TEXT_BATCH_MAX=1) and/or on")
+    q.add_argument("--text-runtime", nargs="+", choices=("auto", "torch", "onnx", "onnx-int8"), default=["auto"],
+                   help="run a server with each VIDSEEK_TEXT_RUNTIME (after each --text-batch setting)")
     i = sub.add_parser("ingest")
     i.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     i.add_argument("--videos", type=int, default=8)

@@ -1,6 +1,7 @@
 """One text query's encoder latency, side by side in one process: open_clip's own ``encode_text``
 in fp32 over the full context (77 tokens) against vidseek's text path (``ClipBackbone.encode_text``:
-the causal tower cut at the batch's last EOT token) in fp32 and at ``VIDSEEK_PRECISION=auto``.
+the causal tower cut at the batch's last EOT token) in fp32 and at ``VIDSEEK_PRECISION=auto``, and on ONNX Runtime (``VIDSEEK_TEXT_RUNTIME=onnx``, the
+float32 graph, and ``onnx-int8``, int8 matrices; ``models/text_onnx.py``).
 
 One thread by default, as in an API process (``vidseek serve`` runs ``OMP_NUM_THREADS=1`` workers).
 Prints the CPU model and capability; reports p50/p99 per call and the ratio of the medians to
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from benchmarks.common import Column, distinct_queries, latency_percentiles, machine_description, markdown_table
 from models.factory import load_backbone
 from models.precision import FP32
+from models.text_onnx import ONNX, ONNX_INT8, attach_text_runtime
 from models.weights import RANDOM_WEIGHTS
 
 
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = lambda precision: load_backbone(args.model, args.pretrained, "cpu", args.model_config_dir, precision)  # noqa: E731
-    fp32, auto = load(FP32), load("auto")
+    fp32, auto, onnx, onnx_int8 = load(FP32), load("auto"), load(FP32), load(FP32)
+    attach_text_runtime(onnx, ONNX)
+    attach_text_runtime(onnx_int8, ONNX_INT8)
     queries = distinct_queries(args.queries)
 
     @torch.inference_mode()
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ("open_clip encode_text, 77 tokens", "fp32", open_clip_fp32),
         ("vidseek, cut at EOT", "fp32", lambda text: fp32.encode_text([text])),
         ("vidseek, cut at EOT", f"auto = {auto.precision.precision}", lambda text: auto.encode_text([text])),
+        ("vidseek, cut at EOT, ONNX Runtime", "fp32", lambda text: onnx.encode_text([text])),
+        ("vidseek, cut at EOT, ONNX Runtime", "int8 matrices", lambda text: onnx_int8.encode_text([text])),
     ]
     for _, _, fn in calls:  # warm-up
         for text in queries[:5]:

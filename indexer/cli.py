@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
+from models.registry import AUTO
 from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
 from search.logs import configure_logging
 from search.media_paths import PathNotAllowed
@@ -77,6 +78,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     in the master because forking after torch has started its thread pools can hang."""
     from gunicorn.app.base import BaseApplication
 
+    from indexer.metrics_folder import forget_process, shared_metrics_folder
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
@@ -90,24 +93,53 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             self.cfg.set("when_ready", lambda _arbiter: print(  # after binding, not before
                 f"vidseek is serving on http://{args.host}:{args.port}/ with {args.workers} processes × {args.threads} threads",
                 flush=True))
+            self.cfg.set("child_exit", lambda _arbiter, worker: forget_process(worker.pid))
 
         def load(self):
             from indexer.service import create_service_app
 
             return create_service_app(settings)
 
-    Server().run()
+    with shared_metrics_folder():  # /metrics adds up the processes' metrics
+        Server().run()
     return 0
 
 
-def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from indexer.pipeline import VideoIngestor
-    from indexer.service import load_encoder, open_catalog
-    from indexer.tasks import LazyIngestor, make_celery
+def serve_worker_metrics(host: str, port: int) -> None:
+    """prometheus_client's HTTP server on ``host:port`` (a thread of this process), answering with the
+    metrics of this worker and of its pool processes."""
+    from celery.signals import worker_process_shutdown
+    from prometheus_client import start_http_server
 
+    from indexer.metrics_folder import forget_process
+    from search.metrics_exposition import metrics_registry
+
+    try:
+        start_http_server(port, host, registry=metrics_registry())
+    except OSError as exc:
+        raise PortUnavailable(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                              "choose another port with --metrics-port") from None
+    worker_process_shutdown.connect(lambda pid, **_: forget_process(pid), weak=False)
+    print(f"worker metrics on http://{host}:{port}/metrics", flush=True)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if settings.runs_in_process:
         print("VIDSEEK_BROKER_URL is not set: a worker needs a broker (e.g. redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2
+    if args.metrics_port is None:
+        return run_worker(settings, args)
+    from indexer.metrics_folder import shared_metrics_folder
+
+    with shared_metrics_folder():  # the pool processes ingest: their metrics are added up
+        serve_worker_metrics(args.metrics_host, args.metrics_port)
+        return run_worker(settings, args)
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from indexer.pipeline import VideoIngestor
+    from indexer.service import load_encoder, open_catalog
+    from indexer.tasks import LazyIngestor, make_celery
 
     def factory() -> VideoIngestor:
         catalog = open_catalog(settings)
@@ -195,6 +227,8 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     except (QueryError, FilterError, PathNotAllowed, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.text_runtime == AUTO:  # one query: torch answers it sooner than an ONNX export would
+        settings = settings.with_overrides(text_runtime="torch")
     runtime = build_runtime(settings)
     queries = runtime.queries
     try:
@@ -313,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Celery ingestion worker")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--hostname", default=None)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics (ingestion counters of every pool process) on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (default: 127.0.0.1)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("beat", help="re-queue jobs whose worker died (run one or more next to the workers)")

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, get_args
 
 import av
 import numpy as np
@@ -42,13 +42,23 @@ DECODE_MODES = ("fast", "exact")
 FAST_MIN_FRAMES_PER_SAMPLE = 4
 
 
+# Why a file could not be decoded, as counted by the vidseek_ingest_decode_errors metric (a fixed set:
+# a label value per kind).
+DecodeErrorKind = Literal["missing", "empty", "not_a_container", "truncated", "image", "no_video_stream",
+                          "no_picture_size", "corrupt", "no_frames"]
+DECODE_ERROR_KINDS: tuple[DecodeErrorKind, ...] = get_args(DecodeErrorKind)
+
+
 class DecodeError(MediaRejected):
     """The file is not a decodable video; the message says why in words a user understands (no
-    server paths, no FFmpeg error numbers); ``detail`` keeps FFmpeg's own words for operators' logs."""
+    server paths, no FFmpeg error numbers); ``kind`` says it in one of :data:`DECODE_ERROR_KINDS`;
+    ``detail`` keeps FFmpeg's own words for operators' logs."""
 
-    def __init__(self, message: str, detail: str | None = None):
+    def __init__(self, message: str, *, kind: DecodeErrorKind, detail: str | None = None):
+        if kind not in DECODE_ERROR_KINDS:
+            raise ValueError(f"unknown decode error kind {kind!r}")
         super().__init__(message)
-        self.detail = detail
+        self.kind, self.detail = kind, detail
 
 
 @dataclass(frozen=True)
@@ -73,26 +83,27 @@ class SampledFrame:
 
 def _open(path: Path) -> av.container.InputContainer:
     if not is_regular_file(path):
-        raise DecodeError(f"{path.name} does not exist or is not a file")
+        raise DecodeError(f"{path.name} does not exist or is not a file", kind="missing")
     if path.stat().st_size == 0:
-        raise DecodeError(f"{path.name} is empty (0 bytes)")
+        raise DecodeError(f"{path.name} is empty (0 bytes)", kind="empty")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         if iso_bmff_incomplete(path):
             raise DecodeError(f"{path.name} is truncated or incomplete: its index (moov box) is missing or cut off",
-                              detail=str(exc)) from exc
-        raise DecodeError(f"{path.name} is not a readable video container", detail=str(exc)) from exc
+                              kind="truncated", detail=str(exc)) from exc
+        raise DecodeError(f"{path.name} is not a readable video container", kind="not_a_container",
+                          detail=str(exc)) from exc
     if is_still_image_format(container.format.name):
         container.close()
-        raise DecodeError(f"{path.name} is an image, not a video ({container.format.name})")
+        raise DecodeError(f"{path.name} is an image, not a video ({container.format.name})", kind="image")
     return container
 
 
 def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise DecodeError(f"{name} has no video stream (streams: {', '.join(kinds)})")
+        raise DecodeError(f"{name} has no video stream (streams: {', '.join(kinds)})", kind="no_video_stream")
     return container.streams.video[0]
 
 
@@ -132,7 +143,7 @@ def probe(path: Path) -> VideoInfo:
     if duration is None or duration <= 0:
         duration = _demuxed_duration(path)
     if not width or not height:
-        raise DecodeError(f"{path.name} has a video stream with no picture size")
+        raise DecodeError(f"{path.name} has a video stream with no picture size", kind="no_picture_size")
     return VideoInfo(duration=duration, fps=fps, width=width, height=height, codec=codec)
 
 
@@ -306,15 +317,16 @@ def _decode_samples(
                 pending = (t, frame)
         except av.error.FFmpegError as exc:
             raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s",
-                              detail=str(exc)) from exc
+                              kind="corrupt", detail=str(exc)) from exc
     if cursor.next_sample < len(times) and pending is not None and pending[0] > cursor.last_yielded:
         yield _sample(cursor, pending[0], pending[1], out_w, out_h)
     if cursor.emitted == 0:
-        raise DecodeError(f"{path.name} contains no decodable video frames")
+        raise DecodeError(f"{path.name} contains no decodable video frames", kind="no_frames")
     frame_period = 1.0 / info.fps if info.fps else 0.04
     if last_time + frame_period < TRUNCATION_TOLERANCE * info.duration - 1.0:
         raise DecodeError(
-            f"{path.name} is truncated: frames stop at {last_time:.1f}s of an advertised {info.duration:.1f}s"
+            f"{path.name} is truncated: frames stop at {last_time:.1f}s of an advertised {info.duration:.1f}s",
+            kind="truncated",
         )
 
 

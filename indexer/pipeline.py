@@ -31,6 +31,7 @@ from models.rerankers.prefill import InnerMergeParams
 from models.summary import VideoSummary
 from search.catalog import Catalog, JobLeased, SegmentRecord, SummaryRecord
 from search.media_paths import MediaRejected, PathNotAllowed, confine, is_regular_file, remove_empty_folders
+from search.metrics import count_decode_error, observe_encoding
 from search.settings import Settings
 from search.tables import LLM_SPACE, Job, Status, Video, utcnow
 
@@ -103,6 +104,8 @@ class VideoIngestor:
             log.warning("job abandoned", extra={"job": job_id, "reason": str(exc)})
             return Status.running
         except (PathNotAllowed, MediaRejected) as exc:
+            if isinstance(exc, DecodeError):
+                count_decode_error(exc.kind)
             self._fail(job_id, str(exc))
             log.warning("video rejected", extra={"job": job_id, "path": job.path, "reason": str(exc),
                                                  "detail": getattr(exc, "detail", None)})
@@ -130,7 +133,7 @@ class VideoIngestor:
     def _ingest(self, job: Job, progress: ProgressFn | None, lease: JobHeartbeat) -> Status:
         path = confine(job.path, self.settings.allowed_media_roots)
         if not is_regular_file(path):
-            raise DecodeError(f"{path.name} does not exist or is not a file")
+            raise DecodeError(f"{path.name} does not exist or is not a file", kind="missing")
         content_hash = sha256_file(path)
         video = self._claim(job, path, content_hash, lease)
         if video is None:
@@ -273,7 +276,10 @@ class VideoIngestor:
             if picker is not None:
                 frames = picker.tap(frames)
             for batch in batch_groups(group_frames(frames, s.segment_frames), self.batch_segments):
-                writer.add(encoder.encode(batch))
+                started = time.perf_counter()
+                encoded_batch = encoder.encode(batch)
+                observe_encoding(sum(len(group.frames) for group in batch), time.perf_counter() - started)
+                writer.add(encoded_batch)
                 if progress is not None:
                     progress(min(writer.frames_sampled / len(times), 0.999))
         segments = writer.finish()

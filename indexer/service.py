@@ -21,6 +21,7 @@ from models.backbone import ClipBackbone
 from models.factory import embedding_space_key, load_backbone
 from models.encoders import SegmentEncoder, build_encoder
 from models.rerankers.llava import LazyLlm
+from models.text_onnx import TextRuntimeChoice, attach_text_runtime
 from search.api import create_app
 from search.api.context import ApiContext
 from search.catalog import Catalog
@@ -106,6 +107,7 @@ class Runtime:
     queue: IngestionQueue
     banner: str | None = None
     llm: LazyLlm | None = None  # the video LLM (VIDSEEK_LLM_RERANKER), shared by ingestion and reranking
+    text_runtime: TextRuntimeChoice | None = None
 
     def ingestor(self) -> VideoIngestor:
         return VideoIngestor(self.settings, self.catalog, self.encoder, self.llm)
@@ -119,6 +121,7 @@ class Runtime:
             ingestion=self.queue,
             model_name=self.backbone.key,
             precision=self.backbone.precision,
+            text_runtime=self.text_runtime,
             banner=self.banner,
         )
 
@@ -141,6 +144,7 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     catalog = open_catalog(settings)
     encoder = load_encoder(settings, backbone)
     backbone = encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
+    text_runtime = attach_text_runtime(backbone, settings.text_runtime, settings.data_dir / "text-towers")
     index = open_index(settings, catalog, embedding_key(encoder), backbone.embed_dim)
 
     llm = lazy_llm(settings)
@@ -152,7 +156,7 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
         queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm)))
     else:
         queue = CeleryQueue(make_celery(settings))
-    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner, llm)
+    return Runtime(settings, catalog, backbone, encoder, index, queries, queue, banner, llm, text_runtime)
 
 
 def create_service_app(settings: Settings | None = None) -> Flask:

@@ -7,7 +7,7 @@ embeddings go in at that dtype, embeddings come out as float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,8 @@ class ClipBackbone:
     embeddings computed with other weights are recognised as stale (see
     :func:`models.factory.backbone_key`); ``precision`` is what the weights were cast to at load,
     and why (not part of the key: the same weights in bf16 and fp32 span the same space).
+    ``text_runtime`` names where :meth:`encode_text` runs: ``"torch"``, or an ONNX Runtime tower
+    set with :meth:`use_text_tower` (:mod:`models.text_onnx`).
     """
 
     def __init__(
@@ -60,6 +62,8 @@ class ClipBackbone:
         self.key = key
         self.device = device
         self.precision = precision
+        self.text_runtime = "torch"
+        self._text_tower: Callable[[torch.Tensor], torch.Tensor] | None = None
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         self.image_size: int = size if isinstance(size, int) else int(size[0])
@@ -101,12 +105,20 @@ class ClipBackbone:
         return ((x - self.mean) / self.std).to(self.dtype)
 
     # ----- text --------------------------------------------------------------------------
+    def use_text_tower(self, tower: Callable[[torch.Tensor], torch.Tensor], runtime: str) -> None:
+        """Encode texts with ``tower`` (token ids ``[Q, C]`` -> features ``[Q, E]``, as
+        :func:`models.text_tower.encode_text_tokens`) from now on; ``runtime`` names it."""
+        self._text_tower, self.text_runtime = tower, runtime
+
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> ``[Q, E]`` L2-normalised float32 embeddings (a causal tower runs only up to
-        the batch's last EOT token, see :func:`models.text_tower.encode_text_tokens`)."""
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return F.normalize(encode_text_tokens(self.model, tokens).float(), dim=-1)
+        the batch's last EOT token, see :func:`models.text_tower.encode_text_tokens`), through the
+        tower set by :meth:`use_text_tower` when there is one (on the CPU), else the torch model."""
+        tokens = self.tokenizer(list(texts))
+        if self._text_tower is not None:
+            return F.normalize(self._text_tower(tokens).float(), dim=-1)
+        return F.normalize(encode_text_tokens(self.model, tokens.to(self.device)).float(), dim=-1)
 
     # ----- vision ------------------------------------------------------------------------
     def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:

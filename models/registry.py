@@ -32,6 +32,8 @@ from typing import Any
 # The precision policies (VIDSEEK_PRECISION); models.precision maps them to dtypes and chooses for ``auto``.
 AUTO = "auto"
 PRECISIONS: tuple[str, ...] = (AUTO, "fp32", "bf16", "fp16")
+# Where the query text tower runs (VIDSEEK_TEXT_RUNTIME); models.text_onnx chooses for ``auto``.
+TEXT_RUNTIMES: tuple[str, ...] = (AUTO, "torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)

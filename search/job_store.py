@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from search.store import Store, aware
+from search.store import Store, aware, count_by_status
 from search.tables import Job, Status, Video, utcnow
 
 
@@ -60,6 +60,11 @@ class JobStore(Store):
     def get_job(self, job_id: int) -> Job | None:
         with self.session() as s:
             return s.get(Job, job_id)
+
+    def job_status_counts(self) -> dict[Status, int]:
+        """How many jobs are in each status (every status present, zero included)."""
+        with self.session() as s:
+            return count_by_status(s, Job)
 
     def claim_video(
         self, job_id: int, video_id: int, stale_before: datetime, holder_is_dead: Callable[[str | None], bool]

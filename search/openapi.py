@@ -437,6 +437,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "get": {"operationId": "openapi", "summary": "This document",
                         "responses": {"200": {"description": "OpenAPI document", "content": {"application/json": {}}}}}
             },
+            "/metrics": {
+                "get": {"operationId": "metrics",
+                        "summary": "Prometheus metrics: requests, search stages, index size and refresh age, jobs, ingestion",
+                        "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}
+            },
             "/": {
                 "get": {"operationId": "webUi", "summary": "The search web page",
                         "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}

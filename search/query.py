@@ -18,6 +18,7 @@ import numpy as np
 from models.registry import RERANKERS
 from search.catalog import Catalog, SegmentMeta, VideoName, embedding_from_bytes
 from search.filters import FilterError, SearchFilters, check_min_score, check_offset
+from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
 
@@ -293,6 +294,7 @@ class QueryService:
         else:
             hits = hits[options.offset:wanted]
         timings["total"] = sum(query.timings_ms.values()) + _ms(t0)
+        observe_search(timings)
         return SearchResult(query.label, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
 
     def _reranker_for(self, query: QueryVector, asked: str | None) -> tuple[str, RerankInfo | None]:

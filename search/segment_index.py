@@ -79,7 +79,8 @@ class SegmentIndex:
         self.options = kind if isinstance(kind, IndexOptions) else IndexOptions(kind)
         self.refresh_seconds, self.save_interval = refresh_seconds, save_interval
         self._lock = threading.Lock()
-        self._last_refresh = -float("inf")
+        self._last_refresh = -float("inf")  # when the last refresh started, successful or not
+        self._last_success = -float("inf")  # when the last successful one started
         self._last_save = time.monotonic()
         self._dirty = False
         with _folder_lock(folder, shared=True):
@@ -96,8 +97,9 @@ class SegmentIndex:
         return len(self.index)
 
     def refresh_age(self) -> float | None:
-        """Seconds since the index last pulled catalog changes (None: never)."""
-        last = self._last_refresh
+        """Seconds since the index last pulled catalog changes successfully (None: never); a refresh
+        that fails (the catalog unreachable) leaves it growing."""
+        last = self._last_success
         return None if last == -float("inf") else time.monotonic() - last
 
     def refresh_in_background(self) -> threading.Thread:
@@ -139,26 +141,30 @@ class SegmentIndex:
             if not force and now - self._last_refresh < self.refresh_seconds:
                 return SyncReport(0, 0, len(self.index))
             self._last_refresh = now
-            if self._starts_large():
-                return self._rebuild_locked()
-            tomb_id, deleted = self.catalog.tombstones_after(self.state.tombstone_watermark)
-            if deleted:
-                self.index.remove(np.asarray(deleted, np.int64))
-            added = 0
-            for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, self.state.segment_watermark):
-                self.index.add(ids, vectors)
-                self.state.segment_watermark = int(ids[-1])
-                added += len(ids)
-            self.state.tombstone_watermark = tomb_id
-            self._dirty |= bool(added or deleted)
-            if self._outgrown():
-                self._rebuild_locked()
-                log.info("auto index rebuilt as IVF", extra={"segments": len(self.index), "nlist": self.index.nlist})
-            elif self._dirty and time.monotonic() - self._last_save >= self.save_interval:
-                self._save_locked()
-            return SyncReport(added, len(deleted), len(self.index))
+            report = self._rebuild_locked() if self._starts_large() else self._pull_locked()
+            self._last_success = now
+            return report
         finally:
             self._lock.release()
+
+    def _pull_locked(self) -> SyncReport:
+        """Apply the catalog's tombstones and new segments past the watermarks (rebuilding when outgrown)."""
+        tomb_id, deleted = self.catalog.tombstones_after(self.state.tombstone_watermark)
+        if deleted:
+            self.index.remove(np.asarray(deleted, np.int64))
+        added = 0
+        for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, self.state.segment_watermark):
+            self.index.add(ids, vectors)
+            self.state.segment_watermark = int(ids[-1])
+            added += len(ids)
+        self.state.tombstone_watermark = tomb_id
+        self._dirty |= bool(added or deleted)
+        if self._outgrown():
+            self._rebuild_locked()
+            log.info("auto index rebuilt as IVF", extra={"segments": len(self.index), "nlist": self.index.nlist})
+        elif self._dirty and time.monotonic() - self._last_save >= self.save_interval:
+            self._save_locked()
+        return SyncReport(added, len(deleted), len(self.index))
 
     def _starts_large(self) -> bool:
         """An ``auto`` index that holds nothing yet over a catalog past its threshold (one count query,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from models.registry import ENCODERS as ENCODER_REGISTRY
-from models.registry import PRECISIONS
+from models.registry import PRECISIONS, TEXT_RUNTIMES
 from models.registry import RERANKERS as RERANKER_REGISTRY
 from models.registry import SUMMARIZERS
 
@@ -52,6 +52,7 @@ class Settings:
     model_config_dir: Path | None = None  # extra open_clip model configs (*.json)
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16: weights cast once at load (models/precision.py)
+    text_runtime: str = "auto"  # auto | torch | onnx | onnx-int8: where query texts are encoded (models/text_onnx.py)
     encoder: str = "tempme"  # TempMe holds its numbers (docs/performance.md); "full" for plain CLIP
     tempme_weights: Path | None = None  # trained TempMe checkpoint (optional; training-free without)
     summary: str = "none"  # compressed token summary per video, for reranking
@@ -103,6 +104,8 @@ class Settings:
             raise SettingsError(f"VIDSEEK_ENCODER must be one of {ENCODERS}, got {self.encoder!r}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"VIDSEEK_PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.text_runtime not in TEXT_RUNTIMES:
+            raise SettingsError(f"VIDSEEK_TEXT_RUNTIME must be one of {TEXT_RUNTIMES}, got {self.text_runtime!r}")
         if self.summary not in SUMMARIES:
             raise SettingsError(f"VIDSEEK_SUMMARY must be one of {SUMMARIES}, got {self.summary!r}")
         if self.index_type not in INDEX_TYPES:

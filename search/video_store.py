@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.filters import SearchFilters
-from search.store import Store, int_ids, serialize_segment_writes
+from search.store import IdLookup, Store, count_by_status, int_ids, serialize_segment_writes
 from search.tables import CLIP_SPACE, Segment, SegmentTombstone, Status, Video, VideoSummaryRow
 
 
@@ -93,6 +93,10 @@ class VideoName:
 
 # The columns of a SegmentMeta, in its field order.
 _SEGMENT_META = select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
+# The query path's lookups by id (one read each, see search.store.IdLookup).
+_SEGMENT_META_BY_ID = IdLookup.of(_SEGMENT_META, Segment.id)
+_VIDEO_NAMES_BY_ID = IdLookup.of(select(Video.id, Video.title, Video.path), Video.id)
+_SEGMENT_VECTORS_BY_ID = IdLookup.of(select(Segment.id, Segment.embedding), Segment.id)
 
 
 def embedding_to_bytes(vector: np.ndarray) -> bytes:
@@ -164,17 +168,13 @@ class VideoStore(Store):
     def video_names(self, video_ids: Sequence[int]) -> dict[int, VideoName]:
         if not video_ids:
             return {}
-        with self.session() as s:
-            rows = s.execute(select(Video.id, Video.title, Video.path).where(Video.id.in_(int_ids(video_ids)))).all()
+        rows = self.rows_with_ids(_VIDEO_NAMES_BY_ID, video_ids)
         return {r.id: VideoName.of(r.title, r.path) for r in rows}
 
     def status_counts(self) -> dict[Status, int]:
         """How many videos are in each status (every status present, zero included)."""
         with self.session() as s:
-            rows = s.execute(select(Video.status, func.count(Video.id)).group_by(Video.status)).all()
-        counts = dict.fromkeys(Status, 0)
-        counts.update({Status(r[0]): int(r[1]) for r in rows})
-        return counts
+            return count_by_status(s, Video)
 
     def videos_with_path(self, path: str) -> int:
         """How many videos say their file is at ``path``."""
@@ -265,8 +265,7 @@ class VideoStore(Store):
     def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
         if not segment_ids:
             return {}
-        with self.session() as s:
-            rows = s.execute(_SEGMENT_META.where(Segment.id.in_(int_ids(segment_ids)))).all()
+        rows = self.rows_with_ids(_SEGMENT_META_BY_ID, segment_ids)
         return {r.id: SegmentMeta(*r) for r in rows}
 
     def segment_ids_where(self, filters: SearchFilters, embedding_key: str) -> np.ndarray:
@@ -370,8 +369,7 @@ class VideoStore(Store):
 
     def embeddings_of(self, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """The stored vectors of those ``segment_ids`` that still exist: ``(ids int64 [n], float32 [n, D])``."""
-        with self.session() as s:
-            rows = s.execute(select(Segment.id, Segment.embedding).where(Segment.id.in_(int_ids(segment_ids)))).all()
+        rows = self.rows_with_ids(_SEGMENT_VECTORS_BY_ID, segment_ids)
         if not rows:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         return np.array([r.id for r in rows], np.int64), np.stack([embedding_from_bytes(r.embedding) for r in rows])

@@ -285,10 +285,12 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     body = health.get_json()
     assert body == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat",
                     "index_refreshed_seconds_ago": body["index_refreshed_seconds_ago"], "model": runtime.backbone.key,
-                    "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION"}
+                    "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION",
+                    "text_runtime": "onnx", "text_runtime_reason": "auto: CPU with onnxruntime (exact float32 graph)"}
     page = client.get("/")
     assert page.status_code == 200 and b'id="search-form"' in page.data
     assert b'<span class="model precision" title="set by VIDSEEK_PRECISION">fp32</span>' in page.data
+    assert b'text: onnx</span>' in page.data
     assert client.get("/static/app.js").status_code == 200
     icon = client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and icon.data.startswith(b"<svg")

@@ -56,6 +56,14 @@ def clock(seconds: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+# True once the image has loaded with pixels, False if it fails: waits for a load still under way
+# (the card appears before its thumbnail's bytes arrive).
+IMAGE_LOADED = """img => img.complete ? img.naturalWidth > 0 : new Promise(done => {
+    img.addEventListener("load", () => done(img.naturalWidth > 0));
+    img.addEventListener("error", () => done(false));
+})"""
+
+
 def test_search_click_plays_at_the_matched_moment(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -71,7 +79,7 @@ def test_search_click_plays_at_the_matched_moment(server: str, tmp_path: Path) -
         first = cards.nth(0)
         assert first.locator(".title").inner_text() == "three_scenes"
         assert first.locator(".range").inner_text() == "0:12–0:24"
-        assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+        assert first.locator("img").evaluate(IMAGE_LOADED)
         first.click()
         page.wait_for_function("() => document.querySelector('#player').readyState >= 1", timeout=20_000)
         page.wait_for_function("() => Math.abs(document.querySelector('#player').currentTime - 12) < 1.0", timeout=20_000)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,20 +35,29 @@ def celery_settings(settings: Settings, postgres_url: str, redis_url: str) -> Se
     return settings.with_overrides(database_url=postgres_url, broker_url=redis_url, task_queue=f"test-{uuid.uuid4().hex[:8]}")
 
 
+@contextmanager
+def running_worker(settings: Settings, log_path: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``vidseek worker --concurrency=1 [args]`` for ``settings``, logging to ``log_path``; stopped afterwards."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "indexer.cli", "worker", "--concurrency=1", f"--hostname=test-{uuid.uuid4().hex[:6]}@%h",
+             *args],
+            cwd=REPO, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture()
 def worker(celery_settings: Settings, tmp_path: Path):
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "indexer.cli", "worker", "--concurrency=1", f"--hostname=test-{uuid.uuid4().hex[:6]}@%h"],
-        cwd=REPO, env=settings_env(celery_settings), stdout=log, stderr=subprocess.STDOUT,
-    )
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_worker(celery_settings, tmp_path / "worker.log") as proc:
+        yield proc
 
 
 def test_worker_ingests_a_video_through_redis(celery_settings: Settings, worker, samples_dir: Path, tmp_path: Path) -> None:

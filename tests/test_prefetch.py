@@ -42,7 +42,7 @@ def test_items_arrive_in_order_and_the_queue_bounds_the_lead() -> None:
 
 
 def test_an_error_in_the_producer_is_the_same_error_in_the_consumer() -> None:
-    failure = DecodeError("clip.mp4 is corrupt: decoding failed at 3.0s")
+    failure = DecodeError("clip.mp4 is corrupt: decoding failed at 3.0s", kind="corrupt")
 
     def failing() -> Iterator[int]:
         yield 1

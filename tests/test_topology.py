@@ -105,6 +105,19 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_for_api(procs: Processes, base: str, timeout: float = 120) -> None:
+    """Until the ``api`` process answers ``/healthz`` with ok (failing at once if it exits)."""
+
+    def healthy() -> bool:
+        assert procs.procs["api"].poll() is None, procs.log("api")
+        try:
+            return get_json(f"{base}/healthz")["status"] == "ok"
+        except OSError:
+            return False
+
+    wait_until(healthy, timeout, "the API to answer /healthz")
+
+
 def test_api_two_workers_and_beat_ingest_a_folder_and_survive_a_killed_worker(
     settings: Settings, fresh_postgres_url: str, redis_url: str, samples_dir: Path, tmp_path: Path
 ) -> None:
@@ -143,15 +156,7 @@ def test_api_two_workers_and_beat_ingest_a_folder_and_survive_a_killed_worker(
         procs.kill(victim)  # SIGKILL the worker and its pool process, mid-video
 
         base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            assert procs.procs["api"].poll() is None, procs.log("api")
-            try:
-                return get_json(f"{base}/healthz")["status"] == "ok"
-            except OSError:
-                return False
-
-        wait_until(healthy, 120, "the API to answer /healthz")
+        wait_for_api(procs, base)
         out, err = ingest.communicate(timeout=240)
         assert ingest.returncode == 1, err  # the text file fails; everything else is indexed
         assert "indexed 7, already indexed 0, failed 1, rejected 0" in out, (out, err, procs.log(survivor))

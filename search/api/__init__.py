@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
-from search.api import library_routes, meta_routes, search_routes, ui_routes, video_routes
+from search.api import library_routes, meta_routes, metrics_routes, search_routes, ui_routes, video_routes
 from search.api.auth import install_access_control
 from search.api.context import ApiContext, install
 from search.api.errors import ApiError, register_error_handlers
+from search.api.metrics_routes import install_request_metrics
 from search.api.search_routes import MAX_INT
 
 
@@ -27,6 +28,7 @@ def create_app(context: ApiContext) -> Flask:
     install(app, context)
     register_error_handlers(app)
     install_access_control(app)
-    for blueprint in (search_routes.bp, video_routes.bp, library_routes.bp, meta_routes.bp, ui_routes.bp):
+    install_request_metrics(app)
+    for blueprint in (search_routes.bp, video_routes.bp, library_routes.bp, meta_routes.bp, metrics_routes.bp, ui_routes.bp):
         app.register_blueprint(blueprint)
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from models.precision import PrecisionChoice
+from models.text_onnx import TextRuntimeChoice
 from search.catalog import Catalog
 from search.ingestion import IngestionQueue
 from search.query import QueryService
@@ -23,6 +24,7 @@ class ApiContext:
     ingestion: IngestionQueue | None = None
     model_name: str = ""
     precision: PrecisionChoice | None = None  # what the model runs at, and why (healthz, web page)
+    text_runtime: TextRuntimeChoice | None = None  # where query texts are encoded, and why (healthz, web page)
     banner: str | None = None  # shown on the web page, e.g. when weights are random
 
 

@@ -35,6 +35,8 @@ def health():
             "index": c.index.structure, "model": c.model_name}
     if c.precision is not None:
         body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
+    if c.text_runtime is not None:
+        body.update(text_runtime=c.text_runtime.runtime, text_runtime_reason=c.text_runtime.reason)
     return jsonify(body), 200 if database == "ok" else 503
 
 

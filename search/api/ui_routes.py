@@ -14,8 +14,9 @@ bp = Blueprint("ui", __name__, static_folder="../static", static_url_path="/stat
 def index():
     c = ctx()
     reranking = c.queries.reranking
-    return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision, rerank=reranking.default,
-                           rerankers=reranking.availability(), choices=[(m.name, m.label) for m in RERANKERS.values()])
+    return render_template("index.html", banner=c.banner, model=c.model_name, precision=c.precision,
+                           text_runtime=c.text_runtime, rerank=reranking.default, rerankers=reranking.availability(),
+                           choices=[(m.name, m.label) for m in RERANKERS.values()])
 
 
 @bp.get("/favicon.ico")

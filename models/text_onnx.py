@@ -1,0 +1,317 @@
+"""The causal CLIP text tower on ONNX Runtime: the query path's text forward without torch's
+per-op overhead, optionally with int8 weights.
+
+One search query is a ``[1, n]`` forward of a dozen tokens (the tower cut at EOT,
+:mod:`models.text_tower`): a chain of small matrix-vector products whose cost is reading the
+weights and dispatching ~200 ops, where torch eager spends much of its time. ONNX Runtime runs the
+same graph with fused kernels; with ``quantize=True`` its dynamic quantisation stores the
+matrices as int8 (a scale per output channel, activations quantised on the fly), a quarter of the bytes to
+stream per token.
+
+The exported graph restates the tower's forward in plain tensor ops (open_clip's blocks call
+``nn.MultiheadAttention``, whose traced reshapes freeze the example's length), for exactly the
+towers :func:`models.text_tower.causal_eot_tower` accepts and whose blocks are open_clip's
+``ResidualAttentionBlock`` with a plain ``nn.MultiheadAttention`` (TempMe's text LoRA is folded
+into ``in_proj`` at load, so it is covered). Everything else keeps the torch path. Each built tower is
+checked against torch on probe texts before use (:func:`check_against_torch`).
+
+Deviation, stated: the graph computes in float32 whatever dtype the torch weights were cast to
+(``VIDSEEK_PRECISION``): bf16/fp16 weights are exported as their float32 values (computing in
+float32 is closer to the checkpoint than torch's bf16 path, not further).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import AUTO
+from models.text_tower import causal_eot_tower, encode_text_tokens
+
+if TYPE_CHECKING:
+    from models.backbone import ClipBackbone
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+# Largest |ONNX - torch| allowed on unit-normalised probe embeddings: float32 reordering for fp32
+# graphs (observed ~1e-6); int8 weights move embeddings much more, so they are held to a cosine.
+FP32_TOLERANCE = 1e-4
+INT8_MIN_COSINE = 0.99
+LOW_PRECISION_MIN_COSINE = 0.999  # float32 graph against torch weights cast to bf16/fp16 (issue 11's bar)
+
+
+TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
+AUTO_CPU_RUNTIME = ONNX
+
+
+class TextExportError(RuntimeError):
+    """The tower cannot run on ONNX Runtime (not a plain causal EOT tower, or the export disagrees)."""
+
+
+def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``nn.MultiheadAttention(x, x, x, attn_mask=mask)`` for batch-first ``x`` ``[B, n, d]`` and an
+    additive ``mask`` ``[n, n]``, written with shapes read off ``x`` so that the export keeps
+    batch and length dynamic. Returns ``[B, n, d]``."""
+    b, n, d = x.shape
+    heads = mha.num_heads
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, n, d / heads]
+    weights = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5 + mask, dim=-1)
+    return mha.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class _CutTextTower(nn.Module):
+    """A float32 copy of a text tower's parts (not the vision tower a ``CLIP`` also holds):
+    token ids ``[B, n]``, already cut after the batch's last EOT -> text features ``[B, E]``, as
+    :func:`models.text_tower.encode_text_tokens` (not normalised)."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.token_embedding = copy.deepcopy(tower.token_embedding).float()
+        self.transformer = copy.deepcopy(tower.transformer).float()
+        self.ln_final = copy.deepcopy(tower.ln_final).float()
+        projection = tower.text_projection
+        self.text_projection = copy.deepcopy(projection).float() if projection is not None else None
+        self.register_buffer("positional_embedding", tower.positional_embedding.detach().float().clone())
+        self.register_buffer("attn_mask", tower.attn_mask.detach().float().clone())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:n]
+        mask = self.attn_mask[:n, :n]
+        for block in self.transformer.resblocks:
+            x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+        projection = self.text_projection
+        if projection is None:
+            return x
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def exportable_tower(model: nn.Module) -> nn.Module | None:
+    """``model``'s text tower when the restated forward covers it exactly, else None: a causal EOT
+    tower (:func:`causal_eot_tower`) of batch-first open_clip ``ResidualAttentionBlock`` s with a
+    plain ``nn.MultiheadAttention`` and no cross-attention norm."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    tower = causal_eot_tower(model)
+    if tower is None:
+        return None
+    for block in tower.transformer.resblocks:
+        if type(block) is not ResidualAttentionBlock or type(block.attn) is not nn.MultiheadAttention:
+            return None
+        if not block.attn.batch_first or not block.attn._qkv_same_embed_dim or hasattr(block, "ln_1_kv"):
+            return None
+    return tower
+
+
+def export_text_tower(model: nn.Module) -> bytes:
+    """ONNX (opset :data:`OPSET`) of ``model``'s text tower cut at EOT, float32, dynamic batch and
+    length: input ``tokens`` int64 ``[B, n]``, output ``features`` float32 ``[B, E]``.
+
+    Raises:
+        TextExportError: the tower is not one :func:`exportable_tower` accepts.
+    """
+    tower = exportable_tower(model)
+    if tower is None:
+        raise TextExportError("the text tower is not a plain causal EOT-pooled open_clip tower")
+    cut = _CutTextTower(tower).eval()
+    example = torch.tensor([[1, 2, 3, 4]], dtype=torch.long)
+    buffer = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter (torch is pinned; the torch.export-based one needs onnxscript)
+        # announces its deprecation, and that gathers with negative indices would be wrong: the
+        # EOT gather's indices are argmax positions, never negative.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            cut, (example,), buffer, input_names=["tokens"], output_names=["features"],
+            dynamic_axes={"tokens": {0: "batch", 1: "length"}, "features": {0: "batch"}},
+            opset_version=OPSET, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def quantize_int8(onnx_model: bytes) -> bytes:
+    """``onnx_model`` with its matrices stored as int8 (ONNX Runtime's dynamic quantisation:
+    one scale per output channel of each matrix, activations quantised at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder, "fp32.onnx"), Path(folder, "int8.onnx")
+        source.write_bytes(onnx_model)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+        return target.read_bytes()
+
+
+@dataclass(frozen=True)
+class OnnxTextTower:
+    """An ONNX Runtime session of an exported text tower (see :func:`export_text_tower`).
+
+    Attributes:
+        session: the ``onnxruntime.InferenceSession``.
+        quantized: whether the matrices are int8.
+    """
+
+    session: object
+    quantized: bool
+
+    @property
+    def label(self) -> str:
+        return "onnx-int8" if self.quantized else "onnx"
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[Q, C]`` (padded to the context) -> ``[Q, E]`` float32 features, not
+        normalised; the graph runs over the first ``max EOT + 1`` positions only."""
+        n = int(tokens.argmax(dim=-1).max()) + 1
+        ids = np.ascontiguousarray(tokens[:, :n].cpu().numpy().astype(np.int64))
+        (features,) = self.session.run(["features"], {"tokens": ids})
+        return torch.from_numpy(features)
+
+
+def open_session(onnx_model: bytes, quantized: bool, threads: int | None = None) -> OnnxTextTower:
+    """An ONNX Runtime CPU session over ``onnx_model`` with ``threads`` intra-op threads (default:
+    torch's current count, 1 in an API process), no spinning idle threads, all graph optimisations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return OnnxTextTower(ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"]), quantized)
+
+
+PROBE_TEXTS = (
+    "a dog catches a frisbee on the beach",
+    "x",
+    "two people talking in a kitchen at night while it rains outside and a cat sleeps on the windowsill " * 4,
+)
+
+
+def check_against_torch(model: nn.Module, tokenizer, tower: OnnxTextTower) -> float:
+    """Compare ``tower`` with ``model``'s torch text tower on :data:`PROBE_TEXTS` (one batch of
+    mixed lengths, one of them past the context); returns the smallest cosine between their
+    normalised embeddings.
+
+    Raises:
+        TextExportError: against a float32 torch tower, a float32 graph differs by more than
+            :data:`FP32_TOLERANCE`; otherwise (int8 graph, or torch weights cast to bf16/fp16) the
+            cosine is below :data:`INT8_MIN_COSINE` / :data:`LOW_PRECISION_MIN_COSINE`.
+    """
+    tokens = tokenizer(list(PROBE_TEXTS))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        reference = F.normalize(encode_text_tokens(model, tokens.to(device)).float().cpu(), dim=-1)
+    got = F.normalize(tower(tokens), dim=-1)
+    cosine = float((got * reference).sum(-1).min())
+    torch_fp32 = exportable_tower(model).transformer.get_cast_dtype() == torch.float32
+    if not tower.quantized and torch_fp32:
+        if (diff := float((got - reference).abs().max())) > FP32_TOLERANCE:
+            raise TextExportError(f"ONNX text tower differs from torch by {diff:.2e} > {FP32_TOLERANCE:.0e}")
+        return cosine
+    floor = INT8_MIN_COSINE if tower.quantized else LOW_PRECISION_MIN_COSINE
+    if cosine < floor:
+        raise TextExportError(f"{tower.label} text tower disagrees with torch: min cosine {cosine:.4f} < {floor}")
+    return cosine
+
+
+def build_onnx_text_tower(model: nn.Module, tokenizer, quantize: bool, cache_file: Path | None = None,
+                          threads: int | None = None) -> OnnxTextTower:
+    """The ONNX Runtime text tower of ``model`` (int8 matrices when ``quantize``), checked against
+    torch. ``cache_file``, when given, holds the exported graph between process starts: read when
+    present (and re-exported if it fails the check), written atomically otherwise.
+
+    Raises:
+        TextExportError: the tower cannot be exported, or the export disagrees with torch.
+        ImportError: onnxruntime is not installed (the ``onnx`` extra).
+    """
+    import onnxruntime  # noqa: F401 -- fail before exporting when the runtime is missing
+
+    if cache_file is not None and cache_file.is_file():
+        tower = open_session(cache_file.read_bytes(), quantize, threads)
+        try:
+            check_against_torch(model, tokenizer, tower)
+            return tower
+        except TextExportError as exc:
+            log.warning("cached text tower %s is stale (%s); exporting again", cache_file, exc)
+    graph = export_text_tower(model)
+    if quantize:
+        graph = quantize_int8(graph)
+    tower = open_session(graph, quantize, threads)
+    cosine = check_against_torch(model, tokenizer, tower)
+    log.info("text tower runs on ONNX Runtime (%s), min cosine to torch %.6f", tower.label, cosine)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.part")
+        partial.write_bytes(graph)
+        partial.replace(cache_file)
+    return tower
+
+
+@dataclass(frozen=True)
+class TextRuntimeChoice:
+    """Where query texts are encoded (``torch``, ``onnx`` or ``onnx-int8``) and why."""
+
+    runtime: str
+    reason: str
+
+
+def choose_text_runtime(requested: str, device: torch.device) -> TextRuntimeChoice:
+    """``VIDSEEK_TEXT_RUNTIME`` resolved: ``auto`` is :data:`AUTO_CPU_RUNTIME` on a CPU with
+    onnxruntime installed (the ``onnx`` extra), else torch (a GPU runs the torch tower at its
+    precision; ONNX Runtime here is a CPU path)."""
+    if requested != AUTO:
+        return TextRuntimeChoice(requested, "set by VIDSEEK_TEXT_RUNTIME")
+    if device.type != "cpu":
+        return TextRuntimeChoice(TORCH, f"auto: the text tower runs on {device.type} with the model")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return TextRuntimeChoice(TORCH, "auto: onnxruntime is not installed (pip install 'vidseek[onnx]')")
+    return TextRuntimeChoice(AUTO_CPU_RUNTIME, "auto: CPU with onnxruntime (exact float32 graph)")
+
+
+def attach_text_runtime(backbone: "ClipBackbone", requested: str, cache_dir: Path | None = None) -> TextRuntimeChoice:
+    """Make ``backbone`` encode texts where ``requested`` (``VIDSEEK_TEXT_RUNTIME``) says, and return
+    the choice. The exported graph is cached in ``cache_dir`` under a name derived from the
+    backbone's key. Under ``auto`` a tower that cannot run on ONNX Runtime keeps torch (logged);
+    asked for explicitly, it is an error.
+
+    Raises:
+        TextExportError: ``onnx``/``onnx-int8`` was asked for and the tower cannot run there
+            (not exportable, disagrees with torch, or onnxruntime is missing).
+    """
+    choice = choose_text_runtime(requested, backbone.device)
+    if choice.runtime == TORCH:
+        log.info("query texts are encoded with torch (%s)", choice.reason)
+        return choice
+    cache_file = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(backbone.key.encode()).hexdigest()[:16]
+        cache_file = cache_dir / f"text-{digest}-{choice.runtime}.onnx"
+    try:
+        tower = build_onnx_text_tower(backbone.model, backbone.tokenizer, choice.runtime == ONNX_INT8, cache_file)
+    except (TextExportError, ImportError) as exc:
+        if requested != AUTO:
+            raise TextExportError(f"VIDSEEK_TEXT_RUNTIME={requested}: {exc}") from exc
+        log.warning("the text tower stays on torch: %s", exc)
+        return TextRuntimeChoice(TORCH, f"auto: {exc}")
+    backbone.use_text_tower(tower, choice.runtime)
+    return choice
