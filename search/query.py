@@ -1,5 +1,6 @@
 """Text query -> ranked videos, each with the moment (segment time range) that matched best,
-optionally reranked from the videos' stored token summaries (``search.rerank_service``)."""
+optionally fused with a full-text ranking of titles, file names and tags (``mode=hybrid``,
+``search.hybrid``) and reranked from the videos' stored token summaries (``search.rerank_service``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from functools import lru_cache
 import numpy as np
 
 from search.catalog import Catalog, SegmentMeta, VideoName
-from search.filters import FilterError, SearchFilters, check_min_score, check_offset
+from search.filters import MAX_FILTER_IDS, FilterError, SearchFilters, check_min_score, check_offset
+from search.hybrid import HYBRID_DEPTH, SEARCH_MODES, TEXT, VECTOR, Fused, reciprocal_rank_fusion
 from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
 from search.settings import RERANKERS
+from search.text_search import query_words
 
 TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
 
@@ -45,7 +48,8 @@ class VideoHit:
     score), ``more`` up to 3 further ones; ``score`` is what the results are ordered by -- the rerank
     score when ``rerank`` holds a reranker's verdict, else the first-stage score. ``preview`` is the
     segment that shows the matched moment when the reranker moved it out of ``moment``'s segment (its
-    thumbnail is the one to show), else None."""
+    thumbnail is the one to show), else None. ``fusion`` is the video's place in a hybrid search's
+    fusion (None in vector mode); with it and no reranker, ``score`` is the fused score."""
 
     video_id: int
     name: VideoName
@@ -54,6 +58,7 @@ class VideoHit:
     more: list[Moment] = field(default_factory=list)
     rerank: Rescored | None = None
     preview: SegmentMeta | None = None
+    fusion: Fused | None = None
 
     @property
     def title(self) -> str:
@@ -76,6 +81,7 @@ class SearchResult:
     candidates: int
     timings_ms: dict[str, float]
     rerank: RerankInfo = field(default_factory=lambda: RerankInfo("none"))
+    mode: str = "vector"
 
 
 def validate_query(query: str, k: int) -> str:
@@ -111,6 +117,12 @@ def validate_rerank(name: str) -> str:
     return name
 
 
+def validate_mode(mode: str) -> str:
+    if mode not in SEARCH_MODES:
+        raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}; got {mode!r}")
+    return mode
+
+
 class QueryService:
     """Answers text queries over a :class:`SegmentIndex` and the catalog, reranking the top hits with
     ``reranking`` (none configured: only ``rerank=none`` does anything)."""
@@ -122,13 +134,16 @@ class QueryService:
         self._encode = lru_cache(maxsize=1024)(encode_text)
 
     def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
-               min_score: float | None = None, offset: int = 0) -> SearchResult:
+               min_score: float | None = None, offset: int = 0, mode: str = "vector") -> SearchResult:
         """Top ``k`` videos for ``query`` after skipping the best ``offset``; ``rerank`` names the
         reranker (None: the configured default). Only videos matching ``filters`` are searched (FAISS
         keeps to their segment ids, so a selective filter still fills ``k``); segments whose
-        first-stage score is below ``min_score`` are dropped before videos are ranked."""
+        first-stage score is below ``min_score`` are dropped before videos are ranked. ``mode=hybrid``
+        fuses the first stage's ranking of videos with a full-text ranking of their titles, file names
+        and tags (:meth:`_fused`) before reranking."""
         text = validate_query(query, k)
         method = validate_rerank(rerank if rerank is not None else self.reranking.default)
+        mode = validate_mode(mode)
         try:
             min_score, offset = check_min_score(min_score), check_offset(offset)
         except FilterError as exc:
@@ -141,16 +156,26 @@ class QueryService:
         allowed = None
         if filters is not None and filters.active:
             allowed = self.catalog.segment_ids_where(filters, self.index.state.embedding_key)
+        fused: dict[int, Fused] = {}
+        if mode == "hybrid":
+            depth = max(depth, HYBRID_DEPTH)
         grouped, searched = self._first_stage(vector, depth, allowed, min_score)
         t2 = time.perf_counter()
+        if mode == "hybrid":
+            grouped, fused, more = self._fused(text, vector, grouped, filters, min_score, depth)
+            searched += more
+        t_text = time.perf_counter()
         names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
-            VideoHit(vid, names[vid], moments[0].score, moments[0], moments[1:])
+            VideoHit(vid, names[vid], fused[vid].score if fused else moments[0].score, moments[0], moments[1:],
+                     fusion=fused.get(vid))
             for vid, moments in grouped
             if vid in names
         ]
         t3 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t2) * 1e3}
+        timings = {"encode": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "group": (t3 - t_text) * 1e3}
+        if mode == "hybrid":
+            timings["text"] = (t_text - t2) * 1e3
         info = RerankInfo(method)
         if method != "none":
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
@@ -163,7 +188,28 @@ class QueryService:
             hits = hits[offset:wanted]
         timings["total"] = (time.perf_counter() - t0) * 1e3
         observe_search(timings)
-        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
+        return SearchResult(text, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info, mode)
+
+    def _fused(self, text: str, vector: np.ndarray, grouped: list[tuple[int, list[Moment]]],
+               filters: SearchFilters | None, min_score: float | None,
+               depth: int) -> tuple[list[tuple[int, list[Moment]]], dict[int, Fused], int]:
+        """The first stage's videos (``grouped``, best first) fused with the full-text ranking of the
+        words of ``text`` among the videos matching ``filters`` (:mod:`search.hybrid`): the best ``depth``
+        videos with their moments, each video's :class:`Fused`, and the segments looked at. A video only
+        the text found gets its moments from a first stage over its own segments; when none of them
+        passes ``min_score`` it is left out."""
+        key = self.index.state.embedding_key
+        text_ids = self.catalog.text_ranking(query_words(text), filters, key, min(depth, MAX_FILTER_IDS))
+        moments = dict(grouped)
+        missing = [vid for vid in text_ids if vid not in moments]
+        searched = 0
+        if missing:
+            own = self.catalog.segment_ids_where(SearchFilters(video_ids=tuple(missing)), key)
+            found, searched = self._first_stage(vector, len(missing), own, min_score)
+            moments.update(found)
+        ranking = reciprocal_rank_fusion({VECTOR: [vid for vid, _ in grouped], TEXT: text_ids})
+        kept = [(vid, fusion) for vid, fusion in ranking if vid in moments][:depth]
+        return [(vid, moments[vid]) for vid, _ in kept], dict(kept), searched
 
     def _first_stage(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
                      min_score: float | None) -> tuple[list[tuple[int, list[Moment]]], int]:
