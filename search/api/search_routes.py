@@ -1,4 +1,5 @@
-"""``/api/search``: text -> ranked videos with their matched moments (``rerank=none|late|llm``).
+"""``/api/search``: text -> ranked videos with their matched moments (``rerank=none|late|llm``,
+``mode=vector|hybrid``).
 
 ``GET`` takes the arguments in the query string; ``POST`` takes the same ones as a JSON object, for
 queries whose URL would pass a server's request-line limit (gunicorn's is 4 KB, about 450 CJK
@@ -17,6 +18,7 @@ from search.api.serialize import search_json
 from search.filters import FilterError, SearchFilters, confined_filters
 from search.media_paths import PathNotAllowed
 from search.query import QueryError
+from search.video_metadata import split_tags
 
 bp = Blueprint("search", __name__, url_prefix="/api")
 MAX_INT = 2**63 - 1  # query integers are bounded like the database's
@@ -70,6 +72,12 @@ def ids_arg(name: str) -> list[int] | None:
         raise ApiError(400, f"{name} must be comma-separated integers") from None
 
 
+def tags_arg(name: str) -> list[str] | None:
+    """``name`` given as comma-separated tags, repeated or not (``tags=beach,family&tags=2024``)."""
+    tags = [tag for value in request.args.getlist(name) for tag in split_tags(value)]
+    return tags or None
+
+
 def json_number(body: dict, name: str) -> float | None:
     value = body.get(name)
     if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
@@ -87,18 +95,35 @@ def json_ids(body: dict, name: str) -> list[int] | None:
     return value
 
 
+def json_strings(body: dict, name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, list) or not all(isinstance(t, str) for t in value)):
+        raise ApiError(400, f"{name} must be a list of strings")
+    return value
+
+
+def json_string(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    return value
+
+
 def make_filters(video_ids: list[int] | None, min_duration: float | None, max_duration: float | None,
-                 folder: str | None) -> SearchFilters:
+                 folder: str | None, tags: list[str] | None = None, ingested_after: str | None = None,
+                 ingested_before: str | None = None) -> SearchFilters:
     """The filters of a request; ``folder`` must lie inside the media roots (400 otherwise)."""
     try:
-        return confined_filters(video_ids, min_duration, max_duration, folder, ctx().settings.allowed_media_roots)
+        return confined_filters(video_ids, min_duration, max_duration, folder, ctx().settings.allowed_media_roots,
+                                tags, ingested_after, ingested_before)
     except (FilterError, PathNotAllowed) as exc:
         raise ApiError(400, str(exc)) from None
 
 
-def run_search(query: str, k: int, rerank: str | None, filters: SearchFilters, min_score: float | None, offset: int):
+def run_search(query: str, k: int, rerank: str | None, filters: SearchFilters, min_score: float | None, offset: int,
+               mode: str):
     try:
-        result = ctx().queries.search(query, k, rerank, filters=filters, min_score=min_score, offset=offset)
+        result = ctx().queries.search(query, k, rerank, filters=filters, min_score=min_score, offset=offset, mode=mode)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
     return jsonify(search_json(result))
@@ -108,8 +133,10 @@ def run_search(query: str, k: int, rerank: str | None, filters: SearchFilters, m
 def search_videos():
     rerank = request.args.get("rerank") or None  # absent or empty: the configured default
     filters = make_filters(ids_arg("video_ids"), float_arg("min_duration"), float_arg("max_duration"),
-                           text_arg("folder") or None)
-    return run_search(text_arg("q"), int_arg("k", 10), rerank, filters, float_arg("min_score"), int_arg("offset", 0))
+                           text_arg("folder") or None, tags_arg("tags"), text_arg("ingested_after") or None,
+                           text_arg("ingested_before") or None)
+    return run_search(text_arg("q"), int_arg("k", 10), rerank, filters, float_arg("min_score"), int_arg("offset", 0),
+                      request.args.get("mode") or "vector")
 
 
 @bp.post("/search")
@@ -130,5 +157,7 @@ def search_videos_json():
     if folder is not None and not isinstance(folder, str):
         raise ApiError(400, "folder must be a string")
     filters = make_filters(json_ids(body, "video_ids"), json_number(body, "min_duration"),
-                           json_number(body, "max_duration"), folder or None)
-    return run_search(query, k, rerank or None, filters, json_number(body, "min_score"), offset)
+                           json_number(body, "max_duration"), folder or None, json_strings(body, "tags"),
+                           json_string(body, "ingested_after") or None, json_string(body, "ingested_before") or None)
+    return run_search(query, k, rerank or None, filters, json_number(body, "min_score"), offset,
+                      json_string(body, "mode") or "vector")
