@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const form = $("search-form"), input = $("query"), rerank = $("rerank");
+const form = $("search-form"), input = $("query"), rerank = $("rerank"), mode = $("mode");
 const statusLine = $("status"), results = $("results"), landing = $("landing");
 const pane = $("player-pane"), player = $("player"), nowPlaying = $("now-playing");
 const alertBox = $("alert");
@@ -147,6 +147,11 @@ function card(hit) {
   if (hit.rerank_score !== null) {
     meta.append(el("span", { className: "rerank-score", title: "rerank score" }, `→ ${hit.rerank_score.toFixed(3)}`));
   }
+  if (hit.fused_score !== null) {  // hybrid search: which rankings found the video
+    const names = hit.signals.map((s) => SIGNAL_NAMES[s] || s);
+    meta.append(el("span", { className: "signals", title: `found by ${names.join(" and ")} (fused score ${hit.fused_score.toFixed(4)})` },
+      names.join(" + ")));
+  }
   const item = el("li", { className: "card", "data-video-id": hit.video_id, "data-start": hit.start }, playButton, meta);
   // every matching segment, in time order; the best one stands out
   const best = { start: hit.segment_start, end: hit.segment_end, score: hit.first_stage_score, best: true };
@@ -169,6 +174,8 @@ function card(hit) {
   return item;
 }
 
+const SIGNAL_NAMES = { vector: "visual", text: "title/tags" };
+
 function rerankNote(info, timings) {
   if (info.method === "none") return "";
   if (info.fallback) return ` · ${info.method} rerank unavailable (${info.reason}); first-stage order`;
@@ -180,7 +187,7 @@ function shortQuery(q) { return q.length > 60 ? `${q.slice(0, 57)}…` : q; }
 
 let inflight = null;  // the running search: a new one aborts it
 
-async function search(q, method) {
+async function search(q, method, searchMode) {
   if (inflight) inflight.abort();
   const controller = new AbortController();
   inflight = controller;
@@ -198,7 +205,7 @@ async function search(q, method) {
     const body = await api("/api/search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ q, k: 12, rerank: method }),
+      body: JSON.stringify({ q, k: 12, rerank: method, mode: searchMode }),
       signal: controller.signal,
     });
     labelHits(body.hits);
@@ -243,12 +250,13 @@ form.addEventListener("submit", (ev) => {
   if (!q) { resetSearch(); return; }
   document.title = `“${shortQuery(q)}” — vidseek`;
   // a shareable address, unless the query is too long for servers to take back as a URL
-  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
+  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}` +
+    (mode.value === "hybrid" ? "&mode=hybrid" : "");
   history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
-  search(q, rerank.value);
+  search(q, rerank.value, mode.value);
 });
 
-rerank.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
+for (const control of [rerank, mode]) control.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
 for (const b of document.querySelectorAll(".example")) {
   b.addEventListener("click", () => { input.value = b.textContent; form.requestSubmit(); });
 }
@@ -306,11 +314,45 @@ function videoRow(v) {
     el("span", {}, v.duration ? clock(v.duration) : "–"),
     el("span", {}, `${v.segment_count} segment${v.segment_count === 1 ? "" : "s"}`),
     el("span", {}, v.status === "done" ? `indexed ${when(v.updated_at)}` : `added ${when(v.created_at)}`));
+  if (v.title !== v.file_name.replace(/\.[^.]*$/, "")) facts.prepend(el("span", { className: "video-title" }, v.title));
+  if (v.tags.length) facts.append(el("span", { className: "tags", "aria-label": "tags" }, ...v.tags.map((t) => el("span", { className: "tag" }, t))));
+  const edit = el("button", { type: "button", className: "edit secondary", "aria-label": `Edit title and tags of ${name}` }, "Edit");
   const remove = el("button", { type: "button", className: "delete", "aria-label": `Delete ${name}` }, "Delete");
   remove.addEventListener("click", () => deleteVideo(v, name));
-  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts, remove);
+  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts,
+    el("span", { className: "row-actions" }, edit, remove));
+  edit.addEventListener("click", () => editVideo(v, name, row));
   if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.error)}`));
   return row;
+}
+
+// title and tags (PATCH /api/videos/<id>): a form in the row; tags are typed comma-separated
+function editVideo(v, name, row) {
+  clearAlert();
+  if (keyRequired()) { needKey(); return; }
+  if (row.querySelector(".edit-form")) return;
+  const title = el("input", { type: "text", value: v.title, maxLength: 512, required: true, id: `title-${v.id}` });
+  const tags = el("input", { type: "text", value: v.tags.join(", "), id: `tags-${v.id}`, placeholder: "beach, family" });
+  const cancel = el("button", { type: "button", className: "secondary" }, "Cancel");
+  const editor = el("form", { className: "edit-form", "aria-label": `Title and tags of ${name}` },
+    el("label", { htmlFor: title.id }, "Title"), title,
+    el("label", { htmlFor: tags.id }, "Tags"), tags,
+    el("button", { type: "submit" }, "Save"), cancel);
+  cancel.addEventListener("click", () => editor.remove());
+  editor.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { title: title.value, tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean) };
+    try {
+      await api(`/api/videos/${v.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    } catch (err) {
+      if (err instanceof ApiFailure && err.status === 401) { sessionStorage.removeItem(KEY_STORE); needKey(); }
+      showAlert(err, `${name} was not changed. `);
+      return;
+    }
+    await loadVideos().catch((err) => showAlert(err));
+  });
+  row.append(editor);
+  title.focus();
 }
 
 async function loadVideos() {
@@ -460,6 +502,7 @@ loadLibrary().catch((err) => {
 const params = new URLSearchParams(location.search);
 const chosen = params.get("rerank");
 if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
+if (params.get("mode") === "hybrid") mode.value = "hybrid";
 const initial = params.get("q");
 if (location.hash === "#library") showView("library");
 else if (initial) { input.value = initial; form.requestSubmit(); }
