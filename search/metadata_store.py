@@ -18,7 +18,8 @@ class MetadataStore(Store):
     def set_metadata(self, video_id: int, title: str | None = None, tags: Sequence[str] | None = None) -> Video | None:
         """Set the video's ``title`` and/or replace its ``tags`` (both already normalised, see
         ``search.video_metadata``; None: unchanged), in one transaction; the full-text document follows
-        (a generated column on PostgreSQL, triggers on SQLite). Returns the video, None if there is none."""
+        (a generated column on PostgreSQL, triggers on SQLite). ``updated_at`` stays when ingestion last
+        wrote the video (the web page shows it as the indexing time). Returns the video, None if there is none."""
         with self.session() as s:
             if s.get(Video, video_id, with_for_update=True) is None:
                 return None
@@ -30,7 +31,7 @@ class MetadataStore(Store):
                 s.add_all(VideoTag(video_id=video_id, tag=t) for t in sorted(set(tags)))
                 values["tag_words"] = " ".join(sorted(set(tags)))
             if values:
-                s.execute(update(Video).where(Video.id == video_id).values(**values))
+                s.execute(update(Video).where(Video.id == video_id).values(**values, updated_at=Video.updated_at))
             s.flush()
             return s.get(Video, video_id, populate_existing=True)
 
