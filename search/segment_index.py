@@ -81,6 +81,7 @@ class SegmentIndex:
         self._lock = threading.Lock()
         self._last_refresh = -float("inf")  # when the last refresh started, successful or not
         self._last_success = -float("inf")  # when the last successful one started
+        self._refreshed_in_background = False  # searches then leave refreshing to that thread
         self._last_save = time.monotonic()
         self._dirty = False
         with _folder_lock(folder, shared=True):
@@ -116,6 +117,7 @@ class SegmentIndex:
                     log.warning("index refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
         thread = threading.Thread(target=loop, name="index-refresh", daemon=True)
+        self._refreshed_in_background = True
         thread.start()
         return thread
 
@@ -258,7 +260,8 @@ class SegmentIndex:
             return replace(report, repaired=True)
 
     def search(self, query: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Refresh if due, then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``,
+        """Refresh if due (unless :meth:`refresh_in_background` does it: then a request never pays for a
+        refresh), then the top-``n`` segments for one query ``[D]``: ``(scores [n'], ids [n'])``,
         among the segment ids ``allowed`` int64 ``[m]`` only when given.
 
         IVF-PQ compares the query with compressed vectors, so its scores are approximate and its
@@ -267,7 +270,8 @@ class SegmentIndex:
         An index that cannot search a subset of ids (HNSW, GPU) scores the allowed segments' catalog
         vectors exactly instead.
         """
-        self.refresh()
+        if not self._refreshed_in_background:
+            self.refresh()
         if allowed is not None and not self.index.filterable:
             return self._rescored(query, allowed, n)
         scores, ids = self.index.search(query[None, :], n, allowed)

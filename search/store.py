@@ -9,9 +9,10 @@ from datetime import datetime
 
 from sqlalchemy import BigInteger, ColumnElement, Engine, Row, Select, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from search.db import make_engine, make_session_factory
+from search.db import make_engine, make_read_engine, make_session_factory
 from search.tables import Job, Status, Video, utcnow
 
 # Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
@@ -66,13 +67,25 @@ class Store:
     def __init__(self, url_or_engine: str | Engine):
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self._sessions = make_session_factory(self.engine)
+        self._reads = make_read_engine(self.engine)
 
     def rows_with_ids(self, lookup: IdLookup, ids: Sequence[int]) -> list[Row]:
-        """The rows of ``lookup`` for ``ids``, read on a plain connection (no ORM session, nothing
-        to commit): the query path's lookups by primary key."""
+        """The rows of ``lookup`` for ``ids``: the query path's lookups by primary key, one statement
+        on a connection of the read engine (:func:`search.db.make_read_engine`: no ORM session, no
+        transaction to open or close). A connection that turns out dead (the database restarted
+        since it was pooled) is dropped and the read tried once more on a new one."""
         statement = lookup.postgresql if self.engine.dialect.name == "postgresql" else lookup.other
-        with self.engine.connect() as conn:
-            return list(conn.execute(statement, {"ids": int_ids(ids)}).all())
+        params = {"ids": int_ids(ids)}
+        try:
+            return self._read(statement, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return self._read(statement, params)
+
+    def _read(self, statement: Select, params: dict[str, list[int]]) -> list[Row]:
+        with self._reads.connect() as conn:
+            return list(conn.execute(statement, params).all())
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -82,3 +95,5 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._reads is not self.engine:
+            self._reads.dispose()

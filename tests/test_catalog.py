@@ -173,3 +173,20 @@ def test_alembic_command_line_creates_the_schema(tmp_path: Path) -> None:
     cat = Catalog(url)
     assert {"videos", "segments", "jobs"} <= set(inspect(cat.engine).get_table_names())
     cat.dispose()
+
+
+def test_query_path_lookups_survive_a_database_restart(catalog: Catalog, database_url: str) -> None:
+    """The id lookups (segment meta, video names, vectors) read in one statement each, without a
+    ping at checkout: a pooled connection the server dropped is replaced and the read tried again."""
+    video = catalog.get_or_create_video(Path("/m/restart.mp4"), "r" * 64, 10)
+    ids = catalog.replace_segments(video.id, _segments(3), "space-1", duration=36.0)
+    assert sorted(catalog.segment_meta(ids)) == sorted(ids)
+    if database_url.startswith("postgresql"):  # what a server restart does to every pooled connection
+        with catalog.session() as s:
+            s.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    meta = catalog.segment_meta(ids)
+    assert [meta[i].start for i in ids] == [0.0, 12.0, 24.0] and {m.video_id for m in meta.values()} == {video.id}
+    assert catalog.video_names([video.id])[video.id].title == "restart"
+    found, vectors = catalog.embeddings_of(ids)
+    assert sorted(found.tolist()) == sorted(ids) and vectors.shape == (3, 4)
