@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from search.catalog import Catalog, SegmentMeta, VideoName
-from search.filters import MAX_FILTER_IDS, FilterError, SearchFilters, check_min_score, check_offset
+from search.filters import FilterError, SearchFilters, check_min_score, check_offset
 from search.hybrid import HYBRID_DEPTH, SEARCH_MODES, TEXT, VECTOR, Fused, reciprocal_rank_fusion
 from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
@@ -199,12 +199,12 @@ class QueryService:
         the text found gets its moments from a first stage over its own segments; when none of them
         passes ``min_score`` it is left out."""
         key = self.index.state.embedding_key
-        text_ids = self.catalog.text_ranking(query_words(text), filters, key, min(depth, MAX_FILTER_IDS))
+        text_ids = self.catalog.text_ranking(query_words(text), filters, key, depth)
         moments = dict(grouped)
         missing = [vid for vid in text_ids if vid not in moments]
         searched = 0
         if missing:
-            own = self.catalog.segment_ids_where(SearchFilters(video_ids=tuple(missing)), key)
+            own = self.catalog.segment_ids_of(missing, key)
             found, searched = self._first_stage(vector, len(missing), own, min_score)
             moments.update(found)
         ranking = reciprocal_rank_fusion({VECTOR: [vid for vid, _ in grouped], TEXT: text_ids})

@@ -8,9 +8,9 @@ configuration: stemmed, English stop words dropped) under a GIN index; SQLite in
 not a letter or digit (``red_ball.mp4`` is ``red ball mp4``) and keep diacritics (``café`` does not
 match ``cafe``).
 
-A query's words (:func:`query_words`) are matched with OR: a video matches when any word of its
-document is a word of the query (after stemming), and more matching words rank it higher (SQLite:
-BM25; PostgreSQL: ``ts_rank``).
+A query's words (:func:`query_words`) are matched with OR: a video matches when its document holds any
+of them (after stemming), and more matching words rank it higher (SQLite: BM25; PostgreSQL:
+``ts_rank``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from sqlalchemy import Select, column, exists, func, literal_column, select, table
+from sqlalchemy import Select, column, func, literal_column, select, table
 
 from search.filters import SearchFilters
-from search.tables import Segment, Video
+from search.tables import Video
 
 MAX_TEXT_WORDS = 32  # words of a query matched against the documents
 _WORD = re.compile(r"[^\W_]+")  # letters and digits: what both engines keep as words
@@ -43,17 +43,14 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if w not in STOP_WORDS))[:MAX_TEXT_WORDS]
 
 
-def _has_segments(embedding_key: str):
-    """Videos with segments in the index's embedding space: a hit needs a moment to show."""
-    return exists().where(Segment.video_id == Video.id, Segment.embedding_key == embedding_key)
-
-
 def text_ranking_query(dialect: str, words: list[str], filters: SearchFilters | None, embedding_key: str,
                        limit: int) -> Select:
     """The ids of the best ``limit`` videos matching any of ``words`` (best first, ties by id) among those
     that match ``filters`` and have segments embedded with ``embedding_key``; ``dialect`` is the
     database's (``postgresql`` or ``sqlite``)."""
-    where = [_has_segments(embedding_key), *(filters.clauses() if filters is not None else [])]
+    # Videos whose segments are in the index's embedding space (a hit needs a moment to show): ingestion
+    # writes the video's embedding_key with its segments.
+    where = [Video.embedding_key == embedding_key, *(filters.clauses() if filters is not None else [])]
     if dialect == "postgresql":
         tsquery = func.to_tsquery("english", " | ".join(words))  # words are letters and digits only
         return (select(Video.id).where(_SEARCH_DOCUMENT.op("@@")(tsquery), *where)

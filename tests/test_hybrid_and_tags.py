@@ -18,6 +18,7 @@ from alembic import command
 from flask.testing import FlaskClient
 from sqlalchemy import inspect, select, text, update
 
+from benchmarks.hybrid_bench import main as hybrid_bench
 from indexer.service import build_runtime
 from search.api import create_app
 from search.api.context import ApiContext
@@ -121,9 +122,9 @@ def test_migration_0006_upgrades_and_downgrades(empty_database_url: str) -> None
     upgrade(url, "0005")
     old = Catalog(url)
     with old.session() as s:  # a video written before tags existed
-        s.execute(text("INSERT INTO videos (path, title, content_hash, size_bytes, status, frames_sampled, created_at, "
-                       "updated_at) VALUES ('/m/x/sunset_harbour.mp4', 'sunset_harbour', :h, 1, 'done', 0, "
-                       "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"h": "a" * 64})
+        s.execute(text("INSERT INTO videos (path, title, content_hash, size_bytes, status, embedding_key, frames_sampled, "
+                       "created_at, updated_at) VALUES ('/m/x/sunset_harbour.mp4', 'sunset_harbour', :h, 1, 'done', :k, 0, "
+                       "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"h": "a" * 64, "k": KEY})
         s.execute(text("INSERT INTO segments (video_id, ordinal, start, \"end\", frame_count, embedding_key, embedding) "
                        "SELECT id, 0, 0, 1, 1, :k, :e FROM videos"), {"k": KEY, "e": np.ones(4, np.float32).tobytes()})
     old.dispose()
@@ -394,6 +395,8 @@ def test_text_search_follows_edits_and_deletion(tagged: Tagged) -> None:
     try:
         assert catalog.text_ranking(["quokka"], None, KEY, 5) == [video_id]  # by its title and file name
         assert catalog.text_ranking(["quokka"], None, "another-space", 5) == []  # no segments there
+        assert catalog.segment_ids_of([video_id], KEY).tolist() == [s.id for s in catalog.segments_of(video_id)]
+        assert catalog.segment_ids_of([video_id], "another-space").tolist() == []
         catalog.set_metadata(video_id, title="Marsupial at dawn")
         assert catalog.text_ranking(["marsupial"], None, KEY, 5) == [video_id]
         assert catalog.text_ranking(["island"], None, KEY, 5) == [video_id]  # the file name still holds it
@@ -443,3 +446,9 @@ def test_cli_tags_a_video_and_searches_it_in_hybrid_mode(settings: Settings, sam
                                (["search", "x", "--tag", ""], 2, "a tag must have 1 to 40 characters")):
         failed = vidseek(settings, *args)
         assert failed.returncode == code and reason in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_hybrid_benchmark_runs(capsys: pytest.CaptureFixture) -> None:
+    hybrid_bench(["--videos", "30", "--segments", "2", "--dim", "8", "--queries", "3"])
+    table = capsys.readouterr().out
+    assert table.count("| SQLite |") == 3 and table.count("| PostgreSQL |") == 3 and "| hybrid text stage |" in table
