@@ -116,8 +116,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Hit": {
         "type": "object",
-        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "segment_id", "start", "end",
-                     "segment_start", "segment_end", "stream_url", "moments"],
+        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "fused_score", "signals", "ranks",
+                     "segment_id", "start", "end", "segment_start", "segment_end", "stream_url", "moments"],
         "properties": {
             "video_id": {"type": "integer"},
             "title": {"type": "string"},
@@ -164,7 +164,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "SearchResult": {
         "type": "object",
-        "required": ["query", "hits", "rerank", "timings_ms"],
+        "required": ["query", "mode", "hits", "rerank", "timings_ms"],
         "properties": {
             "query": {"type": "string"},
             "mode": {"type": "string", "enum": list(SEARCH_MODES)},
