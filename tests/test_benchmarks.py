@@ -185,3 +185,17 @@ def test_text_bench_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, cap
     assert all(r["p50"] > 0 and r["p99"] >= r["p50"] for r in rows)
     assert json.loads((tmp_path / "text.json").read_text())["rows"] == rows
     assert "min cos to open_clip fp32" in capsys.readouterr().out
+
+
+def test_query_profile_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.query_profile import main as profile_main
+
+    rows = profile_main(["--model", "vidseek-tiny-ViT", "--model-config-dir", str(tiny_config_dir), "--segments", "2000",
+                         "--queries", "5", "--database-url", f"sqlite:///{tmp_path / 'catalog.db'}",
+                         "--json", str(tmp_path / "profile.json")])
+    assert [r["text_runtime"] for r in rows] == ["torch", "onnx", "onnx-int8"]
+    for row in rows:  # every stage was timed, and the parts fit inside the whole
+        assert all(row[f"{stage}_p50"] > 0 for stage in ("encode", "faiss", "segment_reads", "name_reads", "total"))
+        assert row["encode_p50"] + row["faiss_p50"] < row["total_p50"] <= row["total_p99"]
+    assert json.loads((tmp_path / "profile.json").read_text())["rows"] == rows
+    assert "| text runtime |" in capsys.readouterr().out
