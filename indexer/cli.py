@@ -1,4 +1,4 @@
-"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, db, index, export."""
+"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, tag, db, index, export."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
 from models.registry import AUTO
 from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
+from search.hybrid import SEARCH_MODES
 from search.logs import configure_logging
 from search.media_paths import PathNotAllowed
 from search.settings import Settings, SettingsError
@@ -222,8 +223,10 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
             validate_weight(args.image_weight)
             image = read_image(args.image, settings.max_image_bytes)
         filters = confined_filters(args.video_id, args.min_duration, args.max_duration, args.folder,
-                                   settings.allowed_media_roots)
-        options = SearchOptions(args.k, None, filters, args.min_score, args.offset)
+                                   settings.allowed_media_roots, args.tag, args.ingested_after, args.ingested_before)
+        options = SearchOptions(args.k, None, filters, args.min_score, args.offset, args.mode)
+        if options.mode == "hybrid" and text is None:
+            raise QueryError("--mode hybrid matches the query's words: give a query")
     except (QueryError, FilterError, PathNotAllowed, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -245,8 +248,35 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     if not result.hits:
         print("no matching videos")
     for rank, hit in enumerate(result.hits, args.offset + 1):
-        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]  segment {hit.moment.segment_id}")
+        found_by = f"  ({'+'.join(hit.fusion.signals)})" if hit.fusion is not None else ""
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]  "
+              f"segment {hit.moment.segment_id}{found_by}")
     print(f"({result.query}; {result.timings_ms['total']:.1f} ms)")
+    return 0
+
+
+def cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
+    """Set a video's tags (``--set a,b``; ``--set ""`` removes them) and/or its title."""
+    from search.video_metadata import MetadataError, normalise_tags, normalise_title, split_tags
+
+    if args.set is None and args.title is None:
+        print("error: give --set TAGS and/or --title TITLE", file=sys.stderr)
+        return 2
+    try:
+        tags = normalise_tags(split_tags(args.set)) if args.set is not None else None
+        title = normalise_title(args.title) if args.title is not None else None
+    except MetadataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from indexer.service import open_catalog
+
+    catalog = open_catalog(settings)
+    video = catalog.set_metadata(args.video_id, title, tags)
+    if video is None:
+        print(f"error: no video {args.video_id}", file=sys.stderr)
+        return 1
+    shown = catalog.tags_of([video.id]).get(video.id, [])
+    print(f"video {video.id}: {video.title}  tags: {', '.join(shown) if shown else '(none)'}")
     return 0
 
 
@@ -369,7 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default=None, help="search only videos under this folder (inside the media roots)")
     p.add_argument("--min-duration", type=float, default=None, help="seconds")
     p.add_argument("--max-duration", type=float, default=None, help="seconds")
+    p.add_argument("--tag", action="append", help="search only videos with this tag (repeat: videos with all of them)")
+    p.add_argument("--ingested-after", default=None,
+                   help="search only videos added at or after this ISO 8601 instant (no offset: UTC)")
+    p.add_argument("--ingested-before", default=None, help="search only videos added before this ISO 8601 instant")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="vector",
+                   help="hybrid: also match the query's words in titles, file names and tags (default: vector)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("tag", help="set a video's tags and/or title")
+    p.add_argument("video_id", type=int)
+    p.add_argument("--set", default=None, metavar="TAGS", help='comma-separated tags replacing the video\'s ("" removes them)')
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("db", help="catalog database schema")
     p.add_argument("action", choices=["upgrade", "current"])
@@ -393,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a person runs at a terminal and reads the answer of; services (serve, worker, beat) log JSON.
-INTERACTIVE_COMMANDS = ("search", "ingest", "export")
+INTERACTIVE_COMMANDS = ("search", "ingest", "export", "tag")
 
 
 def interactive_logging(settings: Settings, command: str, environ: Mapping[str, str], terminal: bool) -> Settings:

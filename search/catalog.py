@@ -2,7 +2,9 @@
 
 - :class:`~search.job_store.JobStore`: ingestion jobs and the leases of the workers running them;
 - :class:`~search.video_store.VideoStore`: videos, segments, summaries and the change feed that
-  index replicas follow.
+  index replicas follow;
+- :class:`~search.metadata_store.MetadataStore`: the titles and tags people set, and full-text search
+  over them.
 
 :class:`Catalog` is both (one engine, one session factory); callers that need only one side may
 type against the store they use.
@@ -11,6 +13,7 @@ type against the store they use.
 from __future__ import annotations
 
 from search.job_store import JobLeased, JobStore, StaleJob
+from search.metadata_store import MetadataStore
 from search.tables import CLIP_SPACE
 from search.video_store import (
     SegmentMeta,
@@ -28,5 +31,5 @@ __all__ = [
 ]
 
 
-class Catalog(JobStore, VideoStore):
-    """The catalog database (SQLite or PostgreSQL): jobs, videos and segments."""
+class Catalog(JobStore, VideoStore, MetadataStore):
+    """The catalog database (SQLite or PostgreSQL): jobs, videos, segments, tags."""

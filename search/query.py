@@ -1,5 +1,6 @@
 """A query -> ranked videos, each with the moment (segment time range) that matched best,
-optionally reranked from the videos' stored token summaries (``search.rerank_service``).
+optionally fused with a full-text ranking of titles, file names and tags (``mode=hybrid``,
+``search.hybrid``) and reranked from the videos' stored token summaries (``search.rerank_service``).
 
 A query is a vector in the index's embedding space (:class:`QueryVector`), made from text, from an
 example picture (with or without text), or taken from a stored moment ("more like this"); all of
@@ -18,9 +19,11 @@ import numpy as np
 from models.registry import RERANKERS
 from search.catalog import Catalog, SegmentMeta, VideoName, embedding_from_bytes
 from search.filters import FilterError, SearchFilters, check_min_score, check_offset
+from search.hybrid import HYBRID_DEPTH, SEARCH_MODES, TEXT, VECTOR, Fused, reciprocal_rank_fusion
 from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
+from search.text_search import query_words
 
 TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
 ImageEncoder = Callable[[np.ndarray], np.ndarray]  # RGB picture uint8 [H, W, 3] -> L2-normalised float32 [D]
@@ -55,7 +58,8 @@ class VideoHit:
     score), ``more`` up to 3 further ones; ``score`` is what the results are ordered by -- the rerank
     score when ``rerank`` holds a reranker's verdict, else the first-stage score. ``preview`` is the
     segment that shows the matched moment when the reranker moved it out of ``moment``'s segment (its
-    thumbnail is the one to show), else None."""
+    thumbnail is the one to show), else None. ``fusion`` is the video's place in a hybrid search's
+    fusion (None in vector mode); with it and no reranker, ``score`` is the fused score."""
 
     video_id: int
     name: VideoName
@@ -64,6 +68,7 @@ class VideoHit:
     more: list[Moment] = field(default_factory=list)
     rerank: Rescored | None = None
     preview: SegmentMeta | None = None
+    fusion: Fused | None = None
 
     @property
     def title(self) -> str:
@@ -86,6 +91,7 @@ class SearchResult:
     candidates: int
     timings_ms: dict[str, float]
     rerank: RerankInfo = field(default_factory=lambda: RerankInfo("none"))
+    mode: str = "vector"
 
 
 @dataclass(frozen=True)
@@ -155,24 +161,34 @@ def validate_rerank(name: str) -> str:
     return name
 
 
+def validate_mode(mode: str) -> str:
+    if mode not in SEARCH_MODES:
+        raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}; got {mode!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """Which results a search returns: the top ``k`` videos after skipping the best ``offset``, reranked
     by ``rerank`` (None: the configured default), among the videos matching ``filters`` (FAISS keeps to
     their segment ids, so a selective filter still fills ``k``), from the moments whose first-stage
-    score is at least ``min_score``. Checked when made: :class:`QueryError` names the bad value."""
+    score is at least ``min_score``; ``mode=hybrid`` fuses the first stage's ranking of videos with a
+    full-text ranking of their titles, file names and tags (needs query text). Checked when made:
+    :class:`QueryError` names the bad value."""
 
     k: int = 10
     rerank: str | None = None
     filters: SearchFilters | None = None
     min_score: float | None = None
     offset: int = 0
+    mode: str = "vector"
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_K:
             raise QueryError(f"k must be between 1 and {MAX_K}")
         if self.rerank is not None:
             validate_rerank(self.rerank)
+        validate_mode(self.mode)
         try:
             check_min_score(self.min_score)
             check_offset(self.offset)
@@ -256,16 +272,19 @@ class QueryService:
 
     # ----- search --------------------------------------------------------------------------
     def search(self, query: str, k: int = 10, rerank: str | None = None, filters: SearchFilters | None = None,
-               min_score: float | None = None, offset: int = 0) -> SearchResult:
+               min_score: float | None = None, offset: int = 0, mode: str = "vector") -> SearchResult:
         """Text ``query``: encoded, then :meth:`search_vector` with these :class:`SearchOptions`."""
         text = validate_text(query)
-        options = SearchOptions(k, rerank, filters, min_score, offset)  # checked before the encoder runs
+        options = SearchOptions(k, rerank, filters, min_score, offset, mode)  # checked before the encoder runs
         return self.search_vector(self.text_query(text), options)
 
     def search_vector(self, query: QueryVector, options: SearchOptions) -> SearchResult:
         """The videos ``options`` ask for, ranked for ``query``. A reranker that reads text refuses a query
         without any when it is asked for by name (:class:`QueryError`), and is skipped when it is only the
-        configured default (the result says why)."""
+        configured default (the result says why); so does hybrid mode, which matches the query's words."""
+        if options.mode == "hybrid" and query.text is None:
+            raise QueryError("mode=hybrid matches the query's words: with an image or a moment alone, "
+                             "use mode=vector (or add q)")
         method, skipped = self._reranker_for(query, options.rerank)
         wanted = options.offset + options.k
         depth = wanted if method == "none" else max(wanted, self.reranking.k)
@@ -273,16 +292,26 @@ class QueryService:
         allowed = None
         if options.filters is not None and options.filters.active:
             allowed = self.catalog.segment_ids_where(options.filters, self.index.state.embedding_key)
+        fused: dict[int, Fused] = {}
+        if options.mode == "hybrid":
+            depth = max(depth, HYBRID_DEPTH)
         grouped, searched = self._first_stage(query.vector, depth, allowed, options.min_score, query.exclude)
         t1 = time.perf_counter()
+        if options.mode == "hybrid":
+            grouped, fused, more = self._fused(query, grouped, options, depth)
+            searched += more
+        t_text = time.perf_counter()
         names = self.catalog.video_names([vid for vid, _ in grouped])
         hits = [
-            VideoHit(vid, names[vid], moments[0].score, moments[0], moments[1:])
+            VideoHit(vid, names[vid], fused[vid].score if fused else moments[0].score, moments[0], moments[1:],
+                     fusion=fused.get(vid))
             for vid, moments in grouped
             if vid in names
         ]
         t2 = time.perf_counter()
-        timings = {**query.timings_ms, "search": (t1 - t0) * 1e3, "group": (t2 - t1) * 1e3}
+        timings = {**query.timings_ms, "search": (t1 - t0) * 1e3, "group": (t2 - t_text) * 1e3}
+        if options.mode == "hybrid":
+            timings["text"] = (t_text - t1) * 1e3
         info = skipped or RerankInfo(method)
         if method != "none":
             candidates = [Candidate(h.video_id, h.moment.score, h.moment.start, h.moment.end) for h in hits]
@@ -295,7 +324,28 @@ class QueryService:
             hits = hits[options.offset:wanted]
         timings["total"] = sum(query.timings_ms.values()) + _ms(t0)
         observe_search(timings)
-        return SearchResult(query.label, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info)
+        return SearchResult(query.label, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info,
+                            options.mode)
+
+    def _fused(self, query: QueryVector, grouped: list[tuple[int, list[Moment]]], options: SearchOptions,
+               depth: int) -> tuple[list[tuple[int, list[Moment]]], dict[int, Fused], int]:
+        """The first stage's videos (``grouped``, best first) fused with the full-text ranking of the
+        words of ``query.text`` among the videos matching ``options.filters`` (:mod:`search.hybrid`): the
+        best ``depth`` videos with their moments, each video's :class:`Fused`, and the segments looked at.
+        A video only the text found gets its moments from a first stage over its own segments; when none
+        of them passes ``options.min_score`` it is left out."""
+        key = self.index.state.embedding_key
+        text_ids = self.catalog.text_ranking(query_words(query.text or ""), options.filters, key, depth)
+        moments = dict(grouped)
+        missing = [vid for vid in text_ids if vid not in moments]
+        searched = 0
+        if missing:
+            own = self.catalog.segment_ids_of(missing, key)
+            found, searched = self._first_stage(query.vector, len(missing), own, options.min_score, query.exclude)
+            moments.update(found)
+        ranking = reciprocal_rank_fusion({VECTOR: [vid for vid, _ in grouped], TEXT: text_ids})
+        kept = [(vid, fusion) for vid, fusion in ranking if vid in moments][:depth]
+        return [(vid, moments[vid]) for vid, _ in kept], dict(kept), searched
 
     def _reranker_for(self, query: QueryVector, asked: str | None) -> tuple[str, RerankInfo | None]:
         """The reranker to run -- ``asked``, else the configured default -- and, when that default reads

@@ -2,7 +2,8 @@
 desktop widths with no horizontal scrolling, touch, every state (loading, empty library, no results,
 errors, server gone), result cards, the library (paged, failures, delete with the key), upload with live
 job progress, keyboard-only use, and axe-core (``axe-playwright-python``, which ships axe-core: no network)
-finding no serious or critical accessibility violation.
+finding no serious or critical accessibility violation; titles and tags edited in the library, then found
+by a hybrid search.
 
 Screenshots of each state are written under pytest's tmp path (the folder is printed) for review.
 """
@@ -156,7 +157,7 @@ def test_layout_fits_phones_tablets_and_desktops(browser, library: str, shots: P
     fits_width(page, width)
     banner = page.locator("#banner").bounding_box()
     assert banner["width"] <= width and page.locator("#banner").evaluate("b => b.scrollWidth <= b.clientWidth")
-    for control in ("#query", "#rerank", "#search-form button[type=submit]", "#nav-library"):
+    for control in ("#query", "#rerank", "#mode", "#search-form button[type=submit]", "#nav-library"):
         reachable(page, control, width)
     reachable(page, ".model-info", width, min_height=10)  # model (and precision) labels: on screen, not covered
     assert page.locator(".model-info .model").first.inner_text().startswith(TINY_MODEL)  # axe checks their contrast
@@ -414,4 +415,44 @@ def test_search_by_a_picture_then_more_like_a_result(browser, library: str, shot
 
     page.click("#image-clear")  # without the picture and with no words: back to the start
     assert page.is_hidden("#image-chip") and page.is_visible("#landing")
+
+
+def test_edit_title_and_tags_then_find_them_by_hybrid_search(browser, library: str, shots: Path) -> None:
+    page = new_page(browser, 390)
+    page.goto(library + "/#library")
+    page.wait_for_selector("#video-list .video-row")
+    row = page.locator(".video-row", has=page.locator(".name", has_text="three_scenes.mp4"))
+    row.locator("button.edit").click()  # the key is needed, and asked for
+    page.wait_for_selector("#key-box:not([hidden])")
+    page.fill("#api-key", KEY)
+    page.press("#api-key", "Enter")
+    row.locator("button.edit").click()
+    editor = row.locator(".edit-form")
+    assert editor.locator("input").nth(0).input_value() == "three_scenes"
+    editor.locator("input").nth(0).fill("Harbour at night")
+    editor.locator("input").nth(1).fill(" Boats, EVENING ,")
+    fits_width(page, 390)
+    no_serious_violations(page, "the title and tags form")
+    editor.locator("button[type=submit]").click()
+    page.wait_for_function("() => document.querySelectorAll('.video-row .tag').length === 2")
+    assert row.locator(".tag").all_inner_texts() == ["boats", "evening"]
+    assert row.locator(".video-title").inner_text() == "Harbour at night" and row.locator(".edit-form").count() == 0
+    page.screenshot(path=str(shots / "library-tags-390.png"), full_page=True)
+
+    page.click("#nav-search")
+    page.select_option("#mode", "hybrid")
+    search(page, "boats in a harbour")
+    first = page.locator("#results .card").nth(0)
+    assert first.locator(".title").inner_text() == "Harbour at night"
+    assert first.locator(".signals").inner_text() == "visual + title/tags"
+    assert "mode=hybrid" in page.url and page.locator("#results .card .signals").count() == page.locator("#results .card").count()
+    fits_width(page, 390)
+    page.screenshot(path=str(shots / "hybrid-results-390.png"), full_page=True)
+    no_serious_violations(page, "hybrid results")
+    page.goto(page.url)  # the address brings the mode back
+    page.wait_for_selector("#results .card .signals")
+    assert page.locator("#mode").input_value() == "hybrid"
+    page.select_option("#mode", "vector")  # changing the mode searches again
+    page.wait_for_function("() => !location.search.includes('mode=hybrid') && document.querySelector('#results .card')")
+    page.wait_for_function("() => document.querySelectorAll('#results .card .signals').length === 0")
     page.context.close()

@@ -252,6 +252,19 @@ def test_like_and_q_together_or_llm_reranking_are_refused(library: Library) -> N
         library.client.post("/api/search", json={"like": {"segment_id": source}, "rerank": "llm"}), 400)
 
 
+def test_hybrid_mode_needs_the_words_of_a_query(library: Library) -> None:
+    """Hybrid search matches the query's words against titles, file names and tags: a moment or a
+    picture alone has none (400), a picture with a query is fused like a text query."""
+    source = library.segment_at("three_scenes", 15.0)
+    assert "mode=hybrid" in error_of(
+        library.client.post("/api/search", json={"like": {"segment_id": source}, "mode": "hybrid"}), 400)
+    data = picture(frame("blue_square", 1.0))
+    assert "mode=hybrid" in error_of(by_image(library.client, data, mode="hybrid"), 400)
+    both = ok(by_image(library.client, data, q="three scenes", mode="hybrid"))
+    assert both["mode"] == "hybrid" and both["hits"][0]["title"] == "three_scenes"
+    assert "text" in both["hits"][0]["signals"]
+
+
 # ----- bad pictures -----------------------------------------------------------------------------------
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -1,4 +1,5 @@
-"""``/api/search``: a query -> ranked videos with their matched moments (``rerank=none|late|llm``).
+"""``/api/search``: a query -> ranked videos with their matched moments (``rerank=none|late|llm``,
+``mode=vector|hybrid``).
 
 ``GET`` takes a text query and its options in the query string. ``POST`` takes them as a JSON object
 (for queries whose URL would pass a server's request-line limit -- gunicorn's is 4 KB, about 450 CJK
@@ -22,6 +23,7 @@ from search.filters import FilterError, SearchFilters, confined_filters
 from search.media_paths import PathNotAllowed
 from search.query import ExampleNotFound, QueryError, QueryVector, SearchOptions
 from search.query_image import ImageRejected, decode_image
+from search.video_metadata import split_tags
 
 bp = Blueprint("search", __name__, url_prefix="/api")
 MAX_INT = 2**63 - 1  # query integers are bounded like the database's
@@ -77,6 +79,12 @@ def ids_arg(name: str, values: MultiDict | None = None) -> list[int] | None:
         raise ApiError(400, f"{name} must be comma-separated integers") from None
 
 
+def tags_arg(name: str, values: MultiDict | None = None) -> list[str] | None:
+    """``name`` given as comma-separated tags, repeated or not (``tags=beach,family&tags=2024``)."""
+    tags = [tag for value in (request.args if values is None else values).getlist(name) for tag in split_tags(value)]
+    return tags or None
+
+
 def json_number(body: dict, name: str) -> float | None:
     value = body.get(name)
     if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
@@ -94,30 +102,48 @@ def json_ids(body: dict, name: str) -> list[int] | None:
     return value
 
 
+def json_strings(body: dict, name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, list) or not all(isinstance(t, str) for t in value)):
+        raise ApiError(400, f"{name} must be a list of strings")
+    return value
+
+
+def json_string(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string")
+    return value
+
+
 def make_filters(video_ids: list[int] | None, min_duration: float | None, max_duration: float | None,
-                 folder: str | None) -> SearchFilters:
+                 folder: str | None, tags: list[str] | None = None, ingested_after: str | None = None,
+                 ingested_before: str | None = None) -> SearchFilters:
     """The filters of a request; ``folder`` must lie inside the media roots (400 otherwise)."""
     try:
-        return confined_filters(video_ids, min_duration, max_duration, folder, ctx().settings.allowed_media_roots)
+        return confined_filters(video_ids, min_duration, max_duration, folder, ctx().settings.allowed_media_roots,
+                                tags, ingested_after, ingested_before)
     except (FilterError, PathNotAllowed) as exc:
         raise ApiError(400, str(exc)) from None
 
 
 def search_options(k: int, rerank: str | None, filters: SearchFilters, min_score: float | None,
-                   offset: int) -> SearchOptions:
+                   offset: int, mode: str) -> SearchOptions:
     try:
-        return SearchOptions(k, rerank, filters, min_score, offset)
+        return SearchOptions(k, rerank, filters, min_score, offset, mode)
     except QueryError as exc:
         raise ApiError(400, str(exc)) from None
 
 
-def args_options(values: MultiDict, folder: str | None) -> SearchOptions:
-    """The options of a search given as query-string or form ``values`` (``folder`` read by the caller)."""
+def args_options(values: MultiDict, text: Callable[[str], str]) -> SearchOptions:
+    """The options of a search given as query-string or form ``values``; ``text(name)`` reads a text
+    argument (the query string's checks its UTF-8)."""
     filters = make_filters(ids_arg("video_ids", values), float_arg("min_duration", values),
-                           float_arg("max_duration", values), folder)
+                           float_arg("max_duration", values), text("folder") or None, tags_arg("tags", values),
+                           text("ingested_after") or None, text("ingested_before") or None)
     rerank = values.get("rerank") or None  # absent or empty: the configured default
     return search_options(int_arg("k", 10, values), rerank, filters, float_arg("min_score", values),
-                          int_arg("offset", 0, values))
+                          int_arg("offset", 0, values), values.get("mode") or "vector")
 
 
 def answer(make_query: Callable[[], QueryVector], options: SearchOptions):
@@ -150,7 +176,7 @@ def like_example(like: object) -> tuple[int | None, int | None, float | None]:
 
 @bp.get("/search")
 def search_videos():
-    options = args_options(request.args, text_arg("folder") or None)
+    options = args_options(request.args, text_arg)
     text = text_arg("q")
     return answer(lambda: ctx().queries.text_query(text), options)
 
@@ -175,8 +201,10 @@ def search_videos_post():
     if folder is not None and not isinstance(folder, str):
         raise ApiError(400, "folder must be a string")
     filters = make_filters(json_ids(body, "video_ids"), json_number(body, "min_duration"),
-                           json_number(body, "max_duration"), folder or None)
-    options = search_options(k, rerank or None, filters, json_number(body, "min_score"), offset)
+                           json_number(body, "max_duration"), folder or None, json_strings(body, "tags"),
+                           json_string(body, "ingested_after") or None, json_string(body, "ingested_before") or None)
+    options = search_options(k, rerank or None, filters, json_number(body, "min_score"), offset,
+                             json_string(body, "mode") or "vector")
     if like is None:
         return answer(lambda: ctx().queries.text_query(query), options)
     if query.strip():
@@ -195,7 +223,7 @@ def search_by_image():
     if upload is None:
         raise ApiError(400, "a multipart search needs an 'image' file field (search by text with GET or a JSON body)")
     weight = float_arg("image_weight", form)
-    options = args_options(form, form.get("folder") or None)
+    options = args_options(form, lambda name: form.get(name, ""))
     data = upload.stream.read(limit + 1)
     text = form.get("q", "").strip() or None
 

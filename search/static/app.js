@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const form = $("search-form"), input = $("query"), rerank = $("rerank");
+const form = $("search-form"), input = $("query"), rerank = $("rerank"), mode = $("mode");
 const statusLine = $("status"), results = $("results"), landing = $("landing");
 const pane = $("player-pane"), player = $("player"), nowPlaying = $("now-playing");
 const alertBox = $("alert");
@@ -149,6 +149,11 @@ function card(hit) {
   if (hit.rerank_score !== null) {
     meta.append(el("span", { className: "rerank-score", title: "rerank score" }, `→ ${hit.rerank_score.toFixed(3)}`));
   }
+  if (hit.fused_score !== null) {  // hybrid search: which rankings found the video
+    const names = hit.signals.map((s) => SIGNAL_NAMES[s] || s);
+    meta.append(el("span", { className: "signals", title: `found by ${names.join(" and ")} (fused score ${hit.fused_score.toFixed(4)})` },
+      names.join(" + ")));
+  }
   const item = el("li", { className: "card", "data-video-id": hit.video_id, "data-start": hit.start }, playButton, meta);
   // every matching segment, in time order; the best one stands out
   const best = { start: hit.segment_start, end: hit.segment_end, score: hit.first_stage_score, best: true };
@@ -175,6 +180,8 @@ function card(hit) {
   return item;
 }
 
+const SIGNAL_NAMES = { vector: "visual", text: "title/tags" };
+
 function rerankNote(info, timings) {
   if (info.method === "none") return "";
   if (info.fallback) return ` · ${info.method} rerank unavailable (${info.reason}); first-stage order`;
@@ -189,13 +196,17 @@ function rerankFor(hasText) { return !hasText && rerank.value === "llm" ? "none"
 
 function textRequest(q) {
   // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
-  return { headers: { "Content-Type": "application/json" }, body: JSON.stringify({ q, k: 12, rerank: rerankFor(true) }) };
+  return { headers: { "Content-Type": "application/json" },
+           body: JSON.stringify({ q, k: 12, rerank: rerankFor(true), mode: mode.value }) };
 }
 
 function imageRequest(file, q) {
   const data = new FormData();  // multipart: the browser sets the Content-Type with its boundary
   data.append("image", file);
-  if (q) data.append("q", q);
+  if (q) {
+    data.append("q", q);
+    data.append("mode", mode.value);  // hybrid matches the words: only with a query
+  }
   data.append("k", "12");
   data.append("rerank", rerankFor(Boolean(q)));
   return { body: data };
@@ -283,7 +294,8 @@ form.addEventListener("submit", (ev) => {
   if (!q) { resetSearch(); return; }
   document.title = `“${shortQuery(q)}” — vidseek`;
   // a shareable address, unless the query is too long for servers to take back as a URL
-  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
+  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}` +
+    (mode.value === "hybrid" ? "&mode=hybrid" : "");
   history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
   search(textRequest(q), `“${shortQuery(q)}”`);
 });
@@ -303,7 +315,9 @@ $("image-clear").addEventListener("click", () => {
   if (input.value.trim()) form.requestSubmit(); else resetSearch();
 });
 
-rerank.addEventListener("change", () => { if (input.value.trim() || exampleImage) form.requestSubmit(); });
+for (const control of [rerank, mode]) {
+  control.addEventListener("change", () => { if (input.value.trim() || exampleImage) form.requestSubmit(); });
+}
 for (const b of document.querySelectorAll(".example")) {
   b.addEventListener("click", () => { input.value = b.textContent; form.requestSubmit(); });
 }
@@ -361,11 +375,45 @@ function videoRow(v) {
     el("span", {}, v.duration ? clock(v.duration) : "–"),
     el("span", {}, `${v.segment_count} segment${v.segment_count === 1 ? "" : "s"}`),
     el("span", {}, v.status === "done" ? `indexed ${when(v.updated_at)}` : `added ${when(v.created_at)}`));
+  if (v.title !== v.file_name.replace(/\.[^.]*$/, "")) facts.prepend(el("span", { className: "video-title" }, v.title));
+  if (v.tags.length) facts.append(el("span", { className: "tags", "aria-label": "tags" }, ...v.tags.map((t) => el("span", { className: "tag" }, t))));
+  const edit = el("button", { type: "button", className: "edit secondary", "aria-label": `Edit title and tags of ${name}` }, "Edit");
   const remove = el("button", { type: "button", className: "delete", "aria-label": `Delete ${name}` }, "Delete");
   remove.addEventListener("click", () => deleteVideo(v, name));
-  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts, remove);
+  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts,
+    el("span", { className: "row-actions" }, edit, remove));
+  edit.addEventListener("click", () => editVideo(v, name, row));
   if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.error)}`));
   return row;
+}
+
+// title and tags (PATCH /api/videos/<id>): a form in the row; tags are typed comma-separated
+function editVideo(v, name, row) {
+  clearAlert();
+  if (keyRequired()) { needKey(); return; }
+  if (row.querySelector(".edit-form")) return;
+  const title = el("input", { type: "text", value: v.title, maxLength: 512, required: true, id: `title-${v.id}` });
+  const tags = el("input", { type: "text", value: v.tags.join(", "), id: `tags-${v.id}`, placeholder: "beach, family" });
+  const cancel = el("button", { type: "button", className: "secondary" }, "Cancel");
+  const editor = el("form", { className: "edit-form", "aria-label": `Title and tags of ${name}` },
+    el("label", { htmlFor: title.id }, "Title"), title,
+    el("label", { htmlFor: tags.id }, "Tags"), tags,
+    el("button", { type: "submit" }, "Save"), cancel);
+  cancel.addEventListener("click", () => editor.remove());
+  editor.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { title: title.value, tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean) };
+    try {
+      await api(`/api/videos/${v.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    } catch (err) {
+      if (err instanceof ApiFailure && err.status === 401) { sessionStorage.removeItem(KEY_STORE); needKey(); }
+      showAlert(err, `${name} was not changed. `);
+      return;
+    }
+    await loadVideos().catch((err) => showAlert(err));
+  });
+  row.append(editor);
+  title.focus();
 }
 
 async function loadVideos() {
@@ -515,6 +563,7 @@ loadLibrary().catch((err) => {
 const params = new URLSearchParams(location.search);
 const chosen = params.get("rerank");
 if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
+if (params.get("mode") === "hybrid") mode.value = "hybrid";
 const initial = params.get("q"), likeSegment = params.get("like");
 if (location.hash === "#library") showView("library");
 else if (initial) { input.value = initial; form.requestSubmit(); }
