@@ -1,4 +1,4 @@
-"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, db, index, export."""
+"""``vidseek`` command line: ingest, serve, worker, beat, demo, search, tag, db, index, export."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
 from models.registry import AUTO
 from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
+from search.hybrid import SEARCH_MODES
 from search.logs import configure_logging
 from search.media_paths import PathNotAllowed
 from search.settings import Settings, SettingsError
@@ -209,28 +210,77 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # ----- queries and maintenance ----------------------------------------------------------------
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    """Search by text, by an example picture (``--image``, with or without text) or by a stored moment
+    (``--like-segment``); the arguments and the picture are checked before the model loads."""
     from indexer.service import build_runtime
-    from search.filters import FilterError, check_min_score, check_offset, confined_filters
-    from search.query import QueryError, validate_query
+    from search.filters import FilterError, confined_filters
+    from search.query import QueryError, SearchOptions, validate_text, validate_weight
+    from search.query_image import read_image
 
+    text = image = None
     try:  # before the model loads: a typo costs no wait
-        validate_query(args.query, args.k)
-        check_min_score(args.min_score)
-        check_offset(args.offset)
+        if args.like_segment is not None and (args.query or args.image):
+            raise QueryError("--like-segment searches with a stored moment alone: give no query and no --image")
+        if args.query or (args.image is None and args.like_segment is None):
+            text = validate_text(args.query or "")
+        if args.image is not None:
+            validate_weight(args.image_weight)
+            image = read_image(args.image, settings.max_image_bytes)
         filters = confined_filters(args.video_id, args.min_duration, args.max_duration, args.folder,
-                                   settings.allowed_media_roots)
-    except (QueryError, FilterError, PathNotAllowed) as exc:
+                                   settings.allowed_media_roots, args.tag, args.ingested_after, args.ingested_before)
+        options = SearchOptions(args.k, None, filters, args.min_score, args.offset, args.mode)
+        if options.mode == "hybrid" and text is None:
+            raise QueryError("--mode hybrid matches the query's words: give a query")
+    except (QueryError, FilterError, PathNotAllowed, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if settings.text_runtime == AUTO:  # one query: torch answers it sooner than an ONNX export would
         settings = settings.with_overrides(text_runtime="torch")
     runtime = build_runtime(settings)
-    result = runtime.queries.search(args.query, args.k, filters=filters, min_score=args.min_score, offset=args.offset)
+    queries = runtime.queries
+    try:
+        if args.like_segment is not None:
+            query = queries.like_query(args.like_segment)
+        elif image is not None:
+            query = queries.image_query(image, text, args.image_weight)
+        else:
+            query = queries.text_query(text)
+        result = queries.search_vector(query, options)
+    except QueryError as exc:  # e.g. no such segment
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not result.hits:
         print("no matching videos")
     for rank, hit in enumerate(result.hits, args.offset + 1):
-        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]")
-    print(f"({result.timings_ms['total']:.1f} ms)")
+        found_by = f"  ({'+'.join(hit.fusion.signals)})" if hit.fusion is not None else ""
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.title}  [{hit.moment.start:.1f}s–{hit.moment.end:.1f}s]  "
+              f"segment {hit.moment.segment_id}{found_by}")
+    print(f"({result.query}; {result.timings_ms['total']:.1f} ms)")
+    return 0
+
+
+def cmd_tag(settings: Settings, args: argparse.Namespace) -> int:
+    """Set a video's tags (``--set a,b``; ``--set ""`` removes them) and/or its title."""
+    from search.video_metadata import MetadataError, normalise_tags, normalise_title, split_tags
+
+    if args.set is None and args.title is None:
+        print("error: give --set TAGS and/or --title TITLE", file=sys.stderr)
+        return 2
+    try:
+        tags = normalise_tags(split_tags(args.set)) if args.set is not None else None
+        title = normalise_title(args.title) if args.title is not None else None
+    except MetadataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from indexer.service import open_catalog
+
+    catalog = open_catalog(settings)
+    video = catalog.set_metadata(args.video_id, title, tags)
+    if video is None:
+        print(f"error: no video {args.video_id}", file=sys.stderr)
+        return 1
+    shown = catalog.tags_of([video.id]).get(video.id, [])
+    print(f"video {video.id}: {video.title}  tags: {', '.join(shown) if shown else '(none)'}")
     return 0
 
 
@@ -360,8 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("beat", help="re-queue jobs whose worker died (run one or more next to the workers)")
     p.set_defaults(func=cmd_beat)
 
-    p = sub.add_parser("search", help="query from the command line")
-    p.add_argument("query")
+    p = sub.add_parser("search", help="query from the command line: by text, by an example picture, or by a moment")
+    p.add_argument("query", nargs="?", default=None, help="the text to search for (optional with --image)")
+    p.add_argument("--image", type=Path, default=None, help="search by this picture (JPEG, PNG or WebP); with a query, by both")
+    p.add_argument("--image-weight", type=float, default=0.5,
+                   help="the picture's share when a query is given too, 0 to 1 (default: 0.5)")
+    p.add_argument("--like-segment", type=int, default=None, metavar="N",
+                   help="more moments like segment N (its id in search results); N itself is left out")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--offset", type=int, default=0, help="skip the best OFFSET videos (paging)")
     p.add_argument("--min-score", type=float, default=None, help="drop moments whose cosine score is below this")
@@ -369,7 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default=None, help="search only videos under this folder (inside the media roots)")
     p.add_argument("--min-duration", type=float, default=None, help="seconds")
     p.add_argument("--max-duration", type=float, default=None, help="seconds")
+    p.add_argument("--tag", action="append", help="search only videos with this tag (repeat: videos with all of them)")
+    p.add_argument("--ingested-after", default=None,
+                   help="search only videos added at or after this ISO 8601 instant (no offset: UTC)")
+    p.add_argument("--ingested-before", default=None, help="search only videos added before this ISO 8601 instant")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="vector",
+                   help="hybrid: also match the query's words in titles, file names and tags (default: vector)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("tag", help="set a video's tags and/or title")
+    p.add_argument("video_id", type=int)
+    p.add_argument("--set", default=None, metavar="TAGS", help='comma-separated tags replacing the video\'s ("" removes them)')
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("db", help="catalog database schema")
     p.add_argument("action", choices=["upgrade", "current"])
@@ -403,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands a person runs at a terminal and reads the answer of; services (serve, worker, beat) log JSON.
-INTERACTIVE_COMMANDS = ("search", "ingest", "export", "reindex")
+INTERACTIVE_COMMANDS = ("search", "ingest", "export", "tag", "reindex")
 
 
 def interactive_logging(settings: Settings, command: str, environ: Mapping[str, str], terminal: bool) -> Settings:

@@ -163,6 +163,15 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
+def resize_rgb(image: np.ndarray, short_side: int) -> np.ndarray:
+    """A still RGB image ``[H, W, 3]`` uint8 -> ``[H', W', 3]`` with its short side ``short_side``
+    (:func:`resized_size`), by the scaler sampled frames go through (FFmpeg's bicubic swscale,
+    :func:`_to_rgb`), so a picture is prepared for the model as a video frame is."""
+    height, width = image.shape[:2]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return _to_rgb(frame, *resized_size(width, height, short_side))
+
+
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """``[H, W, 3]`` -> ``[size, size, 3]`` centre crop (H, W >= size)."""
     h, w = image.shape[:2]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.decode import SampledFrame, center_crop
+from indexer.decode import SampledFrame, center_crop, resize_rgb
 from models.backbone import ClipBackbone
 from models.bvllm import drop_static_frames
 
@@ -64,13 +64,26 @@ def chunks(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def crop_and_normalise(images: Sequence[np.ndarray], backbone: ClipBackbone) -> torch.Tensor:
+    """RGB images ``[H, W, 3]`` uint8 whose short side is ``backbone.image_size`` -> their centre
+    crops, normalised: pixels ``[B, 3, S, S]`` at the model's dtype."""
+    size = backbone.image_size
+    return backbone.pixels_from_frames(np.stack([center_crop(image, size) for image in images]))
+
+
 def prepare_frames(frames: Iterable[SampledFrame], backbone: ClipBackbone, chunk: int = 32) -> Iterator[PreparedFrame]:
     """Centre-crop and normalise sampled frames for ``backbone``, ``chunk`` at a time."""
-    size = backbone.image_size
     for batch in chunks(frames, chunk):
-        pixels = backbone.pixels_from_frames(np.stack([center_crop(f.image, size) for f in batch]))
+        pixels = crop_and_normalise([f.image for f in batch], backbone)
         for f, p in zip(batch, pixels):
             yield PreparedFrame(f.time, 1, p, f.image)
+
+
+def prepare_image(image: np.ndarray, backbone: ClipBackbone) -> torch.Tensor:
+    """A still RGB picture ``[H, W, 3]`` uint8 of any size -> pixels ``[1, 3, S, S]``, prepared as a
+    sampled frame is: resized to a short side of ``image_size`` by the frames' scaler
+    (:func:`indexer.decode.resize_rgb`), centre-cropped and normalised (:func:`crop_and_normalise`)."""
+    return crop_and_normalise([resize_rgb(image, backbone.image_size)], backbone)
 
 
 def drop_repeated_frames(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Flask
 
+from indexer.frames import prepare_image
 from indexer.pipeline import VideoIngestor, embedding_key, lazy_llm
 from indexer.spaces import active_settings, space_settings
 from indexer.tasks import CeleryQueue, InProcessQueue, LazyIngestor, make_celery
@@ -29,7 +30,7 @@ from search.catalog import Catalog
 from search.db import upgrade
 from search.ingestion import IngestionQueue
 from search.logs import configure_logging
-from search.query import QueryService, SearchSpace, TextEncoder
+from search.query import ImageEncoder, QueryService, SearchSpace, TextEncoder
 from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
 from search.settings import Settings
@@ -79,6 +80,20 @@ def text_encoder(settings: Settings, backbone: ClipBackbone) -> TextEncoder:
     if settings.text_batch_max == 1:
         return lambda text: encode_batch([text])[0]
     return TextBatcher(encode_batch, settings.text_batch_max, settings.text_batch_wait_ms / 1e3)
+
+
+def image_encoder(backbone: ClipBackbone) -> ImageEncoder:
+    """Example picture RGB ``[H, W, 3]`` uint8 -> embedding ``[D]``: prepared as ingestion prepares a
+    sampled frame (:func:`indexer.frames.prepare_image`) and run through ``backbone``'s image tower at
+    the precision it was loaded at: the L2-normalised full-CLIP embedding of one frame, as the ``full``
+    encoder gives a one-frame segment. Under TempMe too (``backbone`` then carries its trained LoRA,
+    if any): a single picture has no frames to merge across, and its segment embeddings stand for
+    the same CLIP space as the plain tower's."""
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        return backbone.encode_frames(prepare_image(image, backbone)).embeddings[0].cpu().numpy()
+
+    return encode
 
 
 @dataclass
@@ -142,7 +157,7 @@ class ServingSpace:
         return self.encoder.backbone  # the one queries must use: it carries TempMe's text LoRA, if any
 
     def search_space(self) -> SearchSpace:
-        return SearchSpace.of(self.index, self.encode_text, self.reranking)
+        return SearchSpace.of(self.index, self.encode_text, self.reranking, image_encoder(self.backbone))
 
 
 def load_serving_space(settings: Settings, catalog: Catalog, llm: LazyLlm | None,
@@ -166,7 +181,8 @@ def build_runtime(settings: Settings, backbone: ClipBackbone | None = None, bann
     llm = lazy_llm(settings)
     serving = load_serving_space(settings, catalog, llm, backbone)
     encoder, index = serving.encoder, serving.index
-    queries = QueryService(catalog, index, serving.encode_text, settings.search_candidates, serving.reranking)
+    queries = QueryService(catalog, index, serving.encode_text, settings.search_candidates, serving.reranking,
+                           image_encoder(serving.backbone))
     queue: IngestionQueue
     if settings.runs_in_process:
         queue = InProcessQueue(LazyIngestor(lambda: VideoIngestor(settings, catalog, encoder, llm, load_encoder)))

@@ -48,6 +48,8 @@ class Method:
         label: a short human description (the web page's reranker menu).
         options: encoders: keyword arguments the factory takes from the settings.
         summary_space: rerankers: the summaries they read (``"clip"``, ``"llm"``), or None.
+        needs_text: rerankers: it reads the query's text, not only its embedding, so it cannot rerank a
+            search by an example picture or moment alone.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Method:
     label: str = ""
     options: tuple[str, ...] = ()
     summary_space: str | None = None
+    needs_text: bool = False
 
     def load(self) -> Callable[..., Any]:
         """The factory (imported now if named by a string)."""
@@ -140,5 +143,5 @@ RERANKERS = Registry(
     Method("late", "search.rerank_service:LateReranker.build", params="models.rerankers.late:LateParams",
            label="late interaction", summary_space="clip"),
     Method("llm", "search.rerank_service:LlmReranker.build", params="models.rerankers.prefill:InnerMergeParams",
-           label="video LLM", summary_space="llm"),
+           label="video LLM", summary_space="llm", needs_text=True),
 )

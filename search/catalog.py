@@ -3,6 +3,8 @@
 - :class:`~search.job_store.JobStore`: ingestion jobs and the leases of the workers running them;
 - :class:`~search.video_store.VideoStore`: videos, segments, summaries and the change feed that
   index replicas follow;
+- :class:`~search.metadata_store.MetadataStore`: the titles and tags people set, and full-text search
+  over them;
 - :class:`~search.space_store.SpaceStore`: the embedding spaces (which one is active, which one a
   re-index builds).
 
@@ -13,6 +15,7 @@ type against the store they use.
 from __future__ import annotations
 
 from search.job_store import JobLeased, JobStore, StaleJob
+from search.metadata_store import MetadataStore
 from search.space_store import SpaceStore
 from search.tables import CLIP_SPACE
 from search.video_store import (
@@ -31,5 +34,5 @@ __all__ = [
 ]
 
 
-class Catalog(JobStore, VideoStore, SpaceStore):
-    """The catalog database (SQLite or PostgreSQL): jobs, videos and segments."""
+class Catalog(JobStore, VideoStore, MetadataStore, SpaceStore):
+    """The catalog database (SQLite or PostgreSQL): jobs, videos, segments, tags, embedding spaces."""

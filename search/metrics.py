@@ -37,10 +37,13 @@ HTTP_LATENCY = Histogram(
     ["route"], buckets=REQUEST_BUCKETS)
 
 # QueryService.search's timings_ms keys -> the stage label they are recorded under.
-SEARCH_STAGES = {"encode": "encode", "search": "index", "group": "catalog", "rerank": "rerank"}
+SEARCH_STAGES = {"encode": "encode", "lookup": "lookup", "search": "index", "text": "text", "group": "catalog",
+                 "rerank": "rerank"}
 SEARCH_STAGE_LATENCY = Histogram(
     "vidseek_search_stage_duration_seconds",
-    "Time per search stage: encode (query text), index (FAISS), catalog (grouping by video), rerank (when asked for)",
+    "Time per search stage: encode (query text or example picture), lookup (the stored moment of a "
+    "'more like this' search), index (FAISS and the candidates' catalog reads), text (full-text ranking and fusion, mode=hybrid), "
+    "catalog (grouping by video), rerank (when asked for)",
     ["stage"], buckets=STAGE_BUCKETS)
 _STAGE_HISTOGRAMS = {key: SEARCH_STAGE_LATENCY.labels(stage) for key, stage in SEARCH_STAGES.items()}
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from search.filters import MAX_FILTER_IDS, MAX_OFFSET
+from search.hybrid import HYBRID_DEPTH, RRF_K, SEARCH_MODES, SIGNALS
 from search.query import MAX_K, MAX_QUERY_CHARS
 from search.settings import RERANKERS
+from search.tables import MAX_TAG_CHARS
+from search.video_metadata import MAX_TAGS, MAX_TITLE_CHARS
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -32,6 +35,19 @@ _MIN_SCORE = {"minimum": -1, "maximum": 1,
 _VIDEO_ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _DURATION = {"minimum": 0, "description": "seconds of the whole video"}
 _FOLDER = {"description": "search only videos whose file lies under this folder (inside the media roots)"}
+_TAG = {"type": "string", "minLength": 1, "maxLength": MAX_TAG_CHARS}
+_TAGS = {"minItems": 1, "maxItems": MAX_TAGS,
+         "description": "search only videos that have every one of these tags (normalised as stored: lower case)"}
+_INSTANT = {"format": "date-time",
+            "description": "ISO 8601 date or date and time; without an offset it is UTC"}
+_INGESTED = {
+    "ingested_after": "search only videos added to the catalog at or after this instant",
+    "ingested_before": "search only videos added to the catalog before this instant",
+}
+_MODE = {"enum": list(SEARCH_MODES), "default": "vector",
+         "description": f"hybrid: also rank videos by the query's words in their titles, file names and tags "
+                        f"(the database's full-text search) and fuse both rankings by reciprocal rank fusion "
+                        f"(k={RRF_K}, the best {HYBRID_DEPTH} of each)"}
 
 
 def _filter_params() -> list[dict[str, Any]]:
@@ -45,6 +61,10 @@ def _filter_params() -> list[dict[str, Any]]:
         {"name": "min_duration", "in": "query", "required": False, "schema": {"type": "number", **_DURATION}},
         {"name": "max_duration", "in": "query", "required": False, "schema": {"type": "number", **_DURATION}},
         {"name": "folder", "in": "query", "required": False, "schema": {"type": "string", **_FOLDER}},
+        {"name": "tags", "in": "query", "required": False, "style": "form", "explode": False,
+         "schema": {"type": "array", "items": {**_TAG, "pattern": "^[^,]+$"}, **_TAGS}},
+        *({"name": name, "in": "query", "required": False, "schema": {"type": "string", **_INSTANT},
+           "description": description} for name, description in _INGESTED.items()),
     ]
 
 
@@ -75,9 +95,11 @@ _SCHEMAS: dict[str, Any] = {
     "Moment": _MOMENT,
     "SearchRequest": {
         "type": "object",
-        "required": ["q"],
+        "description": "q (text) or like (a stored moment), not both",
+        "anyOf": [{"required": ["q"]}, {"required": ["like"]}],
         "properties": {
             "q": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+            "like": {"$ref": "#/components/schemas/Like"},
             "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
             "rerank": {"type": ["string", "null"], "enum": [*RERANKERS, None],
                        "description": "as in GET /api/search; null or absent: the configured default"},
@@ -88,21 +110,72 @@ _SCHEMAS: dict[str, Any] = {
             "min_duration": {"type": ["number", "null"], **_DURATION},
             "max_duration": {"type": ["number", "null"], **_DURATION},
             "folder": {"type": ["string", "null"], **_FOLDER},
+            "tags": {"type": ["array", "null"], "items": _TAG, **_TAGS},
+            **{name: {"type": ["string", "null"], **_INSTANT, "description": description}
+               for name, description in _INGESTED.items()},
+            "mode": {"type": ["string", "null"], **_MODE},
+        },
+    },
+    "Like": {
+        "description": "more moments like this one: a segment, or the segment of a video holding second t. The "
+                       "search runs with that segment's stored embedding; the segment itself is left out of the "
+                       "results, the rest of its video is not",
+        "oneOf": [
+            {"type": "object", "required": ["segment_id"], "additionalProperties": False,
+             "properties": {"segment_id": _VIDEO_ID}},
+            {"type": "object", "required": ["video_id", "t"], "additionalProperties": False,
+             "properties": {"video_id": _VIDEO_ID, "t": {"type": "number", "minimum": 0, "description": "seconds"}}},
+        ],
+    },
+    "ImageSearchRequest": {
+        "type": "object",
+        "required": ["image"],
+        "description": "search by an example picture, encoded as ingestion encodes a video frame",
+        "properties": {
+            "image": {"type": "string", "format": "binary",
+                      "description": "JPEG, PNG or WebP, at most VIDSEEK_MAX_IMAGE_BYTES (10 MiB) and "
+                                     "PIL.Image.MAX_IMAGE_PIXELS pixels"},
+            "q": {"type": "string", "maxLength": MAX_QUERY_CHARS,
+                  "description": "optional text: the search runs with the normalised weighted sum of both embeddings"},
+            "image_weight": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                             "description": "the picture's share when q is given (1: the picture alone, 0: the text alone)"},
+            "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+            "rerank": {"type": "string", "enum": list(RERANKERS),
+                       "description": "as in GET /api/search; llm needs q (it reads the text)"},
+            "offset": _OFFSET,
+            "min_score": {"type": "number", **_MIN_SCORE},
+            "video_ids": {"type": "array", "items": _VIDEO_ID, "minItems": 1, "maxItems": MAX_FILTER_IDS,
+                          "description": "search only these videos (repeated fields, or comma-separated)"},
+            "min_duration": {"type": "number", **_DURATION},
+            "max_duration": {"type": "number", **_DURATION},
+            "folder": {"type": "string", **_FOLDER},
+            "tags": {"type": "array", "items": _TAG, **_TAGS},
+            **{name: {"type": "string", **_INSTANT, "description": description} for name, description in _INGESTED.items()},
+            "mode": {"type": "string", **_MODE, "description": "hybrid also matches the words of q (needs q)"},
         },
     },
     "Hit": {
         "type": "object",
-        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "segment_id", "start", "end",
-                     "segment_start", "segment_end", "stream_url", "moments"],
+        "required": ["video_id", "title", "score", "first_stage_score", "rerank_score", "fused_score", "signals", "ranks",
+                     "segment_id", "start", "end", "segment_start", "segment_end", "stream_url", "moments"],
         "properties": {
             "video_id": {"type": "integer"},
             "title": {"type": "string"},
             "file_name": {"type": "string", "description": "the file's name (tells apart files with the same stem)"},
             "folder": {"type": "string", "description": "the name of the folder holding the file (not its path)"},
-            "score": {"type": "number", "description": "what the hits are ordered by: rerank_score when set, else first_stage_score"},
+            "score": {"type": "number", "description": "what the hits are ordered by: rerank_score when set, else "
+                                                       "fused_score in hybrid mode, else first_stage_score"},
             "first_stage_score": {"type": "number", "description": "cosine similarity of the query and the best segment"},
             "rerank_score": {"type": ["number", "null"],
                              "description": "late: mix of first-stage and token scores; llm: P(yes); null when not rescored"},
+            "fused_score": {"type": ["number", "null"],
+                            "description": f"mode=hybrid: sum of 1/({RRF_K} + rank) over the rankings that found the "
+                                           "video (what score is when not reranked); null in vector mode"},
+            "signals": {"type": "array", "items": {"type": "string", "enum": list(SIGNALS)},
+                        "description": "the rankings that found the video: vector (its segments' embeddings), "
+                                       "text (its title, file name or tags hold words of the query)"},
+            "ranks": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1},
+                      "description": "mode=hybrid: the video's 1-based rank in each ranking that found it"},
             "segment_id": {"type": "integer"},
             "start": {"type": "number", "description": "seconds; the moment refined by the reranker when it refined it"},
             "end": {"type": "number"},
@@ -131,24 +204,28 @@ _SCHEMAS: dict[str, Any] = {
     },
     "SearchResult": {
         "type": "object",
-        "required": ["query", "hits", "rerank", "timings_ms"],
+        "required": ["query", "mode", "hits", "rerank", "timings_ms"],
         "properties": {
-            "query": {"type": "string"},
+            "query": {"type": "string",
+                      "description": "what was searched: the text, 'image', 'TEXT + image (image_weight W)', 'like segment N'"},
+            "mode": {"type": "string", "enum": list(SEARCH_MODES)},
             "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
             "candidates": {"type": "integer"},
             "rerank": {"$ref": "#/components/schemas/Rerank"},
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"},
-                           "description": "per stage: encode, search, group, rerank (+ rerank_load, rerank_score), total"},
+                           "description": "per stage: encode, search, text (mode=hybrid), group, rerank "
+                                          "(+ rerank_load, rerank_score), total"},
             "space": {"type": "string", "description": "the embedding space that answered (changes once when "
                                                        "`vidseek reindex` switches the active space)"},
         },
     },
     "Video": {
         "type": "object",
-        "required": ["id", "title", "status"],
+        "required": ["id", "title", "tags", "status"],
         "properties": {
             "id": {"type": "integer"},
             "title": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}, "description": "sorted, normalised (lower case)"},
             "file_name": {"type": "string"},
             "folder": {"type": "string", "description": "the name of the folder holding the file"},
             "path": {"type": "string"},
@@ -163,6 +240,17 @@ _SCHEMAS: dict[str, Any] = {
             "stream_url": {"type": "string"},
             "segment_count": {"type": "integer", "description": "segments stored (in listings and single videos)"},
             "segments": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "VideoUpdate": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": MAX_TITLE_CHARS},
+            "tags": {"type": "array", "items": {**_TAG, "pattern": "^[^,]+$"}, "maxItems": MAX_TAGS,
+                     "description": "replaces the video's tags ([] removes them); each is stored in lower case, "
+                                    "NFKC, with its whitespace collapsed; no commas or control characters"},
         },
     },
     "VideoList": {
@@ -283,23 +371,35 @@ def openapi_document(version: str) -> dict[str, Any]:
                         {"name": "rerank", "in": "query", "required": False, "schema": {"type": "string", "enum": list(RERANKERS)},
                          "description": "rescore the top VIDSEEK_RERANK_K videos from their stored summaries "
                                         "(default VIDSEEK_RERANK)"},
+                        {"name": "mode", "in": "query", "required": False, "schema": {"type": "string", **_MODE}},
                         *_filter_params(),
                     ],
                     "responses": {"200": _json("SearchResult", "ranked videos"),
-                                  "400": _error("empty or invalid query, unknown reranker, bad filter or paging value, "
-                                                "folder outside the media roots")},
+                                  "400": _error("empty or invalid query, unknown reranker or mode, bad filter or paging "
+                                                "value, folder outside the media roots")},
                 },
                 "post": {
                     "operationId": "searchVideosJson",
-                    "summary": "Rank videos for a text query given as JSON (for queries too long for a URL)",
+                    "summary": "Rank videos for a text query given as JSON (for queries too long for a URL), for a "
+                               "stored moment (like: more moments like this), or for an example picture (multipart)",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+                            "multipart/form-data": {
+                                "schema": {"$ref": "#/components/schemas/ImageSearchRequest"},
+                                "encoding": {"image": {"contentType": "image/jpeg, image/png, image/webp"}},
+                            },
+                        },
                     },
                     "responses": {"200": _json("SearchResult", "ranked videos"),
-                                  "400": _error("not a JSON object, empty or invalid query, unknown reranker, "
+                                  "400": _error("not a JSON object, empty or invalid query, q and like together, "
+                                                "not a JPEG/PNG/WebP picture, unknown reranker or mode (or llm or "
+                                                "hybrid without text), "
                                                 "bad filter or paging value, folder outside the media roots"),
-                                  "413": _error("body larger than 64 KiB")},
+                                  "404": _error("like names no segment or video, or no segment at t"),
+                                  "413": _error("JSON body larger than 64 KiB, or picture larger than "
+                                                "VIDSEEK_MAX_IMAGE_BYTES or PIL.Image.MAX_IMAGE_PIXELS pixels")},
                 },
             },
             "/api/videos": {
@@ -346,6 +446,21 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "summary": "A video with its segments",
                     "parameters": [_id_param("video_id")],
                     "responses": {"200": _json("Video", "the video"), "404": _error("no such video")},
+                },
+                "patch": {
+                    "operationId": "updateVideo",
+                    "summary": "Set a video's title and/or tags",
+                    "security": _WRITE_SECURITY,
+                    "parameters": [_id_param("video_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VideoUpdate"}}},
+                    },
+                    "responses": {"200": _json("Video", "the video as changed, with its segments"),
+                                  "400": _error("not a JSON object, unknown field, bad title or tags"),
+                                  "401": _error("missing or wrong API key"),
+                                  "404": _error("no such video"),
+                                  "413": _error("body larger than 64 KiB")},
                 },
                 "delete": {
                     "operationId": "deleteVideo",

@@ -88,12 +88,14 @@ class RerankOutcome:
 
 
 class Reranker(Protocol):
-    """Rescores first-stage candidates for a query (``vector`` is its L2-normalised CLIP embedding)."""
+    """Rescores first-stage candidates for a query (``vector`` is its L2-normalised CLIP embedding;
+    ``query`` its text, None for a search by an example picture or moment -- those whose registry entry
+    says ``needs_text`` are never called without it)."""
 
     name: str
     same_scale: bool  # are its scores comparable with first-stage scores?
 
-    def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome: ...
+    def rescore(self, query: str | None, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome: ...
 
     def idle_reason(self) -> str | None:
         """Why this reranker can rescore no video of the library as it is now (None: it can rescore some)."""
@@ -164,7 +166,7 @@ class RerankService:
             state[name] = self.unavailable.get(name, f"{name} is not available") if reranker is None else reranker.idle_reason()
         return state
 
-    def rerank(self, method: str, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankResult:
+    def rerank(self, method: str, query: str | None, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankResult:
         """Rerank the first ``k`` candidates with ``method``; the rest keep their place after them."""
         head = list(candidates[: self.k])
         untouched = list(range(len(head), len(candidates)))
@@ -282,7 +284,9 @@ class LateReranker:
                 self._cache.popitem(last=False)
         return ready
 
-    def rescore(self, query: str, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome:
+    def rescore(self, query: str | None, vector: np.ndarray, candidates: Sequence[Candidate]) -> RerankOutcome:
+        """Late interaction reads only ``vector``: a picture's embedding lies in the same joint space as
+        a text's, so a search by example is reranked as a text search is."""
         t0 = time.perf_counter()
         ready = self.prepared([c.video_id for c in candidates])
         t1 = time.perf_counter()

@@ -88,6 +88,7 @@ class Settings:
     protect_reads: bool = False  # require the API key on read routes too (/healthz stays open)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; () -> CORS off
     max_upload_mb: int = 2048
+    max_image_bytes: int = 10 * 1024 * 1024  # an example image searched by (POST /api/search, vidseek search --image)
     visibility_timeout: float = 3600.0  # seconds before the broker redelivers an unacknowledged task
     heartbeat_seconds: float = 10.0  # how often a running job proves its worker is alive
     job_stale_seconds: float = 60.0  # a running job without a heartbeat for this long is re-queued
@@ -143,6 +144,8 @@ class Settings:
             raise SettingsError("VIDSEEK_JOB_STALE_SECONDS must exceed twice VIDSEEK_HEARTBEAT_SECONDS (> 0)")
         if self.protect_reads and not self.api_key:
             raise SettingsError("VIDSEEK_PROTECT_READS needs VIDSEEK_API_KEY (the key read routes will require)")
+        if self.max_image_bytes < 1:
+            raise SettingsError("VIDSEEK_MAX_IMAGE_BYTES must be >= 1")
         if self.job_max_attempts < 1 or self.task_max_retries < 0:
             raise SettingsError("VIDSEEK_JOB_MAX_ATTEMPTS must be >= 1 and VIDSEEK_TASK_MAX_RETRIES >= 0")
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -63,12 +64,29 @@ class Video(Base):
     error: Mapped[str | None] = mapped_column(Text)
     embedding_key: Mapped[str | None] = mapped_column(String(255))
     frames_sampled: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The video's tags joined by spaces, for full-text search (``search.text_search``); written with its
+    # ``video_tags`` rows, which are the source of truth.
+    tag_words: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     segments: Mapped[list["Segment"]] = relationship(
         back_populates="video", cascade="all, delete-orphan", order_by="Segment.ordinal"
     )
+
+
+MAX_TAG_CHARS = 40  # characters of one tag
+
+
+class VideoTag(Base):
+    """One tag of a video (normalised: see ``search.video_metadata``). A tag filter reads the
+    ``(tag, video_id)`` index; the primary key serves a video's own tags."""
+
+    __tablename__ = "video_tags"
+    __table_args__ = (Index("ix_video_tags_tag", "tag", "video_id"),)
+
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(MAX_TAG_CHARS), primary_key=True)
 
 
 class Segment(Base):

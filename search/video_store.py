@@ -97,6 +97,7 @@ _SEGMENT_META = select(Segment.id, Segment.video_id, Segment.start, Segment.end,
 _SEGMENT_META_BY_ID = IdLookup.of(_SEGMENT_META, Segment.id)
 _VIDEO_NAMES_BY_ID = IdLookup.of(select(Video.id, Video.title, Video.path), Video.id)
 _SEGMENT_VECTORS_BY_ID = IdLookup.of(select(Segment.id, Segment.embedding), Segment.id)
+_SEGMENT_SPACES_BY_VIDEO = IdLookup.of(select(Segment.id, Segment.embedding_key), Segment.video_id)
 
 
 def embedding_to_bytes(vector: np.ndarray) -> bytes:
@@ -302,6 +303,13 @@ class VideoStore(Store):
                 .order_by(Segment.id)
             ).all()
         return np.asarray(ids, dtype=np.int64)
+
+    def segment_ids_of(self, video_ids: Sequence[int], embedding_key: str) -> np.ndarray:
+        """Ids of the segments of ``video_ids`` embedded with ``embedding_key`` (sorted int64 ``[n]``): one
+        read by the ``video_id`` index, the key compared here (on SQLite without statistics, a WHERE on
+        the key makes the planner walk the ``embedding_key`` index over every segment instead)."""
+        rows = self.rows_with_ids(_SEGMENT_SPACES_BY_VIDEO, video_ids) if video_ids else []
+        return np.asarray(sorted(r.id for r in rows if r.embedding_key == embedding_key), dtype=np.int64)
 
     def segment_at(self, video_id: int, seconds: float) -> SegmentMeta | None:
         """The video's segment that holds ``seconds``: the last one starting at or before it (the first

@@ -80,6 +80,9 @@ def test_concurrent_searches_through_the_text_batcher_answer_like_sequential_one
 ) -> None:
     queries = [f"a red ball number {i}" for i in range(6)] + ["three scenes", "a moving square"]
     app = client.application
+    # loaded before the burst, as create_service_app does: a search meeting a running refresh does not
+    # wait for it, and the first refresh after ingestion could otherwise hide the new videos from some
+    runtime.index.refresh(force=True)
     with ThreadPoolExecutor(len(queries)) as pool:  # one test client per thread, like gunicorn threads
         together = list(pool.map(lambda q: app.test_client().get("/api/search", query_string={"q": q}).get_json(), queries))
     batcher = runtime.queries.space.encode.__wrapped__

@@ -2,7 +2,8 @@
 desktop widths with no horizontal scrolling, touch, every state (loading, empty library, no results,
 errors, server gone), result cards, the library (paged, failures, delete with the key), upload with live
 job progress, keyboard-only use, and axe-core (``axe-playwright-python``, which ships axe-core: no network)
-finding no serious or critical accessibility violation.
+finding no serious or critical accessibility violation; titles and tags edited in the library, then found
+by a hybrid search.
 
 Screenshots of each state are written under pytest's tmp path (the folder is printed) for review.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from indexer.service import build_runtime
+from indexer.service import build_runtime, image_encoder
 from search.api import create_app
 from search.api.context import ApiContext
 from search.query import QueryService
@@ -60,7 +61,8 @@ def context_with_slow_query(runtime) -> ApiContext:
         return runtime.backbone.encode_text([q])[0].numpy()
 
     context = runtime.api_context()
-    context.queries = QueryService(runtime.catalog, runtime.index, encode, reranking=runtime.queries.reranking)
+    context.queries = QueryService(runtime.catalog, runtime.index, encode, reranking=runtime.queries.reranking,
+                                   encode_image=image_encoder(runtime.backbone))
     return context
 
 
@@ -155,7 +157,7 @@ def test_layout_fits_phones_tablets_and_desktops(browser, library: str, shots: P
     fits_width(page, width)
     banner = page.locator("#banner").bounding_box()
     assert banner["width"] <= width and page.locator("#banner").evaluate("b => b.scrollWidth <= b.clientWidth")
-    for control in ("#query", "#rerank", "#search-form button[type=submit]", "#nav-library"):
+    for control in ("#query", "#rerank", "#mode", "#search-form button[type=submit]", "#nav-library"):
         reachable(page, control, width)
     reachable(page, ".model-info", width, min_height=10)  # model (and precision) labels: on screen, not covered
     assert page.locator(".model-info .model").first.inner_text().startswith(TINY_MODEL)  # axe checks their contrast
@@ -366,4 +368,91 @@ def test_upload_with_touch_at_phone_width_then_search_it(browser, library: str, 
     page.tap("#search-form button[type=submit]")
     page.wait_for_selector("#results .card")
     assert any("snow" in t for t in page.locator("#results .card .title").all_inner_texts())
+    page.context.close()
+
+
+def test_search_by_a_picture_then_more_like_a_result(browser, library: str, shots: Path) -> None:
+    """The Image button searches by a picture (multipart), with the words typed too when there are any;
+    "More like this" on a card searches for moments like its matched one, which is left out."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from indexer.samples import HEIGHT, SAMPLES, WIDTH
+
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    stripes = next(s for s in SAMPLES if s.name == "stripes").paint(3.0, yy, xx)
+    png = io.BytesIO()
+    Image.fromarray(stripes).save(png, "PNG")
+    page = new_page(browser, 390)
+    page.goto(library + "/")
+    page.wait_for_function("() => /searchable/.test(document.querySelector('#library-count').textContent)")
+    reachable(page, "label[for=image-input]", 390)
+    with page.expect_file_chooser() as chooser:
+        page.click("label[for=image-input]")
+    chooser.value.set_files(files=[{"name": "stripes.png", "mimeType": "image/png", "buffer": png.getvalue()}])
+    page.wait_for_selector("#results .card")
+    titles = page.locator("#results .card .title").all_inner_texts()
+    assert set(titles[:2]) == {"red_ball.mkv", "three_scenes"}, titles  # the two videos showing stripes
+    assert page.is_visible("#image-chip") and page.inner_text("#image-name") == "stripes.png"
+    assert page.title() == "stripes.png — vidseek"
+    fits_width(page, 390)
+    page.screenshot(path=str(shots / "by-picture-390.png"), full_page=True)
+    no_serious_violations(page, "results of a search by picture")
+
+    three = page.locator("#results .card", has=page.locator(".title", has_text="three_scenes"))
+    with page.expect_response(lambda r: r.url.endswith("/api/search")) as answer:
+        three.locator("button.like").click()
+    body = answer.value.json()
+    source = body["query"].removeprefix("like segment ")
+    assert body["query"].startswith("like segment ") and source.isdigit()
+    page.wait_for_function("() => !document.querySelector('#status').classList.contains('busy')")
+    assert f"?like={source}" in page.url and page.is_hidden("#player-pane")  # the click searched, it did not play
+    assert page.locator("#results .card .title").first.inner_text() == "red_ball.mkv"  # the stripes elsewhere
+    assert int(source) not in {h["segment_id"] for h in body["hits"]}
+    page.screenshot(path=str(shots / "more-like-this-390.png"), full_page=True)
+
+    page.click("#image-clear")  # without the picture and with no words: back to the start
+    assert page.is_hidden("#image-chip") and page.is_visible("#landing")
+
+
+def test_edit_title_and_tags_then_find_them_by_hybrid_search(browser, library: str, shots: Path) -> None:
+    page = new_page(browser, 390)
+    page.goto(library + "/#library")
+    page.wait_for_selector("#video-list .video-row")
+    row = page.locator(".video-row", has=page.locator(".name", has_text="three_scenes.mp4"))
+    row.locator("button.edit").click()  # the key is needed, and asked for
+    page.wait_for_selector("#key-box:not([hidden])")
+    page.fill("#api-key", KEY)
+    page.press("#api-key", "Enter")
+    row.locator("button.edit").click()
+    editor = row.locator(".edit-form")
+    assert editor.locator("input").nth(0).input_value() == "three_scenes"
+    editor.locator("input").nth(0).fill("Harbour at night")
+    editor.locator("input").nth(1).fill(" Boats, EVENING ,")
+    fits_width(page, 390)
+    no_serious_violations(page, "the title and tags form")
+    editor.locator("button[type=submit]").click()
+    page.wait_for_function("() => document.querySelectorAll('.video-row .tag').length === 2")
+    assert row.locator(".tag").all_inner_texts() == ["boats", "evening"]
+    assert row.locator(".video-title").inner_text() == "Harbour at night" and row.locator(".edit-form").count() == 0
+    page.screenshot(path=str(shots / "library-tags-390.png"), full_page=True)
+
+    page.click("#nav-search")
+    page.select_option("#mode", "hybrid")
+    search(page, "boats in a harbour")
+    first = page.locator("#results .card").nth(0)
+    assert first.locator(".title").inner_text() == "Harbour at night"
+    assert first.locator(".signals").inner_text() == "visual + title/tags"
+    assert "mode=hybrid" in page.url and page.locator("#results .card .signals").count() == page.locator("#results .card").count()
+    fits_width(page, 390)
+    page.screenshot(path=str(shots / "hybrid-results-390.png"), full_page=True)
+    no_serious_violations(page, "hybrid results")
+    page.goto(page.url)  # the address brings the mode back
+    page.wait_for_selector("#results .card .signals")
+    assert page.locator("#mode").input_value() == "hybrid"
+    page.select_option("#mode", "vector")  # changing the mode searches again
+    page.wait_for_function("() => !location.search.includes('mode=hybrid') && document.querySelector('#results .card')")
+    page.wait_for_function("() => document.querySelectorAll('#results .card .signals').length === 0")
     page.context.close()

@@ -1,5 +1,6 @@
 """Search filters (video ids, duration, folder), min_score and offset: checked against a brute-force
-answer over the catalog's stored segment embeddings, through QueryService, the REST API and the CLI."""
+answer over the catalog's stored segment embeddings, through QueryService, the REST API and the CLI
+(the tag and ingestion-time filters: tests/test_hybrid_and_tags.py)."""
 
 from __future__ import annotations
 
@@ -184,6 +185,14 @@ def test_api_filters_by_get_and_post(client: FlaskClient, library: Library) -> N
     ("min_duration=9&max_duration=3", "min_duration must not exceed max_duration"),
     ("folder=/etc", "outside the media roots"),
     ("folder=../..", "outside the media roots"),
+    ("tags=" + "x" * 41, "a tag must have 1 to 40 characters"),
+    ("tags=a,b&tags=" + ",".join(f"t{i}" for i in range(19)), "tags must name 1 to 20 tags"),
+    ("tags=%07", "control characters"),
+    ("ingested_after=yesterday", "ingested_after must be an ISO 8601 date"),
+    ("ingested_before=2026-13-01", "ingested_before must be an ISO 8601 date"),
+    ("ingested_after=0001-01-01T00:00:00%2B05:00", "ingested_after is out of range"),
+    ("ingested_after=2026-02-01&ingested_before=2026-02-01T01:00:00%2B01:00", "ingested_after must be before"),
+    ("mode=fuzzy", "mode must be one of vector, hybrid"),
 ])
 def test_api_refuses_bad_filter_values(client: FlaskClient, params: str, message: str) -> None:
     resp = client.get(f"/api/search?q=q1&{params}")
@@ -200,6 +209,14 @@ def test_api_refuses_bad_filter_values(client: FlaskClient, params: str, message
     ({"offset": 1.5}, "offset must be an integer"),
     ({"folder": 3}, "folder must be a string"),
     ({"folder": "/etc"}, "outside the media roots"),
+    ({"tags": "beach"}, "tags must be a list of strings"),
+    ({"tags": ["beach", 2]}, "tags must be a list of strings"),
+    ({"tags": []}, "tags must name 1 to 20 tags"),
+    ({"tags": ["a,b"]}, "must not contain commas"),
+    ({"ingested_after": 20260101}, "ingested_after must be a string"),
+    ({"ingested_before": "soon"}, "ingested_before must be an ISO 8601 date"),
+    ({"mode": ["hybrid"]}, "mode must be a string"),
+    ({"mode": "text"}, "mode must be one of vector, hybrid"),
 ])
 def test_api_refuses_bad_filter_bodies(client: FlaskClient, body: dict, message: str) -> None:
     resp = client.post("/api/search", json={"q": "q1", **body})

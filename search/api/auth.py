@@ -64,7 +64,7 @@ def install_access_control(app: Flask) -> None:
         if origin and origin in ctx().settings.cors_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
             response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
             response.vary.add("Origin")
         return response

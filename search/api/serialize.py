@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import url_for
 
 from search.catalog import Catalog, VideoName
+from search.hybrid import VECTOR
 from search.query import Moment, SearchResult, VideoHit
 from search.rerank_service import RerankInfo
 from search.tables import Job, Segment, SpaceState, Video
@@ -33,7 +34,9 @@ def hit_json(hit: VideoHit) -> dict:
     ``rerank_score`` the reranker's (null when it did not rescore this video); ``start``/``end`` are the
     matched moment, refined by the reranker when it did so, ``segment_start``/``segment_end`` the
     first-stage segment's range; ``thumbnail_url`` shows the matched moment (the segment holding the
-    refined moment when the reranker moved it elsewhere in the video)."""
+    refined moment when the reranker moved it elsewhere in the video). ``signals`` say which rankings
+    found the video (``vector``, ``text``: hybrid search), ``ranks`` its rank in each, ``fused_score`` its
+    reciprocal-rank-fusion score (null in vector mode)."""
     segment = moment_json(hit.moment)
     if hit.preview is not None:
         segment["thumbnail_url"] = thumbnail_url(hit.preview.id, hit.preview.thumbnail)
@@ -45,6 +48,9 @@ def hit_json(hit: VideoHit) -> dict:
         "score": round(hit.score, 6),
         "first_stage_score": segment.pop("score"),
         "rerank_score": round(hit.rerank.score, 6) if hit.rerank is not None else None,
+        "fused_score": round(hit.fusion.score, 6) if hit.fusion is not None else None,
+        "signals": hit.fusion.signals if hit.fusion is not None else [VECTOR],
+        "ranks": dict(hit.fusion.ranks) if hit.fusion is not None else {},
         **segment,
         "start": round(hit.start, 3),
         "end": round(hit.end, 3),
@@ -71,6 +77,7 @@ def rerank_json(info: RerankInfo) -> dict:
 def search_json(result: SearchResult) -> dict:
     return {
         "query": result.query,
+        "mode": result.mode,
         "hits": [hit_json(h) for h in result.hits],
         "candidates": result.candidates,
         "rerank": rerank_json(result.rerank),
@@ -89,13 +96,15 @@ def reindex_json(catalog: Catalog) -> dict | None:
     return {"target": p.target, "done": p.done, "total": p.total, "failed": p.failed}
 
 
-def video_json(video: Video, segments: list[Segment] | None = None, segment_count: int | None = None) -> dict:
-    """A video; with ``segments``, those too. ``segment_count`` is ``len(segments)`` when they are given,
-    else the count passed (a listing counts them in one query), else absent."""
+def video_json(video: Video, tags: list[str], segments: list[Segment] | None = None,
+               segment_count: int | None = None) -> dict:
+    """A video with its ``tags``; with ``segments``, those too. ``segment_count`` is ``len(segments)`` when
+    they are given, else the count passed (a listing counts them in one query), else absent."""
     name = VideoName.of(video.title, video.path)
     data = {
         "id": video.id,
         "title": video.title,
+        "tags": tags,
         "file_name": name.file_name,
         "folder": name.folder,
         "path": video.path,

@@ -1,6 +1,6 @@
 """Videos, jobs, streaming and thumbnails.
 
-Write routes (``POST``/``DELETE``) need the API key when one is configured.
+Write routes (``POST``/``PATCH``/``DELETE``) need the API key when one is configured.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ from search.media_paths import (
     remove_empty_folders,
     require_utf8_name,
 )
-from search.tables import Job, Status
+from search.tables import Job, Status, Video
+from search.video_metadata import MetadataError, normalise_tags, normalise_title
 
 bp = Blueprint("videos", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
+MAX_PATCH_BODY = 64 * 1024  # bytes of a PATCH body: a title and 20 short tags
+PATCH_FIELDS = frozenset({"title", "tags"})
 
 
 def _enqueue(path: Path) -> Job:
@@ -144,8 +147,9 @@ def list_videos():
         raise ApiError(400, f"status must be one of {', '.join(Status.__members__)}")
     catalog = ctx().catalog
     videos, total = catalog.list_videos(limit, offset, Status(status) if status else None)
-    counts = catalog.segment_counts([v.id for v in videos], ctx().queries.space.key)  # those searched
-    return jsonify({"videos": [video_json(v, segment_count=counts.get(v.id, 0)) for v in videos],
+    ids = [v.id for v in videos]
+    counts, tags = catalog.segment_counts(ids, ctx().queries.space.key), catalog.tags_of(ids)  # segments searched
+    return jsonify({"videos": [video_json(v, tags.get(v.id, []), segment_count=counts.get(v.id, 0)) for v in videos],
                     "total": total, "limit": limit, "offset": offset})
 
 
@@ -156,11 +160,45 @@ def _video_or_404(video_id: int):
     return video
 
 
+def _full_video_json(video: Video) -> dict:
+    """A video with its tags and segments (GET and PATCH answer with it)."""
+    catalog = ctx().catalog
+    return video_json(video, catalog.tags_of([video.id]).get(video.id, []),
+                      catalog.segments_of(video.id, ctx().queries.space.key))  # the segments searched
+
+
 @bp.get("/videos/<int:video_id>")
 def get_video(video_id: int):
-    video = _video_or_404(video_id)
-    c = ctx()
-    return jsonify(video_json(video, c.catalog.segments_of(video_id, c.queries.space.key)))  # those searched
+    return jsonify(_full_video_json(_video_or_404(video_id)))
+
+
+def _metadata_changes() -> tuple[str | None, tuple[str, ...] | None]:
+    """The ``title`` and ``tags`` of a PATCH body, normalised (``search.video_metadata``); None: unchanged."""
+    request.max_content_length = MAX_PATCH_BODY
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body:
+        raise ApiError(400, 'send a JSON object with "title" and/or "tags", such as {"tags": ["beach", "family"]}')
+    unknown = sorted(set(body) - PATCH_FIELDS)
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}: only title and tags can be set")
+    try:
+        title = normalise_title(body["title"]) if "title" in body else None
+        if "tags" in body and not isinstance(body["tags"], list):
+            raise MetadataError("tags must be a list of strings")
+        tags = normalise_tags(body["tags"]) if "tags" in body else None
+    except MetadataError as exc:
+        raise ApiError(400, str(exc)) from None
+    return title, tags
+
+
+@bp.patch("/videos/<int:video_id>")
+@require_api_key
+def update_video(video_id: int):
+    title, tags = _metadata_changes()
+    video = ctx().catalog.set_metadata(video_id, title, tags)
+    if video is None:
+        raise ApiError(404, f"no video {video_id}")
+    return jsonify(_full_video_json(video))
 
 
 @bp.delete("/videos/<int:video_id>")

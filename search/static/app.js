@@ -1,15 +1,17 @@
-// vidseek web page: search the REST API and play a hit at its matched moment; a library view lists,
-// uploads (with live job progress) and deletes videos. Plain JS, no build step, nothing from a CDN.
+// vidseek web page: search the REST API -- by text, by an example picture, or for more moments like a
+// result -- and play a hit at its matched moment; a library view lists, uploads (with live job progress)
+// and deletes videos. Plain JS, no build step, nothing from a CDN.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const form = $("search-form"), input = $("query"), rerank = $("rerank");
+const form = $("search-form"), input = $("query"), rerank = $("rerank"), mode = $("mode");
 const statusLine = $("status"), results = $("results"), landing = $("landing");
 const pane = $("player-pane"), player = $("player"), nowPlaying = $("now-playing");
 const alertBox = $("alert");
 const KEY_STORE = "vidseek-api-key";  // sessionStorage: the key lives as long as this tab
 let library = null;  // GET /api/library, refreshed after uploads and deletes
 let lastOpener = null;  // the control that opened the player (focus returns to it on close)
+let exampleImage = null;  // the picture searched by (a File), with the text box's words when there are any
 
 function clock(seconds) {
   const s = Math.max(0, Math.round(seconds));
@@ -147,6 +149,11 @@ function card(hit) {
   if (hit.rerank_score !== null) {
     meta.append(el("span", { className: "rerank-score", title: "rerank score" }, `→ ${hit.rerank_score.toFixed(3)}`));
   }
+  if (hit.fused_score !== null) {  // hybrid search: which rankings found the video
+    const names = hit.signals.map((s) => SIGNAL_NAMES[s] || s);
+    meta.append(el("span", { className: "signals", title: `found by ${names.join(" and ")} (fused score ${hit.fused_score.toFixed(4)})` },
+      names.join(" + ")));
+  }
   const item = el("li", { className: "card", "data-video-id": hit.video_id, "data-start": hit.start }, playButton, meta);
   // every matching segment, in time order; the best one stands out
   const best = { start: hit.segment_start, end: hit.segment_end, score: hit.first_stage_score, best: true };
@@ -164,10 +171,16 @@ function card(hit) {
     }
     item.append(chips);
   }
+  const like = el("button", { type: "button", className: "like", "aria-label": `More moments like ${name} at ${clock(hit.segment_start)}` },
+    "More like this");
+  like.addEventListener("click", (ev) => { ev.stopPropagation(); searchLike(hit.segment_id, `${name} at ${clock(hit.segment_start)}`); });
+  item.append(like);
   playButton.addEventListener("click", (ev) => { ev.stopPropagation(); play(hit, hit.start, hit.end, playButton); });
   item.addEventListener("click", () => play(hit, hit.start, hit.end, playButton));
   return item;
 }
+
+const SIGNAL_NAMES = { vector: "visual", text: "title/tags" };
 
 function rerankNote(info, timings) {
   if (info.method === "none") return "";
@@ -178,9 +191,46 @@ function rerankNote(info, timings) {
 
 function shortQuery(q) { return q.length > 60 ? `${q.slice(0, 57)}…` : q; }
 
+// The llm reranker reads the query's words: a search by a picture or a moment alone is not reranked by it.
+function rerankFor(hasText) { return !hasText && rerank.value === "llm" ? "none" : rerank.value; }
+
+function textRequest(q) {
+  // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
+  return { headers: { "Content-Type": "application/json" },
+           body: JSON.stringify({ q, k: 12, rerank: rerankFor(true), mode: mode.value }) };
+}
+
+function imageRequest(file, q) {
+  const data = new FormData();  // multipart: the browser sets the Content-Type with its boundary
+  data.append("image", file);
+  if (q) {
+    data.append("q", q);
+    data.append("mode", mode.value);  // hybrid matches the words: only with a query
+  }
+  data.append("k", "12");
+  data.append("rerank", rerankFor(Boolean(q)));
+  return { body: data };
+}
+
+function searchLike(segmentId, what) {
+  showView("search");
+  document.title = `Like ${shortQuery(what)} — vidseek`;
+  history.replaceState(null, "", `?like=${encodeURIComponent(segmentId)}`);
+  search({ headers: { "Content-Type": "application/json" },
+           body: JSON.stringify({ like: { segment_id: segmentId }, k: 12, rerank: rerankFor(false) }) },
+         `moments like ${what}`);
+}
+
+function showImageChip() {
+  $("image-chip").hidden = !exampleImage;
+  $("image-name").textContent = exampleImage ? exampleImage.name : "";
+  $("image-name").title = exampleImage ? exampleImage.name : "";
+}
+
 let inflight = null;  // the running search: a new one aborts it
 
-async function search(q, method) {
+// request: { headers, body } of POST /api/search; what: the query in words, for the status line
+async function search(request, what) {
   if (inflight) inflight.abort();
   const controller = new AbortController();
   inflight = controller;
@@ -188,24 +238,18 @@ async function search(q, method) {
   results.replaceChildren();
   landing.hidden = true;
   const started = performance.now();
-  const tick = () => { statusLine.textContent = `Searching for “${shortQuery(q)}”… ${((performance.now() - started) / 1000).toFixed(1)} s`; };
+  const tick = () => { statusLine.textContent = `Searching for ${what}… ${((performance.now() - started) / 1000).toFixed(1)} s`; };
   tick();
   statusLine.classList.add("busy");
   results.setAttribute("aria-busy", "true");
   const timer = setInterval(tick, 100);
   try {
-    // POST: a long query (up to 1000 characters, 9 KB percent-encoded) would not fit a server's URL limit
-    const body = await api("/api/search", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ q, k: 12, rerank: method }),
-      signal: controller.signal,
-    });
+    const body = await api("/api/search", { method: "POST", ...request, signal: controller.signal });
     labelHits(body.hits);
     if (body.hits.length) {
       statusLine.textContent = `${body.hits.length} videos in ${body.timings_ms.total.toFixed(0)} ms${rerankNote(body.rerank, body.timings_ms)}`;
     } else {
-      statusLine.textContent = `No videos match “${shortQuery(q)}”.`;
+      statusLine.textContent = `No videos match ${what}.`;
       landing.hidden = false;  // says what is indexed, and how to add videos when nothing is
       loadLibrary().catch(() => {});
     }
@@ -240,15 +284,40 @@ form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = input.value.trim();
   showView("search");
+  if (exampleImage) {  // a picture cannot be put in an address: none to share
+    const what = q ? `“${shortQuery(q)}” and the picture ${exampleImage.name}` : `the picture ${exampleImage.name}`;
+    document.title = `${exampleImage.name} — vidseek`;
+    history.replaceState(null, "", location.pathname);
+    search(imageRequest(exampleImage, q), what);
+    return;
+  }
   if (!q) { resetSearch(); return; }
   document.title = `“${shortQuery(q)}” — vidseek`;
   // a shareable address, unless the query is too long for servers to take back as a URL
-  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}`;
+  const address = `?q=${encodeURIComponent(q)}&rerank=${encodeURIComponent(rerank.value)}` +
+    (mode.value === "hybrid" ? "&mode=hybrid" : "");
   history.replaceState(null, "", address.length <= 2000 ? address : location.pathname);
-  search(q, rerank.value);
+  search(textRequest(q), `“${shortQuery(q)}”`);
 });
 
-rerank.addEventListener("change", () => { if (input.value.trim()) form.requestSubmit(); });
+$("image-input").addEventListener("change", (ev) => {
+  const file = ev.target.files[0];
+  ev.target.value = "";  // choosing the same file again searches again
+  if (!file) return;
+  exampleImage = file;
+  showImageChip();
+  form.requestSubmit();
+});
+$("image-clear").addEventListener("click", () => {
+  exampleImage = null;
+  showImageChip();
+  $("image-input").focus();
+  if (input.value.trim()) form.requestSubmit(); else resetSearch();
+});
+
+for (const control of [rerank, mode]) {
+  control.addEventListener("change", () => { if (input.value.trim() || exampleImage) form.requestSubmit(); });
+}
 for (const b of document.querySelectorAll(".example")) {
   b.addEventListener("click", () => { input.value = b.textContent; form.requestSubmit(); });
 }
@@ -306,11 +375,45 @@ function videoRow(v) {
     el("span", {}, v.duration ? clock(v.duration) : "–"),
     el("span", {}, `${v.segment_count} segment${v.segment_count === 1 ? "" : "s"}`),
     el("span", {}, v.status === "done" ? `indexed ${when(v.updated_at)}` : `added ${when(v.created_at)}`));
+  if (v.title !== v.file_name.replace(/\.[^.]*$/, "")) facts.prepend(el("span", { className: "video-title" }, v.title));
+  if (v.tags.length) facts.append(el("span", { className: "tags", "aria-label": "tags" }, ...v.tags.map((t) => el("span", { className: "tag" }, t))));
+  const edit = el("button", { type: "button", className: "edit secondary", "aria-label": `Edit title and tags of ${name}` }, "Edit");
   const remove = el("button", { type: "button", className: "delete", "aria-label": `Delete ${name}` }, "Delete");
   remove.addEventListener("click", () => deleteVideo(v, name));
-  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts, remove);
+  const row = el("li", { className: "video-row", "data-video-id": v.id }, el("span", { className: "name" }, name), facts,
+    el("span", { className: "row-actions" }, edit, remove));
+  edit.addEventListener("click", () => editVideo(v, name, row));
   if (v.status === "failed") row.append(el("span", { className: "reason" }, `Could not be indexed: ${shortReason(v.error)}`));
   return row;
+}
+
+// title and tags (PATCH /api/videos/<id>): a form in the row; tags are typed comma-separated
+function editVideo(v, name, row) {
+  clearAlert();
+  if (keyRequired()) { needKey(); return; }
+  if (row.querySelector(".edit-form")) return;
+  const title = el("input", { type: "text", value: v.title, maxLength: 512, required: true, id: `title-${v.id}` });
+  const tags = el("input", { type: "text", value: v.tags.join(", "), id: `tags-${v.id}`, placeholder: "beach, family" });
+  const cancel = el("button", { type: "button", className: "secondary" }, "Cancel");
+  const editor = el("form", { className: "edit-form", "aria-label": `Title and tags of ${name}` },
+    el("label", { htmlFor: title.id }, "Title"), title,
+    el("label", { htmlFor: tags.id }, "Tags"), tags,
+    el("button", { type: "submit" }, "Save"), cancel);
+  cancel.addEventListener("click", () => editor.remove());
+  editor.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { title: title.value, tags: tags.value.split(",").map((t) => t.trim()).filter(Boolean) };
+    try {
+      await api(`/api/videos/${v.id}`, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    } catch (err) {
+      if (err instanceof ApiFailure && err.status === 401) { sessionStorage.removeItem(KEY_STORE); needKey(); }
+      showAlert(err, `${name} was not changed. `);
+      return;
+    }
+    await loadVideos().catch((err) => showAlert(err));
+  });
+  row.append(editor);
+  title.focus();
 }
 
 async function loadVideos() {
@@ -460,6 +563,8 @@ loadLibrary().catch((err) => {
 const params = new URLSearchParams(location.search);
 const chosen = params.get("rerank");
 if (chosen && [...rerank.options].some((o) => o.value === chosen && !o.disabled)) rerank.value = chosen;
-const initial = params.get("q");
+if (params.get("mode") === "hybrid") mode.value = "hybrid";
+const initial = params.get("q"), likeSegment = params.get("like");
 if (location.hash === "#library") showView("library");
 else if (initial) { input.value = initial; form.requestSubmit(); }
+else if (/^\d+$/.test(likeSegment || "")) searchLike(Number(likeSegment), `segment ${likeSegment}`);
