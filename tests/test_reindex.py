@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from indexer.bulk import ingest_paths
 from indexer.cli import main
@@ -21,7 +22,7 @@ from indexer.spaces import settings_space
 from models.backbone import ClipBackbone
 from search.api import create_app
 from search.settings import Settings
-from search.tables import SpaceState, Status
+from search.tables import Job, SpaceState, Status
 from tests.conftest import TINY_MODEL, settings_env, temporary_database
 
 KEY = {"X-API-Key": "test-key"}
@@ -184,8 +185,10 @@ def test_an_interrupted_reindex_continues_where_it_stopped(
     monkeypatch.setattr(VideoIngestor, "run_job", run_job)
     assert main(["reindex"]) == 0  # without model options: the re-index in progress
     assert catalog.active_space_key() == new
-    assert len(calls) == 2  # the second run encoded only the two videos left ...
-    assert catalog.count_segments(new) == catalog.count_segments(old)  # ... and every video is there
+    with catalog.session() as s:  # the second run re-used the two jobs left queued: one job per video, run once
+        jobs = s.scalars(select(Job).where(Job.space_key == new)).all()
+    assert len(jobs) == len(VIDEOS) and {(j.status, j.attempts) for j in jobs} == {(Status.done, 1)}
+    assert catalog.count_segments(new) == catalog.count_segments(old)  # every video is in the new space
 
 
 def test_a_video_failing_in_the_new_space_serves_from_the_old_one_until_dropped(
