@@ -258,4 +258,5 @@ def test_cli_search_flags(settings: Settings, samples_dir: Path, tmp_path: Path)
 def test_filter_benchmark_runs(capsys: pytest.CaptureFixture) -> None:
     main(["--segments", "2000", "--dim", "16", "--queries", "2", "--nlist", "16"])
     table = capsys.readouterr().out
-    assert table.count("| flat |") == 3 and table.count("| ivf |") == 3 and "| 1% of segments |" in table
+    assert table.count("| flat |") == 5 and table.count("| ivf |") == 5 and "| 1% of segments | selector |" in table
+    assert table.count("| widening (x4, at most 2) |") == 4
