@@ -48,6 +48,7 @@ from indexer.samples import HEIGHT, WIDTH, write_video  # noqa: E402
 from indexer.service import open_index, settings_space_key  # noqa: E402
 from indexer.tasks import CeleryQueue, make_celery  # noqa: E402
 from models.factory import model_embed_dim  # noqa: E402
+from models.registry import TEXT_RUNTIMES  # noqa: E402
 from search.catalog import Catalog, embedding_to_bytes  # noqa: E402
 from search.db import upgrade  # noqa: E402
 from search.settings import Settings  # noqa: E402
@@ -312,7 +313,7 @@ def main() -> None:
     q.add_argument("--index-type", default="auto")
     q.add_argument("--text-batch", nargs="+", choices=("off", "on"), default=["off", "on"],
                    help="run a server with the text batcher off (VIDSEEK_TEXT_BATCH_MAX=1) and/or on")
-    q.add_argument("--text-runtime", nargs="+", choices=("auto", "torch", "onnx", "onnx-int8"), default=["auto"],
+    q.add_argument("--text-runtime", nargs="+", choices=TEXT_RUNTIMES, default=["auto"],
                    help="run a server with each VIDSEEK_TEXT_RUNTIME (after each --text-batch setting)")
     i = sub.add_parser("ingest")
     i.add_argument("--workers", type=int, nargs="+", default=[1, 2])

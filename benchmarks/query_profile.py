@@ -30,7 +30,8 @@ from benchmarks.common import Column, latency_percentiles, machine_description, 
 from benchmarks.load_bench import WORDS, fill_catalog
 from indexer.service import load_model, open_index, settings_space_key, text_encoder
 from models.factory import model_embed_dim
-from models.text_onnx import attach_text_runtime
+from models.registry import TEXT_RUNTIMES
+from models.text_onnx import ONNX, ONNX_INT8, TORCH, attach_text_runtime
 from search.catalog import Catalog
 from search.db import upgrade
 from search.query import QueryService
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--segments", type=int, default=200_000)
     parser.add_argument("--per-video", type=int, default=10)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--text-runtime", nargs="+", default=["torch", "onnx", "onnx-int8"],
-                        choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--text-runtime", nargs="+", default=[TORCH, ONNX, ONNX_INT8], choices=TEXT_RUNTIMES)
     parser.add_argument("--database-url", help="an empty catalog database to fill (default: a fresh PostgreSQL one)")
     parser.add_argument("--threads", type=int, default=1, help="torch/FAISS threads, 1 as in an API process")
     parser.add_argument("--json", type=Path, default=None)

@@ -54,5 +54,4 @@ class MetadataStore(Store):
         if not words:
             return []
         statement = text_ranking_query(self.engine.dialect.name, words, filters, embedding_key, limit)
-        with self.engine.connect() as conn:
-            return [int(i) for i in conn.execute(statement).scalars()]
+        return [int(row[0]) for row in self.read(statement)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,23 +69,26 @@ class Store:
         self._sessions = make_session_factory(self.engine)
         self._reads = make_read_engine(self.engine)
 
-    def rows_with_ids(self, lookup: IdLookup, ids: Sequence[int]) -> list[Row]:
-        """The rows of ``lookup`` for ``ids``: the query path's lookups by primary key, one statement
-        on a connection of the read engine (:func:`search.db.make_read_engine`: no ORM session, no
-        transaction to open or close). A connection that turns out dead (the database restarted
-        since it was pooled) is dropped and the read tried once more on a new one."""
-        statement = lookup.postgresql if self.engine.dialect.name == "postgresql" else lookup.other
-        params = {"ids": int_ids(ids)}
+    def read(self, statement: Select, params: Mapping[str, object] | None = None) -> list[Row]:
+        """The rows of one read-only ``statement`` of the query path, on a connection of the read
+        engine (:func:`search.db.make_read_engine`: no ORM session, no transaction to open or close).
+        A connection that turns out dead (the database restarted since it was pooled) is dropped and
+        the read tried once more on a new one."""
         try:
-            return self._read(statement, params)
+            return self._read_once(statement, params)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            return self._read(statement, params)
+            return self._read_once(statement, params)
 
-    def _read(self, statement: Select, params: dict[str, list[int]]) -> list[Row]:
+    def _read_once(self, statement: Select, params: Mapping[str, object] | None) -> list[Row]:
         with self._reads.connect() as conn:
             return list(conn.execute(statement, params).all())
+
+    def rows_with_ids(self, lookup: IdLookup, ids: Sequence[int]) -> list[Row]:
+        """The rows of ``lookup`` for ``ids``: the query path's lookups by primary key (:meth:`read`)."""
+        statement = lookup.postgresql if self.engine.dialect.name == "postgresql" else lookup.other
+        return self.read(statement, {"ids": int_ids(ids)})
 
     @contextmanager
     def session(self) -> Iterator[Session]:
