@@ -182,6 +182,13 @@ def machine_description() -> dict[str, Any]:
         "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
+
+def machine_line() -> str:
+    """``machine: <CPU model> (<capability>), N cores, load L``: the line a benchmark prints above its table."""
+    m = machine_description()
+    load = f"{m['load_1min']:.2f}" if m["load_1min"] is not None else "?"
+    return f"machine: {m['cpu']} ({m['capability']}), {m['cores']} cores, load {load}"
+
 @dataclass(frozen=True)
 class Column:
     """A table column: the row key it shows, its header, and a format for its values."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
+from benchmarks.common import machine_line
 from search.query import MAX_WIDENINGS, WIDENING_FACTOR
 from search.vector_index import IndexOptions, VectorIndex
 
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nlist", type=int, default=1024)
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(1)
+    print(machine_line() + ", 1 thread\n")
     print(f"| index | filter | method | ms per query (200 candidates) | recall@{K} vs the selector |\n|---|---|---|---|---|")
     for kind, label, method, ms, recall in measure(args.segments, args.dim, args.queries, args.nlist):
         print(f"| {kind} | {label} | {method} | {ms:.1f} | {recall:.3f} |")

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 from sqlalchemy import text
 
-from benchmarks.common import distinct_queries, latency_percentiles, temporary_database
+from benchmarks.common import distinct_queries, latency_percentiles, machine_line, temporary_database
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
 from search.query import QueryService
@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=50)
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(1)
+    print(machine_line() + ", 1 thread\n")
     print("| database | search | p50 ms | p95 ms |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp, temporary_database("vidseek_hybrid_bench") as pg_url:
         for name, url in (("SQLite", f"sqlite:///{tmp}/catalog.db"), ("PostgreSQL", pg_url)):
