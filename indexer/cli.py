@@ -17,7 +17,7 @@ from tqdm import tqdm
 from indexer.bulk import ingest_paths
 from indexer.evaluation.cli import add_eval_parser
 from models.registry import AUTO
-from models.weights import RANDOM_WEIGHTS, WeightsUnavailableError
+from models.weights import RANDOM_WEIGHTS, TextExportError, WeightsUnavailableError
 from search.hybrid import SEARCH_MODES
 from search.logs import configure_logging
 from search.media_paths import PathNotAllowed
@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         return args.func(settings, args)
-    except (WeightsUnavailableError, PortUnavailable) as exc:
+    except (WeightsUnavailableError, TextExportError, PortUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

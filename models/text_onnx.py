@@ -41,6 +41,7 @@ from torch import nn
 
 from models.registry import AUTO
 from models.text_tower import causal_eot_tower, encode_text_tokens
+from models.weights import TextExportError
 
 if TYPE_CHECKING:
     from models.backbone import ClipBackbone
@@ -54,13 +55,8 @@ FP32_TOLERANCE = 1e-4
 INT8_MIN_COSINE = 0.99
 LOW_PRECISION_MIN_COSINE = 0.999  # float32 graph against torch weights cast to bf16/fp16 (issue 11's bar)
 
-
 TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
 AUTO_CPU_RUNTIME = ONNX
-
-
-class TextExportError(RuntimeError):
-    """The tower cannot run on ONNX Runtime (not a plain causal EOT tower, or the export disagrees)."""
 
 
 def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

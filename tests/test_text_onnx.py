@@ -139,3 +139,16 @@ def test_healthz_and_the_page_name_the_runtime_and_search_uses_it(settings: Sett
     assert b"text: onnx-int8" in client.get("/").data
     answer = client.get("/api/search?q=a+red+ball&k=2")
     assert answer.status_code == 200 and answer.get_json()["hits"]
+
+
+def test_the_cli_reports_a_tower_that_cannot_run_as_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """VIDSEEK_TEXT_RUNTIME=onnx over a non-causal tower: one clear line and exit status 2, not a traceback."""
+    from indexer.cli import main
+
+    _non_causal(tmp_path)
+    for name, value in {"DATA_DIR": str(tmp_path / "data"), "MODEL": "vidseek-tiny-noncausal-onnx", "PRETRAINED": "random",
+                        "MODEL_CONFIG_DIR": str(tmp_path), "DEVICE": "cpu", "TEXT_RUNTIME": ONNX, "LOG_FORMAT": "text"}.items():
+        monkeypatch.setenv(f"VIDSEEK_{name}", value)
+    assert main(["search", "a red ball"]) == 2
+    err = capsys.readouterr().err
+    assert "error: VIDSEEK_TEXT_RUNTIME=onnx: the text tower is not a plain causal" in err and "Traceback" not in err
