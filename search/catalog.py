@@ -19,6 +19,8 @@ from search.metadata_store import MetadataStore
 from search.space_store import SpaceStore
 from search.tables import CLIP_SPACE
 from search.video_store import (
+    EmbeddingBatch,
+    NamedSegment,
     SegmentMeta,
     SegmentRecord,
     SummaryRecord,
@@ -29,7 +31,7 @@ from search.video_store import (
 )
 
 __all__ = [
-    "CLIP_SPACE", "Catalog", "JobLeased", "JobStore", "SegmentMeta", "SegmentRecord", "StaleJob", "SummaryRecord",
+    "CLIP_SPACE", "Catalog", "EmbeddingBatch", "JobLeased", "JobStore", "NamedSegment", "SegmentMeta", "SegmentRecord", "StaleJob", "SummaryRecord",
     "VideoName", "VideoStore", "embedding_from_bytes", "embedding_to_bytes",
 ]
 

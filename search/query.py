@@ -17,12 +17,13 @@ from functools import lru_cache
 import numpy as np
 
 from models.registry import RERANKERS
-from search.catalog import Catalog, SegmentMeta, VideoName, embedding_from_bytes
+from search.catalog import Catalog, NamedSegment, SegmentMeta, VideoName, embedding_from_bytes
 from search.filters import FilterError, SearchFilters, check_min_score, check_offset
 from search.hybrid import HYBRID_DEPTH, SEARCH_MODES, TEXT, VECTOR, Fused, reciprocal_rank_fusion
 from search.metrics import observe_search
 from search.rerank_service import Candidate, RerankInfo, RerankService, Rescored
 from search.segment_index import SegmentIndex
+from search.segment_owners import UNKNOWN
 from search.text_search import query_words
 
 TextEncoder = Callable[[str], np.ndarray]  # query -> L2-normalised float32 [D]
@@ -165,20 +166,28 @@ def blend(text: np.ndarray, image: np.ndarray, image_weight: float) -> np.ndarra
     return (mixed / norm).astype(np.float32)
 
 
-def group_by_video(
-    scores: np.ndarray, ids: np.ndarray, meta: dict[int, SegmentMeta], k: int
-) -> list[tuple[int, list[Moment]]]:
-    """Segment hits (best first) -> up to ``k`` videos in order of their best segment, each
-    with its moments best first (the best plus up to ``EXTRA_MOMENTS`` more)."""
-    per_video: dict[int, list[Moment]] = {}
-    for score, sid in zip(scores.tolist(), ids.tolist()):
-        m = meta.get(int(sid))
-        if m is None:  # deleted since the index last refreshed
+def group_by_video(videos: np.ndarray, k: int) -> list[tuple[int, list[int]]]:
+    """The videos int64 ``[n]`` of segment hits (best hit first; :data:`UNKNOWN` for a hit to leave
+    out) -> up to ``k`` videos in order of their best hit, each with the positions of its moments,
+    best first (the best plus up to ``EXTRA_MOMENTS`` more)."""
+    per_video: dict[int, list[int]] = {}
+    for position, video in enumerate(videos.tolist()):
+        if video == UNKNOWN:
             continue
-        moments = per_video.setdefault(m.video_id, [])
-        if len(moments) <= EXTRA_MOMENTS:
-            moments.append(Moment(m.id, m.start, m.end, float(score), m.thumbnail))
+        positions = per_video.setdefault(video, [])
+        if len(positions) <= EXTRA_MOMENTS:
+            positions.append(position)
     return list(per_video.items())[:k]
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """What the index search found: up to ``depth`` videos with their moments (best first), the
+    videos' names, and how many segments were looked at."""
+
+    grouped: list[tuple[int, list[Moment]]]
+    names: dict[int, VideoName]
+    searched: int
 
 
 def validate_rerank(name: str) -> str:
@@ -220,6 +229,10 @@ class SearchOptions:
             check_offset(self.offset)
         except FilterError as exc:
             raise QueryError(str(exc)) from None
+
+
+def _moment(meta: SegmentMeta, score: float) -> Moment:
+    return Moment(meta.id, meta.start, meta.end, score, meta.thumbnail)
 
 
 def _ms(since: float) -> float:
@@ -336,13 +349,12 @@ class QueryService:
         fused: dict[int, Fused] = {}
         if options.mode == "hybrid":
             depth = max(depth, HYBRID_DEPTH)
-        grouped, searched = self._first_stage(space.index, query.vector, depth, allowed, options.min_score, query.exclude)
+        stage = self._first_stage(space.index, query.vector, depth, allowed, options.min_score, query.exclude)
         t1 = time.perf_counter()
         if options.mode == "hybrid":
-            grouped, fused, more = self._fused(space.index, query, grouped, options, depth)
-            searched += more
+            stage, fused = self._fused(space.index, query, stage, options, depth)
         t_text = time.perf_counter()
-        names = self.catalog.video_names([vid for vid, _ in grouped])
+        grouped, names, searched = stage.grouped, stage.names, stage.searched
         hits = [
             VideoHit(vid, names[vid], fused[vid].score if fused else moments[0].score, moments[0], moments[1:],
                      fusion=fused.get(vid))
@@ -368,25 +380,26 @@ class QueryService:
         return SearchResult(query.label, hits, searched, {name: round(ms, 3) for name, ms in timings.items()}, info,
                             options.mode, space.key)
 
-    def _fused(self, index: SegmentIndex, query: QueryVector, grouped: list[tuple[int, list[Moment]]],
-               options: SearchOptions, depth: int) -> tuple[list[tuple[int, list[Moment]]], dict[int, Fused], int]:
-        """The first stage's videos (``grouped``, best first) fused with the full-text ranking of the
-        words of ``query.text`` among the videos matching ``options.filters`` (:mod:`search.hybrid`): the
-        best ``depth`` videos with their moments, each video's :class:`Fused`, and the segments looked at.
-        A video only the text found gets its moments from a first stage over its own segments; when none
-        of them passes ``options.min_score`` it is left out."""
+    def _fused(self, index: SegmentIndex, query: QueryVector, stage: FirstStage, options: SearchOptions,
+               depth: int) -> tuple[FirstStage, dict[int, Fused]]:
+        """The first ``stage``'s videos (best first) fused with the full-text ranking of the words of
+        ``query.text`` among the videos matching ``options.filters`` (:mod:`search.hybrid`): the best
+        ``depth`` videos with their moments, and each video's :class:`Fused`. A video only the text
+        found gets its moments from a first stage over its own segments; when none of them passes
+        ``options.min_score`` it is left out."""
         key = index.state.embedding_key
         text_ids = self.catalog.text_ranking(query_words(query.text or ""), options.filters, key, depth)
-        moments = dict(grouped)
+        moments, names, searched = dict(stage.grouped), dict(stage.names), stage.searched
         missing = [vid for vid in text_ids if vid not in moments]
-        searched = 0
         if missing:
             own = self.catalog.segment_ids_of(missing, key)
-            found, searched = self._first_stage(index, query.vector, len(missing), own, options.min_score, query.exclude)
-            moments.update(found)
-        ranking = reciprocal_rank_fusion({VECTOR: [vid for vid, _ in grouped], TEXT: text_ids})
+            found = self._first_stage(index, query.vector, len(missing), own, options.min_score, query.exclude)
+            moments.update(found.grouped)
+            names.update(found.names)
+            searched += found.searched
+        ranking = reciprocal_rank_fusion({VECTOR: [vid for vid, _ in stage.grouped], TEXT: text_ids})
         kept = [(vid, fusion) for vid, fusion in ranking if vid in moments][:depth]
-        return [(vid, moments[vid]) for vid, _ in kept], dict(kept), searched
+        return FirstStage([(vid, moments[vid]) for vid, _ in kept], names, searched), dict(kept)
 
     @staticmethod
     def _reranker_for(query: QueryVector, asked: str | None, reranking: RerankService) -> tuple[str, RerankInfo | None]:
@@ -401,14 +414,15 @@ class QueryService:
         return "none", RerankInfo(method, fallback=True, reason=f"{method} reranking reads the query text; this search has none")
 
     def _first_stage(self, index: SegmentIndex, vector: np.ndarray, depth: int, allowed: np.ndarray | None,
-                     min_score: float | None, exclude: frozenset[int] = frozenset()) -> tuple[list[tuple[int, list[Moment]]], int]:
+                     min_score: float | None, exclude: frozenset[int] = frozenset()) -> FirstStage:
         """Up to ``depth`` videos with their moments from ``index`` (among the ``allowed`` segment
-        ids when given, never the ``exclude`` ones), and how many segments were looked at. When the
-        segments fetched name fewer than ``depth`` videos (a few videos with many segments each) and
-        more could exist, the search is widened, at most ``MAX_WIDENINGS`` times."""
+        ids when given, never the ``exclude`` ones). Hits are grouped by video with the index's own
+        segment -> video map, so only the moments kept are read from the catalog. When the segments
+        fetched name fewer than ``depth`` videos (a few videos with many segments each) and more
+        could exist, the search is widened, at most ``MAX_WIDENINGS`` times."""
         n = max(self.candidates, depth * (EXTRA_MOMENTS + 1))
         if allowed is not None and not len(allowed):
-            return [], 0
+            return FirstStage([], {}, 0)
         excluded = np.fromiter(exclude, np.int64, len(exclude))
         widenings = 0
         while True:
@@ -420,11 +434,31 @@ class QueryService:
             if len(excluded):
                 keep = ~np.isin(ids, excluded)
                 scores, ids = scores[keep], ids[keep]
-            grouped = group_by_video(scores, ids, self.catalog.segment_meta(ids.tolist()), depth)
-            if len(grouped) >= depth or exhausted or widenings == MAX_WIDENINGS:
-                return grouped, len(ids)
+            videos = index.videos_of(ids)
+            if len(group_by_video(videos, depth)) >= depth or exhausted or widenings == MAX_WIDENINGS:
+                return self._read_moments(scores, ids, videos, depth)
             n *= WIDENING_FACTOR
             widenings += 1
+
+    def _read_moments(self, scores: np.ndarray, ids: np.ndarray, videos: np.ndarray, depth: int) -> FirstStage:
+        """The moments :func:`group_by_video` keeps of the hits ``(scores [n], ids [n])`` of
+        ``videos [n]``, read from the catalog with their videos' names in one read. A segment deleted
+        since the index last refreshed is left out and the next hit of its video taken (one more read)."""
+        videos = videos.copy()
+        rows: dict[int, NamedSegment] = {}
+        while True:
+            picked = group_by_video(videos, depth)
+            wanted = [int(ids[p]) for _, positions in picked for p in positions if int(ids[p]) not in rows]
+            found = self.catalog.named_segments(wanted)
+            rows.update(found)
+            gone = [sid for sid in wanted if sid not in found]
+            if not gone:
+                break
+            videos[np.isin(ids, gone)] = UNKNOWN
+        grouped = [(video, [_moment(rows[int(ids[p])].meta, float(scores[p])) for p in positions])
+                   for video, positions in picked]
+        names = {video: rows[int(ids[positions[0]])].name for video, positions in picked}
+        return FirstStage(grouped, names, len(ids))
 
     @staticmethod
     def _rescored(hit: VideoHit, verdict: Rescored | None) -> VideoHit:

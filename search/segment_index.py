@@ -8,9 +8,11 @@ above its tombstone watermark are removed. Catalog writers commit segment ids in
 exclusive file lock, at most every ``save_interval`` seconds, and read under a shared one, so
 several API replicas can share a folder and none ever loads an index file with the state file
 of another snapshot. Query processes are the only writers of the index; ingestion workers only
-write the catalog.
+write the catalog. Beside the index it keeps which video each segment belongs to
+(:mod:`search.segment_owners`), in the same snapshot, so a query groups its hits by video before it
+reads the catalog.
 
-:meth:`SegmentIndex.verify` compares the index with the catalog (ids, duplicates, vectors) and
+:meth:`SegmentIndex.verify` compares the index with the catalog (ids, duplicates, vectors, videos) and
 repairs it (``vidseek index verify``).
 """
 
@@ -28,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from search.catalog import Catalog
+from search.segment_owners import SegmentOwners
 from search.vector_index import TRAINED_KINDS, IndexOptions, IndexState, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ class VerifyReport:
     missing: int  # in the catalog, not in the index
     extra: int  # in the index, not in the catalog (deleted, or never there)
     duplicated: int  # ids stored more than once
-    mismatched: int  # stored vector differs from the catalog's (not checked for IVF-PQ, which is lossy)
+    mismatched: int  # stored vector (not checked for IVF-PQ, which is lossy) or video differs from the catalog's
     repaired: bool
 
     @property
@@ -87,12 +90,18 @@ class SegmentIndex:
         self._dirty = False
         with _folder_lock(folder, shared=True):
             loaded = VectorIndex.load(folder, self.options)
+            owners = SegmentOwners.load(folder)
         wanted = (embedding_key, dim, self.options.kind)
         if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted:
             self.index, self.state = loaded
+            if owners is None:  # a snapshot from before the map was kept: read it from the catalog
+                owners = SegmentOwners(*catalog.segment_owners(embedding_key, self.state.segment_watermark))
+                owners.remove(catalog.tombstones_after(0)[1])
+            self.owners = owners
             log.info("index snapshot loaded", extra={"segments": len(self.index), "folder": str(folder)})
         else:
             self.index = VectorIndex(dim, self.options)
+            self.owners = SegmentOwners()
             self.state = IndexState(embedding_key, dim, self.options.kind, 0, catalog.max_tombstone_id())
 
     def __len__(self) -> int:
@@ -159,11 +168,13 @@ class SegmentIndex:
         tomb_id, deleted = self.catalog.tombstones_after(self.state.tombstone_watermark)
         if deleted:
             self.index.remove(np.asarray(deleted, np.int64))
+            self.owners.remove(deleted)
         added = 0
-        for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, self.state.segment_watermark):
-            self.index.add(ids, vectors)
-            self.state.segment_watermark = int(ids[-1])
-            added += len(ids)
+        for batch in self.catalog.iter_embeddings(self.state.embedding_key, self.state.segment_watermark):
+            self.index.add(batch.ids, batch.vectors)
+            self.owners.add(batch.ids, batch.video_ids)
+            self.state.segment_watermark = int(batch.ids[-1])
+            added += len(batch.ids)
         self.state.tombstone_watermark = tomb_id
         self._dirty |= bool(added or deleted)
         if self._outgrown():
@@ -197,17 +208,18 @@ class SegmentIndex:
 
     def _rebuild_locked(self) -> SyncReport:
         tomb = self.catalog.max_tombstone_id()
-        fresh = VectorIndex(self.state.dim, self.options)
+        fresh, owners = VectorIndex(self.state.dim, self.options), SegmentOwners()
         count = self.catalog.count_segments(self.state.embedding_key)
         if self.options.kind in TRAINED_KINDS and count >= self.options.train_at:
             fresh.train(self._training_sample(count), size=count)
         watermark = 0
-        for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
-            fresh.add(ids, vectors)
-            watermark = int(ids[-1])
+        for batch in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+            fresh.add(batch.ids, batch.vectors)
+            owners.add(batch.ids, batch.video_ids)
+            watermark = int(batch.ids[-1])
         self.state.segment_watermark = watermark
         self.state.tombstone_watermark = tomb
-        self.index = fresh
+        self.index, self.owners = fresh, owners
         self._save_locked()
         return SyncReport(len(fresh), 0, len(fresh))
 
@@ -217,10 +229,10 @@ class SegmentIndex:
         wanted = min(MAX_TRAINING_SAMPLE, self.options.training_size(count))
         step = max(1, count // wanted)
         parts, seen = [], 0
-        for _, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+        for batch in self.catalog.iter_embeddings(self.state.embedding_key, 0):
             offset = (-seen) % step
-            parts.append(vectors[offset::step])
-            seen += len(vectors)
+            parts.append(batch.vectors[offset::step])
+            seen += len(batch.vectors)
         return np.concatenate(parts)
 
     def verify(self, repair: bool = False) -> VerifyReport:
@@ -234,24 +246,25 @@ class SegmentIndex:
             held, counts = np.unique(self.index.ids(), return_counts=True)
             duplicated = held[counts > 1]
             lossy = self.options.kind == "ivfpq"
-            catalog_ids, fix_ids, fix_vectors = [], [], []
+            catalog_ids, fix_ids, fix_videos, fix_vectors = [], [], [], []
             missing = mismatched = 0
-            for ids, vectors in self.catalog.iter_embeddings(self.state.embedding_key, 0):
-                keep = ids <= self.state.segment_watermark
-                ids, vectors = ids[keep], vectors[keep]
+            for batch in self.catalog.iter_embeddings(self.state.embedding_key, 0):
+                keep = batch.ids <= self.state.segment_watermark
+                ids, videos, vectors = batch.ids[keep], batch.video_ids[keep], batch.vectors[keep]
                 catalog_ids.append(ids)
                 present = np.isin(ids, held)
-                bad = ~present | np.isin(ids, duplicated)
                 missing += int((~present).sum())
+                differs = present & (self.owners.videos_of(ids) != videos)
                 if not lossy and present.any():
                     stored = self.index.vectors(ids[present])
-                    differs = np.abs(stored - vectors[present]).max(axis=1) > VECTOR_TOLERANCE
-                    mismatched += int(differs.sum())
-                    bad[np.flatnonzero(present)[differs]] = True
+                    differs[present] |= np.abs(stored - vectors[present]).max(axis=1) > VECTOR_TOLERANCE
+                mismatched += int(differs.sum())
+                bad = ~present | differs | np.isin(ids, duplicated)
                 fix_ids.append(ids[bad])
+                fix_videos.append(videos[bad])
                 fix_vectors.append(vectors[bad])
             in_catalog = np.concatenate(catalog_ids) if catalog_ids else np.zeros(0, np.int64)
-            extra = np.setdiff1d(held, in_catalog)
+            extra = np.setdiff1d(np.union1d(held, self.owners.items()[0]), in_catalog)
             report = VerifyReport(len(in_catalog), int(counts.sum()), missing, len(extra), len(duplicated),
                                   mismatched, repaired=False)
             if not repair or report.consistent:
@@ -259,6 +272,8 @@ class SegmentIndex:
             readd = np.concatenate(fix_ids)
             self.index.remove(np.concatenate([extra, readd]))
             self.index.add(readd, np.concatenate(fix_vectors))
+            self.owners.remove(extra)
+            self.owners.add(readd, np.concatenate(fix_videos))
             self._save_locked()
             log.warning("index repaired", extra={"missing": missing, "extra": len(extra),
                                                   "duplicated": len(duplicated), "mismatched": mismatched})
@@ -299,8 +314,14 @@ class SegmentIndex:
         with self._lock:
             self._save_locked()
 
+    def videos_of(self, ids: np.ndarray) -> np.ndarray:
+        """The videos of segment ``ids`` int64 ``[n]`` (as :meth:`search` returns them): int64 ``[n]``,
+        ``-1`` for a segment the index does not hold."""
+        return self.owners.videos_of(ids)
+
     def _save_locked(self) -> None:
         with _folder_lock(self.folder):
+            self.owners.save(self.folder)  # one snapshot: readers load all three files under the shared lock
             self.index.save(self.folder, self.state)
         self._dirty = False
         self._last_save = time.monotonic()

@@ -57,6 +57,16 @@ class SegmentMeta:
 
 
 @dataclass(frozen=True)
+class EmbeddingBatch:
+    """Segments of one embedding space in id order, as index replicas read them: ``ids``,
+    ``video_ids`` int64 ``[n]``, ``vectors`` float32 ``[n, D]``."""
+
+    ids: np.ndarray
+    video_ids: np.ndarray
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
 class SegmentRows:
     """Segments of one embedding space with their videos' names, in id order, for export.
 
@@ -91,11 +101,20 @@ class VideoName:
         return cls(title, p.name, p.parent.name)
 
 
+@dataclass(frozen=True)
+class NamedSegment:
+    """A segment hit as results show it: the segment and its video's name."""
+
+    meta: SegmentMeta
+    name: VideoName
+
+
 # The columns of a SegmentMeta, in its field order.
 _SEGMENT_META = select(Segment.id, Segment.video_id, Segment.start, Segment.end, Segment.thumbnail)
 # The query path's lookups by id (one read each, see search.store.IdLookup).
-_SEGMENT_META_BY_ID = IdLookup.of(_SEGMENT_META, Segment.id)
-_VIDEO_NAMES_BY_ID = IdLookup.of(select(Video.id, Video.title, Video.path), Video.id)
+_NAMED_SEGMENTS_BY_ID = IdLookup.of(
+    _SEGMENT_META.add_columns(Video.title, Video.path).join(Video, Video.id == Segment.video_id), Segment.id
+)
 _SEGMENT_VECTORS_BY_ID = IdLookup.of(select(Segment.id, Segment.embedding), Segment.id)
 _SEGMENT_SPACES_BY_VIDEO = IdLookup.of(select(Segment.id, Segment.embedding_key), Segment.video_id)
 
@@ -183,12 +202,6 @@ class VideoStore(Store):
             found = self.find_video_by_hash(content_hash)
             assert found is not None
             return found
-
-    def video_names(self, video_ids: Sequence[int]) -> dict[int, VideoName]:
-        if not video_ids:
-            return {}
-        rows = self.rows_with_ids(_VIDEO_NAMES_BY_ID, video_ids)
-        return {r.id: VideoName.of(r.title, r.path) for r in rows}
 
     def status_counts(self) -> dict[Status, int]:
         """How many videos are in each status (every status present, zero included)."""
@@ -286,11 +299,12 @@ class VideoStore(Store):
             ).all()
         return {r.video_id: r.created_at for r in rows}
 
-    def segment_meta(self, segment_ids: Sequence[int]) -> dict[int, SegmentMeta]:
+    def named_segments(self, segment_ids: Sequence[int]) -> dict[int, NamedSegment]:
+        """The segments of ``segment_ids`` that exist, each with its video's name (one read)."""
         if not segment_ids:
             return {}
-        rows = self.rows_with_ids(_SEGMENT_META_BY_ID, segment_ids)
-        return {r.id: SegmentMeta(*r) for r in rows}
+        rows = self.rows_with_ids(_NAMED_SEGMENTS_BY_ID, segment_ids)
+        return {r.id: NamedSegment(SegmentMeta(*r[:5]), VideoName.of(r.title, r.path)) for r in rows}
 
     def segment_ids_where(self, filters: SearchFilters, embedding_key: str) -> np.ndarray:
         """Ids of the segments embedded with ``embedding_key`` whose video matches ``filters``
@@ -359,16 +373,13 @@ class VideoStore(Store):
             return int(s.scalar(q) or 0)
 
     # ----- the change feed of index replicas -----------------------------------------------
-    def iter_embeddings(
-        self, embedding_key: str, after_id: int = 0, batch: int = 4096
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Segments with ``id > after_id`` embedded with ``embedding_key``, in id order, as
-        ``(ids int64 [n], vectors float32 [n, D])`` batches."""
+    def iter_embeddings(self, embedding_key: str, after_id: int = 0, batch: int = 4096) -> Iterator[EmbeddingBatch]:
+        """Segments with ``id > after_id`` embedded with ``embedding_key``, in id order, in batches."""
         last = after_id
         while True:
             with self.session() as s:
                 rows = s.execute(
-                    select(Segment.id, Segment.embedding)
+                    select(Segment.id, Segment.video_id, Segment.embedding)
                     .where(Segment.id > last, Segment.embedding_key == embedding_key)
                     .order_by(Segment.id)
                     .limit(batch)
@@ -376,8 +387,20 @@ class VideoStore(Store):
             if not rows:
                 return
             ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, np.stack([embedding_from_bytes(r.embedding) for r in rows])
+            videos = np.fromiter((r.video_id for r in rows), dtype=np.int64, count=len(rows))
+            yield EmbeddingBatch(ids, videos, np.stack([embedding_from_bytes(r.embedding) for r in rows]))
             last = int(ids[-1])
+
+    def segment_owners(self, embedding_key: str, up_to: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(segment ids, video ids)`` int64 ``[n]`` of the segments embedded with ``embedding_key``
+        with ``id <= up_to``, by id (no vectors read)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Segment.id, Segment.video_id)
+                .where(Segment.id <= up_to, Segment.embedding_key == embedding_key)
+                .order_by(Segment.id)
+            ).all()
+        return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64)
 
     def segment_rows(self, embedding_key: str, after_id: int, limit: int) -> SegmentRows | None:
         """Up to ``limit`` segments with ``id > after_id`` embedded with ``embedding_key``, in id order

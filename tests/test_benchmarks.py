@@ -195,7 +195,7 @@ def test_query_profile_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, 
                          "--json", str(tmp_path / "profile.json")])
     assert [r["text_runtime"] for r in rows] == ["torch", "onnx", "onnx-int8"]
     for row in rows:  # every stage was timed, and the parts fit inside the whole
-        assert all(row[f"{stage}_p50"] > 0 for stage in ("encode", "faiss", "segment_reads", "name_reads", "total"))
+        assert all(row[f"{stage}_p50"] > 0 for stage in ("encode", "faiss", "catalog_reads", "total", "every_candidate_read"))
         assert row["encode_p50"] + row["faiss_p50"] < row["total_p50"] <= row["total_p99"]
     assert json.loads((tmp_path / "profile.json").read_text())["rows"] == rows
     assert "| text runtime |" in capsys.readouterr().out

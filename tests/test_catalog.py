@@ -76,9 +76,12 @@ def test_embeddings_round_trip_in_id_order(catalog: Catalog) -> None:
     other = catalog.get_or_create_video(Path("/m/w.mp4"), "c" * 64, 1)
     catalog.replace_segments(other.id, _segments(2), "space-2")
     batches = list(catalog.iter_embeddings("space-1", after_id=0, batch=2))
-    got_ids = np.concatenate([b[0] for b in batches])
-    assert got_ids.tolist() == ids and [len(b[0]) for b in batches] == [2, 2, 1]
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.stack([r.embedding for r in records]))
+    got_ids = np.concatenate([b.ids for b in batches])
+    assert got_ids.tolist() == ids and [len(b.ids) for b in batches] == [2, 2, 1]
+    assert np.concatenate([b.video_ids for b in batches]).tolist() == [video.id] * 5
+    np.testing.assert_array_equal(np.concatenate([b.vectors for b in batches]), np.stack([r.embedding for r in records]))
+    owned_ids, owners = catalog.segment_owners("space-1", up_to=ids[2])
+    assert owned_ids.tolist() == ids[:3] and owners.tolist() == [video.id] * 3
     assert list(catalog.iter_embeddings("space-1", after_id=ids[-1])) == []
     assert catalog.count_segments("space-2") == 2
 
@@ -100,7 +103,7 @@ def test_delete_video_removes_segments_and_records_tombstones(catalog: Catalog) 
     job = catalog.create_job(Path("/m/v.mp4"))
     catalog.attach_video(job.id, video.id)
     assert catalog.delete_video(video.id) == ["t/0.jpg", "t/1.jpg"]
-    assert catalog.get_video(video.id) is None and catalog.segment_meta(ids) == {}
+    assert catalog.get_video(video.id) is None and catalog.named_segments(ids) == {}
     assert sorted(catalog.tombstones_after(0)[1]) == ids
     assert catalog.get_job(job.id).video_id is None
     assert catalog.delete_video(video.id) is None
@@ -176,17 +179,18 @@ def test_alembic_command_line_creates_the_schema(tmp_path: Path) -> None:
 
 
 def test_query_path_lookups_survive_a_database_restart(catalog: Catalog, database_url: str) -> None:
-    """The id lookups (segment meta, video names, vectors) read in one statement each, without a
+    """The id lookups (segments with their videos' names, vectors) read in one statement each, without a
     ping at checkout: a pooled connection the server dropped is replaced and the read tried again."""
     video = catalog.get_or_create_video(Path("/m/restart.mp4"), "r" * 64, 10)
     ids = catalog.replace_segments(video.id, _segments(3), "space-1", duration=36.0)
-    assert sorted(catalog.segment_meta(ids)) == sorted(ids)
+    assert sorted(catalog.named_segments(ids)) == sorted(ids)
     if database_url.startswith("postgresql"):  # what a server restart does to every pooled connection
         with catalog.session() as s:
             s.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
-    meta = catalog.segment_meta(ids)
-    assert [meta[i].start for i in ids] == [0.0, 12.0, 24.0] and {m.video_id for m in meta.values()} == {video.id}
-    assert catalog.video_names([video.id])[video.id].title == "restart"
+    named = catalog.named_segments(ids)
+    assert [named[i].meta.start for i in ids] == [0.0, 12.0, 24.0]
+    assert {n.meta.video_id for n in named.values()} == {video.id}
+    assert {(n.name.title, n.name.file_name, n.name.folder) for n in named.values()} == {("restart", "restart.mp4", "m")}
     found, vectors = catalog.embeddings_of(ids)
     assert sorted(found.tolist()) == sorted(ids) and vectors.shape == (3, 4)

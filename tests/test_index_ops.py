@@ -80,8 +80,9 @@ def test_verify_on_a_snapshot_with_a_wrong_watermark(catalog: Catalog, tmp_path:
     index = SegmentIndex(catalog, folder, "space", DIM, refresh_seconds=0)
     index.refresh()
     half = VectorIndex(DIM)
-    ids, vectors = next(catalog.iter_embeddings("space", 0))
-    half.add(ids[:4], vectors[:4])
+    batch = next(catalog.iter_embeddings("space", 0))
+    ids = batch.ids
+    half.add(ids[:4], batch.vectors[:4])
     half.save(folder, IndexState("space", DIM, "flat", int(ids[-1]), index.state.tombstone_watermark))
     torn = SegmentIndex(catalog, folder, "space", DIM, refresh_seconds=0)
     assert len(torn) == 4 and torn.refresh().added == 0  # the watermark hides the gap from refreshes

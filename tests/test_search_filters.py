@@ -20,7 +20,7 @@ from search.api.context import ApiContext
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
 from search.filters import SearchFilters
-from search.query import QueryService
+from search.query import EXTRA_MOMENTS, QueryService
 from search.segment_index import SegmentIndex
 from search.settings import Settings
 from search.vector_index import IndexOptions
@@ -142,6 +142,42 @@ def test_min_score_drops_low_hits_and_offset_pages_without_overlap(library: Libr
     in_b = {v for v, f in library.folder.items() if f == "b"}
     second = service.search("q0", 5, filters=SearchFilters(folder=library.root / "b"), offset=5)
     assert_same(ranked(second), brute_force(library, query, in_b, 5, offset=5))
+
+
+def test_the_query_path_reads_only_the_moments_it_returns(library: Library, tmp_path: Path) -> None:
+    """Hits are grouped by video with the index's segment -> video map; the catalog is read once, for
+    the moments returned (with their videos' names), not for every candidate."""
+    service = query_service(library, tmp_path / "idx", "flat", QUERIES)
+    reads: list[list[int]] = []
+    named_segments = library.catalog.named_segments
+
+    def spy(ids: list[int]):  # type: ignore[no-untyped-def]
+        reads.append(list(ids))
+        return named_segments(ids)
+
+    service.catalog = type("Spied", (), {"named_segments": staticmethod(spy), "__getattr__":
+                                         lambda _, name: getattr(library.catalog, name)})()
+    for name, query in QUERIES.items():
+        reads.clear()
+        got = service.search(name, 5)
+        assert_same(ranked(got), brute_force(library, query, set(library.folder), 5))
+        assert len(reads) == 1 and len(reads[0]) <= 5 * (EXTRA_MOMENTS + 1) < service.candidates
+        assert set(reads[0]) == {m.segment_id for h in got.hits for m in [h.moment, *h.more]}
+        for hit in got.hits:
+            assert hit.name.title == f"v{library.video_of[hit.moment.segment_id] - 1}"
+            assert {library.video_of[m.segment_id] for m in [hit.moment, *hit.more]} == {hit.video_id}
+
+
+def test_a_video_deleted_since_the_index_refreshed_is_left_out(tmp_path: Path) -> None:
+    lib = build_library(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "media", videos=30, per_video=5, seed=3)
+    index = SegmentIndex(lib.catalog, tmp_path / "idx", KEY, DIM, refresh_seconds=3600)
+    index.refresh(force=True)
+    service = QueryService(lib.catalog, index, QUERIES.__getitem__, candidates=50)
+    query = QUERIES["q0"]
+    best = brute_force(lib, query, set(lib.folder), 1)[0][0]
+    lib.catalog.delete_video(best)  # the index still holds its segments and their owner
+    got = service.search("q0", 5)
+    assert_same(ranked(got), brute_force(lib, query, set(lib.folder) - {best}, 5))
 
 
 @pytest.fixture()

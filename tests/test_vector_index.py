@@ -92,10 +92,17 @@ def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
     assert (report.added, report.removed, report.total) == (2, 3, 2)
     assert index.search(b_vecs[1], 5)[1].tolist()[0] == b_ids[1]
     assert not set(index.search(b_vecs[0], 5)[1].tolist()) & set(a_ids)
+    # the segment -> video map follows the same additions and tombstones
+    assert index.videos_of(np.array(b_ids + a_ids)).tolist() == [b.id, b.id, -1, -1, -1]
 
     index.save()
     reopened = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
     assert len(reopened) == 2 and reopened.refresh().added == 0
+    assert reopened.videos_of(np.array(b_ids)).tolist() == [b.id, b.id]
+    # a snapshot saved before the map was kept: the map is read from the catalog
+    (tmp_path / "idx" / "segments.owners.npy").unlink()
+    older = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
+    assert older.videos_of(np.array(b_ids + a_ids)).tolist() == [b.id, b.id, -1, -1, -1]
 
     # a snapshot of another embedding space is not used
     assert len(SegmentIndex(catalog, tmp_path / "idx", "space-v2", 16)) == 0
@@ -105,3 +112,21 @@ def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
     rebuilt = SegmentIndex(catalog, tmp_path / "idx", "space", 16)
     assert rebuilt.rebuild().total == 2
     assert sorted(rebuilt.search(b_vecs[0], 5)[1].tolist()) == sorted(b_ids)
+    assert rebuilt.videos_of(np.array(b_ids)).tolist() == [b.id, b.id]
+
+
+def test_verify_finds_and_repairs_a_wrong_segment_owner(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    catalog = Catalog(url)
+    a = catalog.get_or_create_video(Path("/a.mp4"), "a" * 64, 1)
+    ids = catalog.replace_segments(a.id, _records(_unit(3, seed=3)), "space")
+    index = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
+    index.refresh()
+    index.owners.add(np.array([ids[1]]), np.array([a.id + 7]))  # as a damaged snapshot would say
+    index.owners.add(np.array([9999]), np.array([a.id]))  # a segment the catalog does not have
+    report = index.verify()
+    assert (report.mismatched, report.extra, report.consistent) == (1, 1, False)
+    assert index.verify(repair=True).repaired
+    assert index.verify().consistent
+    assert index.videos_of(np.array([*ids, 9999])).tolist() == [a.id] * 3 + [-1]
