@@ -43,36 +43,44 @@ class CpuCapability:
             ``"AVX2"``, ``"AVX512"``, ``"DEFAULT"``, ...).
         amx: Intel AMX tiles (bf16 matrix units).
         avx512_bf16: the AVX512-BF16 instructions.
+        vnni: the AVX512-VNNI int8 dot-product instructions (without them, int8 matrix kernels
+            multiply u8 x s8 pairs into int16 sums that can saturate, see ``models.text_onnx``).
     """
 
     isa: str
     amx: bool = False
     avx512_bf16: bool = False
+    vnni: bool = False
 
     @property
     def has_bf16_units(self) -> bool:
         return self.amx or self.avx512_bf16
 
     def describe(self) -> str:
-        """e.g. ``"AVX512 +AMX +AVX512-BF16"`` or ``"AVX2 (no bf16 units)"``."""
-        extras = [name for name, on in (("AMX", self.amx), ("AVX512-BF16", self.avx512_bf16)) if on]
-        return " ".join([self.isa, *(f"+{e}" for e in extras)]) if extras else f"{self.isa} (no bf16 units)"
+        """e.g. ``"AVX512 +AMX +AVX512-BF16 +VNNI"``, ``"AVX512 +VNNI (no bf16 units)"`` or ``"AVX2 (no bf16 units)"``."""
+        extras = [name for name, on in (("AMX", self.amx), ("AVX512-BF16", self.avx512_bf16), ("VNNI", self.vnni)) if on]
+        text = " ".join([self.isa, *(f"+{e}" for e in extras)])
+        return text if self.has_bf16_units else f"{text} (no bf16 units)"
 
 
 def detect_cpu_capability() -> CpuCapability:
     """This machine's :class:`CpuCapability`, as torch sees it.
 
     The ISA comes from the public ``torch.backends.cpu.get_cpu_capability()``; torch has no public
-    call for the bf16 units, so AMX and AVX512-BF16 come from ``torch.cpu._is_amx_tile_supported``
-    and ``torch.cpu._is_avx512_bf16_supported`` (taken as absent in a torch without them).
+    call for the bf16 units, so AMX, AVX512-BF16 and VNNI come from ``torch.cpu._is_amx_tile_supported``,
+    ``torch.cpu._is_avx512_bf16_supported`` and ``torch.cpu._is_vnni_supported`` (taken as absent in a
+    torch without them).
     """
-    probe = torch.cpu
-    amx = getattr(probe, "_is_amx_tile_supported", None)
-    bf16 = getattr(probe, "_is_avx512_bf16_supported", None)
+
+    def has(name: str) -> bool:
+        probe = getattr(torch.cpu, name, None)
+        return bool(probe()) if probe is not None else False
+
     return CpuCapability(
         isa=torch.backends.cpu.get_cpu_capability(),
-        amx=bool(amx()) if amx is not None else False,
-        avx512_bf16=bool(bf16()) if bf16 is not None else False,
+        amx=has("_is_amx_tile_supported"),
+        avx512_bf16=has("_is_avx512_bf16_supported"),
+        vnni=has("_is_vnni_supported"),
     )
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 import torch.nn.functional as F
 
 from models.backbone import ClipBackbone
@@ -20,8 +23,12 @@ from models.text_onnx import (
     attach_text_runtime,
     build_onnx_text_tower,
     choose_text_runtime,
+    export_text_tower,
     exportable_tower,
+    int8_reduce_range,
+    quantize_int8,
 )
+from models.precision import CpuCapability
 from search.settings import Settings, SettingsError
 from tests.conftest import TINY_CONFIG_DIR, TINY_MODEL
 
@@ -59,6 +66,17 @@ def test_int8_graph_is_close_but_not_the_float32_graph(tiny_backbone: ClipBackbo
     assert cosine.min() >= 0.99
     assert (got - reference).abs().max() > 1e-5  # the weights really are int8
     assert int8.label == ONNX_INT8
+
+
+def test_int8_weights_use_7_bits_on_cpus_without_vnni(tiny_backbone: ClipBackbone) -> None:
+    """Without VNNI, u8 x s8 products are summed in saturating int16: 7-bit weights keep them in range
+    (on an AVX2-only EPYC the tiny tower's min cosine was 0.984 with 8-bit weights, 0.997 with 7)."""
+    assert int8_reduce_range(CpuCapability("AVX2")) and not int8_reduce_range(CpuCapability("AVX512", vnni=True))
+    graph = export_text_tower(tiny_backbone.model)
+    for reduce_range, largest in ((True, 64), (False, 127)):
+        weights = [numpy_helper.to_array(t) for t in onnx.load_from_string(quantize_int8(graph, reduce_range)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8]
+        assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == largest
 
 
 def test_backbone_encodes_through_the_attached_tower(fresh_backbone: ClipBackbone, tmp_path: Path) -> None:
