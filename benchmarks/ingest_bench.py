@@ -5,11 +5,14 @@ outside the repository), plus the real clips in ``../shared/media`` when that fo
 and each configuration, side by side in one process, taking turns:
 
 * decode only: ``indexer.decode.iter_sampled_frames`` at ``--sample-fps``, ``exact`` (every
-  frame decoded: today) against ``fast`` (non-reference frames and deblocking skipped);
+  frame decoded: today) against ``fast`` (non-reference frames and deblocking skipped), both in
+  one pass, and ``fast spans`` (fast, on ``--decode-workers`` decoders side by side over spans
+  cut at keyframes, ``indexer.parallel_decode``);
 * the whole ingestion (decode -> sample -> encode -> catalog, one job through
   ``VideoIngestor.run_job`` into a fresh SQLite catalog): ``today`` (exact decoding in the
-  encoder's thread, as before the producer thread existed), ``exact`` and ``fast`` (decoding on
-  the producer thread, overlapping the encoder).
+  encoder's thread, as before the producer thread existed), ``exact``, ``fast`` (decoding in one
+  pass on the producer thread, overlapping the encoder) and ``fast spans`` (the producer thread
+  fed by ``--decode-workers`` decoders).
 
     python -m benchmarks.ingest_bench --model ViT-B-32 --pretrained random
 
@@ -50,8 +53,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_MEDIA = next((d / "shared" / "media" for d in REPO.parents if (d / "shared" / "media").is_dir()),
                     REPO.parent / "shared" / "media")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidseek-bench"
-DECODE_MODES = ("exact", "fast")
-INGEST_MODES = ("today", "exact", "fast")
+SPANS = "fast spans"
+DECODE_MODES = ("exact", "fast", SPANS)
+INGEST_MODES = ("today", "exact", "fast", SPANS)
+
+
+def decode_setting(mode: str, workers: int) -> tuple[str, int]:
+    """A benchmark mode -> (``VIDSEEK_DECODE``, ``VIDSEEK_DECODE_WORKERS``)."""
+    if mode == SPANS:
+        return "fast", workers
+    return ("exact" if mode == "today" else mode), 1
 
 
 # ----- the generated clip -----------------------------------------------------------------------
@@ -127,10 +138,12 @@ class IngestRun:
     peak_rss_mib: float
 
 
-def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float, hardware: bool = False) -> DecodeRun:
+def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float, hardware: bool = False,
+                workers: int = 2) -> DecodeRun:
     _reset_peak_rss()
     start = time.perf_counter()
-    frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, mode, hardware))
+    decode, decode_workers = decode_setting(mode, workers)
+    frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, decode, hardware, decode_workers))
     seconds = time.perf_counter() - start
     times = sample_times(info.duration, sample_fps, 3600)
     return DecodeRun(
@@ -168,9 +181,10 @@ def encoder_clock() -> Iterator[list[float]]:
         SegmentBatchEncoder.encode = original
 
 
-def ingest_once(path: Path, info: VideoInfo, mode: str, base: Settings, runtime_cache: dict) -> IngestRun:
-    with tempfile.TemporaryDirectory(prefix=f"ingest-{mode}-") as tmp:
-        settings = base.with_overrides(data_dir=Path(tmp), decode="exact" if mode == "today" else mode)
+def ingest_once(path: Path, info: VideoInfo, mode: str, base: Settings, runtime_cache: dict, workers: int = 2) -> IngestRun:
+    with tempfile.TemporaryDirectory(prefix=f"ingest-{mode.replace(' ', '-')}-") as tmp:
+        decode, decode_workers = decode_setting(mode, workers)
+        settings = base.with_overrides(data_dir=Path(tmp), decode=decode, decode_workers=decode_workers)
         runtime = build_runtime(settings, backbone=runtime_cache.get("backbone"))
         runtime_cache["backbone"] = runtime.backbone
         ingestor_type = _TodayIngestor if mode == "today" else VideoIngestor
@@ -236,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ingest", action="store_true", help="decoding only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-workers", type=int, default=2, help="decoders of the 'fast spans' rows")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -259,9 +274,11 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.repeats):  # round-robin, so load from other processes falls on every mode alike
         for path in clips:
             for mode in DECODE_MODES:
-                decode_runs.setdefault((path.name, mode), []).append(decode_once(path, infos[path], mode, args.sample_fps, hardware))
+                decode_runs.setdefault((path.name, mode), []).append(
+                    decode_once(path, infos[path], mode, args.sample_fps, hardware, args.decode_workers))
             for mode in () if args.no_ingest else INGEST_MODES:
-                ingest_runs.setdefault((path.name, mode), []).append(ingest_once(path, infos[path], mode, base, runtime_cache))
+                ingest_runs.setdefault((path.name, mode), []).append(
+                    ingest_once(path, infos[path], mode, base, runtime_cache, args.decode_workers))
 
     decode_rows = [asdict(_median_run(runs, DecodeRun)) for runs in decode_runs.values()]
     for row in decode_rows:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Literal, get_args
@@ -31,6 +31,7 @@ import numpy as np
 from av.codec.hwaccel import HWAccel
 
 from indexer.containers import is_still_image_format, iso_bmff_incomplete
+from indexer.parallel_decode import DecodeSpan, keyframes, plan_spans, run_spans
 from search.media_paths import MediaRejected, is_regular_file
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ TRUNCATION_TOLERANCE = 0.9
 DECODE_MODES = ("fast", "exact")
 # Fast decoding pays off when a sampling interval spans more source frames than this.
 FAST_MIN_FRAMES_PER_SAMPLE = 4
+SPAN_QUEUE_DEPTH = 16  # decoded samples a span may run ahead of the consumer (~4 MiB at 224 px)
 
 
 # Why a file could not be decoded, as counted by the vidseek_ingest_decode_errors metric (a fixed set:
@@ -182,28 +184,37 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class DecodePlan:
     """How one decoding attempt runs: ``skip`` non-reference frames and deblocking, ``hardware``
-    decoding on the CUDA device (NVDEC, through FFmpeg's hwaccel)."""
+    decoding on the CUDA device (NVDEC, through FFmpeg's hwaccel), ``workers`` software decoders
+    side by side over spans of the file (:mod:`indexer.parallel_decode`; 1: one pass)."""
 
     skip: bool = False
     hardware: bool = False
+    workers: int = 1
 
     def describe(self) -> str:
-        return f"{'hardware' if self.hardware else 'software'} {'fast' if self.skip else 'exact'} decoding"
+        where = "hardware" if self.hardware else "software"
+        spread = f" on {self.workers} decoders" if self.workers > 1 else ""
+        return f"{where} {'fast' if self.skip else 'exact'} decoding{spread}"
 
 
-def decode_plans(info: VideoInfo, sample_fps: float, mode: str = "exact", hardware: bool = False) -> list[DecodePlan]:
+def decode_plans(info: VideoInfo, sample_fps: float, mode: str = "exact", hardware: bool = False,
+                 workers: int = 1) -> list[DecodePlan]:
     """The attempts to make, in order; each falls back to the next (logged) when it fails.
 
     ``mode="fast"`` skips frames only when the sampling interval spans more than
     :data:`FAST_MIN_FRAMES_PER_SAMPLE` source frames (otherwise most frames are samples anyway);
-    a file without a frame rate is decoded exactly. The last attempt is always software exact
-    decoding, whose errors are the ones reported, so a bad file fails with the same message in
-    both modes.
+    a file without a frame rate is decoded exactly. Software decoding first runs on ``workers``
+    decoders when more than 1, then in one pass. The last attempt is always software exact
+    decoding in one pass, whose errors are the ones reported, so a bad file fails with the same
+    message in every mode.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+    if workers < 1:
+        raise ValueError(f"decode workers must be >= 1, got {workers}")
     skip = mode == "fast" and info.fps > 0 and info.fps / sample_fps > FAST_MIN_FRAMES_PER_SAMPLE
-    plans = [DecodePlan(skip, hardware), DecodePlan(skip, False), DecodePlan(False, False)]
+    plans = [DecodePlan(skip, hardware=True)] if hardware else []
+    plans += [DecodePlan(skip, workers=workers), DecodePlan(skip), DecodePlan()]
     return list(dict.fromkeys(plans))
 
 
@@ -229,6 +240,7 @@ def iter_sampled_frames(
     info: VideoInfo | None = None,
     mode: str = "exact",
     hardware: bool = False,
+    workers: int = 1,
 ) -> Iterator[SampledFrame]:
     """Decode ``path`` once, front to back, yielding the frame shown at each sample instant.
 
@@ -248,6 +260,9 @@ def iter_sampled_frames(
     cannot time, or that fail or give no frames with it, are decoded again exactly (logged),
     resuming after the samples already yielded.
 
+    ``workers > 1`` decodes spans of the file that start at keyframes on that many decoders side
+    by side (:mod:`indexer.parallel_decode`): the samples are the same as in one pass.
+
     ``hardware=True`` (a CUDA worker) first tries NVDEC through FFmpeg's CUDA hwaccel, and falls
     back to software decoding with a log line when the build, the driver or the codec refuse (any
     error of a hardware attempt falls back; a software attempt falls back on decoding errors only).
@@ -261,10 +276,13 @@ def iter_sampled_frames(
     times = sample_times(info.duration, sample_fps, max_frames)
     size = resized_size(info.width, info.height, short_side)
     cursor = _Cursor()
-    plans = decode_plans(info, sample_fps, mode, hardware)
+    plans = decode_plans(info, sample_fps, mode, hardware, workers)
     for attempt, plan in enumerate(plans):
         try:
-            yield from _decode_samples(path, info, times, size, plan, cursor)
+            if plan.workers > 1:
+                yield from _decode_in_spans(path, info, times, size, plan, cursor)
+            else:
+                yield from _decode_samples(path, info, times, size, plan, cursor)
             return
         except Exception as exc:  # noqa: BLE001 -- which ones fall back is decided here
             retryable = isinstance(exc, (DecodeError, _AttemptUnusable, av.error.FFmpegError)) or plan.hardware
@@ -273,6 +291,27 @@ def iter_sampled_frames(
             log.warning(
                 "%s of %s failed (%s); falling back to %s", plan.describe(), path.name, exc, plans[attempt + 1].describe()
             )
+
+
+def _decode_in_spans(
+    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor
+) -> Iterator[SampledFrame]:
+    """Software decoding on ``plan.workers`` decoders over spans cut at keyframes, the samples renumbered
+    in order; a file that cannot be cut (no index to seek by, too few keyframes) is decoded in one pass."""
+    found = keyframes(path)
+    spans = plan_spans(times, *found) if found is not None else []
+    if len(spans) < 2:
+        yield from _decode_samples(path, info, times, size, replace(plan, workers=1), cursor)
+        return
+
+    def decode_span(span: DecodeSpan) -> Iterator[SampledFrame]:
+        return _decode_samples(path, info, times[span.first:span.stop], size, plan, _Cursor(), span)
+
+    for sample in run_spans(spans, decode_span, plan.workers, SPAN_QUEUE_DEPTH, f"vidseek-span-{path.name}"):
+        if sample.time > cursor.last_yielded:
+            yield replace(sample, index=cursor.emitted)
+            cursor.emitted += 1
+            cursor.last_yielded = sample.time
 
 
 def _open_decoder(path: Path, plan: DecodePlan) -> av.container.InputContainer:
@@ -286,22 +325,33 @@ def _open_decoder(path: Path, plan: DecodePlan) -> av.container.InputContainer:
 
 
 def _decode_samples(
-    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor
+    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor,
+    span: DecodeSpan | None = None,
 ) -> Iterator[SampledFrame]:
-    """One decoding attempt under ``plan``, serving the instants from ``cursor.next_sample`` on."""
+    """One decoding attempt under ``plan``, serving the instants from ``cursor.next_sample`` on; with
+    ``span``, only from its keyframe on (seeking there), and its ``times`` only."""
     out_w, out_h = size
     last_time = -1.0
     pending = None  # (time, frame): latest decoded frame not past the next instant
+    seeking = span is not None and span.keyframe_pts is not None
     with _open_decoder(path, plan) as container:
         stream = _video_stream(container, path.name)
-        stream.thread_type = "AUTO"
+        if span is None:
+            stream.thread_type = "AUTO"
+        else:  # one of several decoders running side by side: one thread each
+            stream.codec_context.thread_count = 1
         if plan.skip:
             stream.codec_context.options = {"skip_frame": "noref", "skip_loop_filter": "all"}
+        if seeking:  # after setting the decoder up: seeking opens it
+            container.seek(span.keyframe_pts, stream=stream, backward=True)
         default_step = Fraction(1, 25) if not info.fps else Fraction(1 / info.fps).limit_denominator(1000)
         try:
             for frame in container.decode(stream):
-                if frame.time is None and plan.skip:
+                if frame.time is None and (plan.skip or span is not None):
                     raise _AttemptUnusable("frames without timestamps")
+                if seeking and frame.time > times[0] + 1e-6:  # the first frame after the seek is too late
+                    raise _AttemptUnusable(f"seeking for {times[0]:.3f}s landed on a frame at {frame.time:.3f}s")
+                seeking = False
                 t = frame.time if frame.time is not None else (last_time + float(default_step))
                 last_time = max(last_time, t)
                 while cursor.next_sample < len(times) and t > times[cursor.next_sample] + 1e-6:
@@ -318,6 +368,10 @@ def _decode_samples(
         except av.error.FFmpegError as exc:
             raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s",
                               kind="corrupt", detail=str(exc)) from exc
+    if span is not None and not span.last:
+        if cursor.next_sample < len(times):  # the stream ended before the next span's keyframe
+            raise _AttemptUnusable(f"frames stop at {last_time:.1f}s, before the span's instants end")
+        return
     if cursor.next_sample < len(times) and pending is not None and pending[0] > cursor.last_yielded:
         yield _sample(cursor, pending[0], pending[1], out_w, out_h)
     if cursor.emitted == 0:

@@ -335,7 +335,8 @@ class VideoIngestor:
         size = self.encoder.backbone.image_size
 
         def decode() -> Iterator[SampledFrame]:
-            return iter_sampled_frames(path, s.sample_fps, s.max_frames, size, info, s.decode, self.hardware_decode)
+            return iter_sampled_frames(path, s.sample_fps, s.max_frames, size, info, s.decode, self.hardware_decode,
+                                       s.resolved_decode_workers)
 
         depth = (self.batch_segments + 1) * s.segment_frames
         return Prefetcher(decode, depth, name=f"vidseek-decode-{path.name}")

@@ -23,6 +23,7 @@ SUMMARIES = ("none", *SUMMARIZERS.names())
 RERANKERS = RERANKER_REGISTRY.names()
 LLM_SUMMARIES = SUMMARIZERS.names()
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+AUTO_DECODE_WORKERS = 2
 DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
 
 
@@ -74,6 +75,7 @@ class Settings:
     max_frames: int = 3600  # uniform sub-sampling above this many sampled frames per video
     batch_segments: int = 0  # segments per encoder forward pass; 0 = auto (4 on CPU, sized for the device on CUDA)
     decode: str = "fast"  # fast: skip non-reference frames when sampling sparsely; exact: decode every frame
+    decode_workers: int = 0  # software decoders side by side over keyframe spans of one video; 0 = auto (min(2, CPUs))
     index_dir: Path | None = None  # None -> data_dir / "index"
     index_type: str = "auto"  # exact flat while small, IVF from search.vector_index.AUTO_IVF_AT (100k) segments
     index_auto_at: int = 0  # auto: segments at which the index turns IVF; 0 -> AUTO_IVF_AT (measured)
@@ -134,6 +136,8 @@ class Settings:
             raise SettingsError("VIDSEEK_SEGMENT_FRAMES and VIDSEEK_MAX_FRAMES must be >= 1, VIDSEEK_BATCH_SEGMENTS >= 0 (0 = auto)")
         if self.decode not in DECODE_MODES:
             raise SettingsError(f"VIDSEEK_DECODE must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.decode_workers < 0:
+            raise SettingsError("VIDSEEK_DECODE_WORKERS must be >= 0 (0: auto, 1: one decoder)")
         if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
         if self.index_auto_at < 0:
@@ -153,6 +157,12 @@ class Settings:
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+    @property
+    def resolved_decode_workers(self) -> int:
+        """``decode_workers``, auto resolved to the CPUs this process may use, at most 2 (a worker
+        pool already runs one job per process; ``benchmarks/ingest_bench.py`` measured 2)."""
+        return self.decode_workers or max(1, min(AUTO_DECODE_WORKERS, len(os.sched_getaffinity(0))))
 
     @property
     def resolved_index_dir(self) -> Path:
