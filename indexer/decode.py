@@ -11,7 +11,9 @@ samples, ``max_frames`` of those instants are kept, uniformly spaced
 
 Decoding less (``VIDSEEK_DECODE=fast``, the default): when a sampling interval spans more than
 a few source frames, non-reference frames and the deblocking filter are skipped, so a sample
-may land a frame or so before its instant (:func:`iter_sampled_frames` says how far). Every
+may land a frame or so before its instant (:func:`iter_sampled_frames` says how far). Software
+decoding runs on ``VIDSEEK_DECODE_WORKERS`` decoders side by side over keyframe spans when the
+container allows (:mod:`indexer.parallel_decode`), with the same samples as one pass. Every
 decoding attempt that fails -- hardware decoding without a usable CUDA decoder, fast decoding
 that errs or yields nothing -- falls back to the next (:func:`decode_plans`), logged, ending
 with exact software decoding, whose errors are the ones reported.
