@@ -73,21 +73,28 @@ def _records(vectors: np.ndarray) -> list[SegmentRecord]:
     return [SegmentRecord(i, float(i), float(i + 1), 1, None, v) for i, v in enumerate(vectors)]
 
 
-def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
+def _indexed_video(tmp_path: Path) -> tuple[Catalog, int, list[int], SegmentIndex]:
+    """A catalog with one video of 3 segments, and an index refreshed from it: (catalog, video id,
+    segment ids, index)."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     upgrade(url)
     catalog = Catalog(url)
-    a = catalog.get_or_create_video(Path("/a.mp4"), "a" * 64, 1)
-    a_ids = catalog.replace_segments(a.id, _records(_unit(3, seed=3)), "space")
+    video = catalog.get_or_create_video(Path("/a.mp4"), "a" * 64, 1)
+    ids = catalog.replace_segments(video.id, _records(_unit(3, seed=3)), "space")
     index = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
     assert index.refresh().added == 3
+    return catalog, video.id, ids, index
+
+
+def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
+    catalog, a_id, a_ids, index = _indexed_video(tmp_path)
 
     b = catalog.get_or_create_video(Path("/b.mp4"), "b" * 64, 1)
     b_vecs = _unit(2, seed=4)
     b_ids = catalog.replace_segments(b.id, _records(b_vecs), "space")
     other = catalog.get_or_create_video(Path("/c.mp4"), "c" * 64, 1)
     catalog.replace_segments(other.id, _records(_unit(4, 8)), "another-space")
-    catalog.delete_video(a.id)
+    catalog.delete_video(a_id)
     report = index.refresh()
     assert (report.added, report.removed, report.total) == (2, 3, 2)
     assert index.search(b_vecs[1], 5)[1].tolist()[0] == b_ids[1]
@@ -116,17 +123,11 @@ def test_segment_index_follows_the_catalog(tmp_path: Path) -> None:
 
 
 def test_verify_finds_and_repairs_a_wrong_segment_owner(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    upgrade(url)
-    catalog = Catalog(url)
-    a = catalog.get_or_create_video(Path("/a.mp4"), "a" * 64, 1)
-    ids = catalog.replace_segments(a.id, _records(_unit(3, seed=3)), "space")
-    index = SegmentIndex(catalog, tmp_path / "idx", "space", 16, refresh_seconds=0)
-    index.refresh()
-    index.owners.add(np.array([ids[1]]), np.array([a.id + 7]))  # as a damaged snapshot would say
-    index.owners.add(np.array([9999]), np.array([a.id]))  # a segment the catalog does not have
+    _, video_id, ids, index = _indexed_video(tmp_path)
+    index.owners.add(np.array([ids[1]]), np.array([video_id + 7]))  # as a damaged snapshot would say
+    index.owners.add(np.array([9999]), np.array([video_id]))  # a segment the catalog does not have
     report = index.verify()
     assert (report.mismatched, report.extra, report.consistent) == (1, 1, False)
     assert index.verify(repair=True).repaired
     assert index.verify().consistent
-    assert index.videos_of(np.array([*ids, 9999])).tolist() == [a.id] * 3 + [-1]
+    assert index.videos_of(np.array([*ids, 9999])).tolist() == [video_id] * 3 + [-1]
