@@ -176,6 +176,7 @@ class SegmentIndex:
             self.state.segment_watermark = int(batch.ids[-1])
             added += len(batch.ids)
         self.state.tombstone_watermark = tomb_id
+        self.owners.merge()  # here, on the refreshing thread, not in the next query
         self._dirty |= bool(added or deleted)
         if self._outgrown():
             self._rebuild_locked()
@@ -219,6 +220,7 @@ class SegmentIndex:
             watermark = int(batch.ids[-1])
         self.state.segment_watermark = watermark
         self.state.tombstone_watermark = tomb
+        owners.merge()
         self.index, self.owners = fresh, owners
         self._save_locked()
         return SyncReport(len(fresh), 0, len(fresh))

@@ -33,7 +33,8 @@ _EMPTY = _Table(np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 class SegmentOwners:
     """segment id -> video id, for lookups of a few hundred ids per query (binary search over sorted
-    arrays: 16 bytes a segment). Additions are buffered and merged at the next lookup; the table is
+    arrays: 16 bytes a segment). Additions are buffered until :meth:`merge` (the index's refresh calls
+    it, so a query does not pay for it; a lookup merges what is still buffered); the table is
     replaced, never changed in place, so lookups need no lock."""
 
     def __init__(self, ids: np.ndarray | None = None, videos: np.ndarray | None = None):
@@ -79,6 +80,10 @@ class SegmentOwners:
         table = self._merged()
         return table.ids, table.videos
 
+    def merge(self) -> None:
+        """Fold buffered additions into the table."""
+        self._merged()
+
     def _merged(self) -> _Table:
         if not self._pending:
             return self._table
@@ -91,6 +96,9 @@ class SegmentOwners:
         ids = np.concatenate([self._table.ids, *(i for i, _ in self._pending)])
         videos = np.concatenate([self._table.videos, *(v for _, v in self._pending)])
         self._pending = []
+        if len(ids) > 1 and (np.diff(ids) > 0).all():  # the usual case: new ids past every held one
+            self._table = _Table(ids, videos)
+            return self._table
         # a stable sort keeps the latest addition of an id last among its equals; keep that one
         order = np.argsort(ids, kind="stable")
         ids, videos = ids[order], videos[order]
