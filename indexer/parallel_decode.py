@@ -129,27 +129,27 @@ class _SpanRun(Generic[T]):
         return False
 
     def _put(self, item: object) -> bool:
-        """Queue ``item``, waiting without a slot while the queue is full; False when stopped (the
-        slot is then held, for ``_run`` to release)."""
+        """Queue ``item``, waiting without a slot while the queue is full; False once stopped (the
+        slot is then held again, for ``_run`` to release: the threads that stop release theirs, so
+        taking it back never waits long)."""
+        if self._stop.is_set():
+            return False
         try:
             self.queue.put_nowait(item)
             return True
         except queue.Full:
             pass
         self._slots.release()
-        while not self._stop.is_set():
-            try:
-                self.queue.put(item, timeout=_POLL_SECONDS)
-                break
-            except queue.Full:
-                continue
-        else:
-            self._slots.acquire()  # released again by _run; stopping never waits long for it
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
             return False
-        if self._take_slot():
-            return True
-        self._slots.acquire()
-        return False
+        finally:
+            self._slots.acquire()
 
 
 def run_spans(spans: list[DecodeSpan], decode_span: Callable[[DecodeSpan], Iterator[T]], workers: int,
