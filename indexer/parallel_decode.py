@@ -20,21 +20,21 @@ queue of at most ``depth`` frames ahead of the consumer, which takes them span b
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import av
 import numpy as np
 
+from indexer.prefetch import Prefetcher
+
 # Containers whose seeks land on the keyframe asked for (they index their packets).
 INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm")
 MIN_SPAN_SAMPLES = 8  # fewest sample instants in a span: a span costs a container open and a seek
-_POLL_SECONDS = 0.05
 
 T = TypeVar("T")
 
@@ -83,102 +83,47 @@ def plan_spans(times: np.ndarray, keyframe_pts: np.ndarray, keyframe_times: np.n
     return spans
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-_END = object()
-
-
-class _SpanRun(Generic[T]):
-    """One span decoding on its own thread into a queue of at most ``depth`` items, while it holds
-    one of the ``slots`` (the decoders allowed to run at once). A span whose queue is full gives its
-    slot up until the consumer takes an item, so spans further ahead never keep the one the consumer
-    waits for from running."""
-
-    def __init__(self, items: Callable[[], Iterator[T]], depth: int, slots: threading.Semaphore,
-                 stop: threading.Event, name: str):
-        self.queue: queue.Queue = queue.Queue(depth)
-        self._slots, self._stop = slots, stop
-        self.thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self, items: Callable[[], Iterator[T]]) -> None:
-        if not self._take_slot():
-            return
-        produced: Iterator[T] | None = None
-        try:
-            produced = items()
-            for item in produced:
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer, raised there
-            self._put(_Failure(exc))
-        finally:
-            self._slots.release()
-            close = getattr(produced, "close", None)
-            if close is not None:
-                close()  # a generator's cleanup (closing the container) runs on this thread
-
-    def _take_slot(self) -> bool:
-        while not self._stop.is_set():
-            if self._slots.acquire(timeout=_POLL_SECONDS):
-                return True
-        return False
-
-    def _put(self, item: object) -> bool:
-        """Queue ``item``, waiting without a slot while the queue is full; False once stopped (the
-        slot is then held again, for ``_run`` to release: the threads that stop release theirs, so
-        taking it back never waits long)."""
-        if self._stop.is_set():
-            return False
-        try:
-            self.queue.put_nowait(item)
-            return True
-        except queue.Full:
-            pass
-        self._slots.release()
-        try:
-            while not self._stop.is_set():
+def _holding_a_slot(items: Callable[[], Iterator[T]], slots: threading.Semaphore) -> Iterator[T]:
+    """``items()``, each item made while holding one of ``slots`` (the decoders allowed to run at
+    once); the slot is free while the item waits for room in its queue, so spans further ahead never
+    keep the one the consumer waits for from running."""
+    with slots:
+        produced = items()
+    try:
+        while True:
+            with slots:
                 try:
-                    self.queue.put(item, timeout=_POLL_SECONDS)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-        finally:
-            self._slots.acquire()
+                    item = next(produced)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        close = getattr(produced, "close", None)
+        if close is not None:
+            close()  # a generator's cleanup (closing the container) runs on the producer's thread
 
 
 def run_spans(spans: list[DecodeSpan], decode_span: Callable[[DecodeSpan], Iterator[T]], workers: int,
               depth: int, name: str = "vidseek-span") -> Iterator[T]:
-    """The items of ``decode_span(span)`` for every span, in order, with up to ``workers`` spans
-    decoding at once and up to ``2 * workers`` started (a span that finishes early waits with its
-    items queued while the next one runs), each at most ``depth`` items ahead. An error in a span
-    is raised here; closing this generator (or an error) stops every span's thread and waits for
-    it to end."""
-    stop = threading.Event()
+    """The items of ``decode_span(span)`` for every span, in order: each span on its own producer
+    thread (:class:`~indexer.prefetch.Prefetcher`, at most ``depth`` items ahead), up to ``2 *
+    workers`` started and ``workers`` decoding at once. An error in a span is raised here; closing
+    this generator (or an error) stops every span's thread and waits for it to end."""
     slots = threading.Semaphore(workers)
-    runs: deque[_SpanRun[T]] = deque()
+    running: deque[Prefetcher[T]] = deque()
     started = 0
     try:
         while True:
-            while len(runs) < 2 * workers and started < len(spans):
+            while len(running) < 2 * workers and started < len(spans):
                 span = spans[started]
-                runs.append(_SpanRun(lambda span=span: decode_span(span), depth, slots, stop, f"{name}-{started}"))
+                producer = Prefetcher(lambda span=span: _holding_a_slot(lambda: decode_span(span), slots), depth,
+                                      f"{name}-{started}")
+                running.append(producer.start())
                 started += 1
-            if not runs:
+            if not running:
                 return
-            item = runs[0].queue.get()
-            if item is _END:
-                runs.popleft().thread.join()
-            elif isinstance(item, _Failure):
-                raise item.error
-            else:
-                yield item
+            yield from running[0]
+            running.popleft().close()
     finally:
-        stop.set()
-        for run in runs:
-            run.thread.join()
+        for producer in running:
+            producer.close()

@@ -44,6 +44,10 @@ class Prefetcher(Generic[T]):
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
 
     def __enter__(self) -> Prefetcher[T]:
+        return self.start()
+
+    def start(self) -> Prefetcher[T]:
+        """Start the producer (``with`` does it); :meth:`close` must follow."""
         self._thread.start()
         return self
 
