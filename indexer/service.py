@@ -30,6 +30,7 @@ from search.catalog import Catalog
 from search.db import upgrade
 from search.ingestion import IngestionQueue
 from search.logs import configure_logging
+from search.periodic import run_periodically
 from search.query import ImageEncoder, QueryService, SearchSpace, TextEncoder
 from search.rerank_service import RerankerInputs, RerankService, build_rerankers
 from search.segment_index import SegmentIndex
@@ -230,17 +231,8 @@ class SpaceFollower:
     def follow_in_background(self) -> threading.Thread:
         """Run :meth:`check` every ``VIDSEEK_INDEX_REFRESH_SECONDS`` (at least every 0.1 s) on a daemon
         thread; errors (the catalog briefly unreachable, a model that cannot load) are logged and retried."""
-
-        def loop() -> None:
-            while not self._stop.wait(max(self._base.index_refresh_seconds, 0.1)):
-                try:
-                    self.check()
-                except Exception as exc:
-                    log.warning("could not follow the active embedding space", extra={"error": f"{type(exc).__name__}: {exc}"})
-
-        thread = threading.Thread(target=loop, name="space-follower", daemon=True)
-        thread.start()
-        return thread
+        return run_periodically(self.check, self._base.index_refresh_seconds, self._stop, "space-follower",
+                                "could not follow the active embedding space", log)
 
     def stop(self) -> None:
         """End the thread of :meth:`follow_in_background` and the current index's refreshing."""

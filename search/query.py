@@ -435,26 +435,28 @@ class QueryService:
                 keep = ~np.isin(ids, excluded)
                 scores, ids = scores[keep], ids[keep]
             videos = index.videos_of(ids)
-            if len(group_by_video(videos, depth)) >= depth or exhausted or widenings == MAX_WIDENINGS:
-                return self._read_moments(scores, ids, videos, depth)
+            picked = group_by_video(videos, depth)
+            if len(picked) >= depth or exhausted or widenings == MAX_WIDENINGS:
+                return self._read_moments(scores, ids, videos, depth, picked)
             n *= WIDENING_FACTOR
             widenings += 1
 
-    def _read_moments(self, scores: np.ndarray, ids: np.ndarray, videos: np.ndarray, depth: int) -> FirstStage:
-        """The moments :func:`group_by_video` keeps of the hits ``(scores [n], ids [n])`` of
-        ``videos [n]``, read from the catalog with their videos' names in one read. A segment deleted
-        since the index last refreshed is left out and the next hit of its video taken (one more read)."""
-        videos = videos.copy()
+    def _read_moments(self, scores: np.ndarray, ids: np.ndarray, videos: np.ndarray, depth: int,
+                      picked: list[tuple[int, list[int]]]) -> FirstStage:
+        """The moments ``picked`` (:func:`group_by_video` of ``videos [n]``, ``depth``) of the hits
+        ``(scores [n], ids [n])``, read from the catalog with their videos' names in one read. A segment
+        deleted since the index last refreshed is left out and the next hit of its video taken (one
+        more read)."""
         rows: dict[int, NamedSegment] = {}
         while True:
-            picked = group_by_video(videos, depth)
             wanted = [int(ids[p]) for _, positions in picked for p in positions if int(ids[p]) not in rows]
             found = self.catalog.named_segments(wanted)
             rows.update(found)
             gone = [sid for sid in wanted if sid not in found]
             if not gone:
                 break
-            videos[np.isin(ids, gone)] = UNKNOWN
+            videos = np.where(np.isin(ids, gone), UNKNOWN, videos)
+            picked = group_by_video(videos, depth)
         grouped = [(video, [_moment(rows[int(ids[p])].meta, float(scores[p])) for p in positions])
                    for video, positions in picked]
         names = {video: rows[int(ids[positions[0]])].name for video, positions in picked}

@@ -30,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from search.catalog import Catalog
+from search.periodic import run_periodically
 from search.segment_owners import SegmentOwners
 from search.vector_index import TRAINED_KINDS, IndexOptions, IndexState, VectorIndex
 
@@ -94,9 +95,9 @@ class SegmentIndex:
         wanted = (embedding_key, dim, self.options.kind)
         if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted:
             self.index, self.state = loaded
-            if owners is None:  # a snapshot from before the map was kept: read it from the catalog
+            if owners is None:  # a snapshot from before the map was kept: read it from the catalog (whose
+                # deleted segments are gone; the next refresh drops them from the index too)
                 owners = SegmentOwners(*catalog.segment_owners(embedding_key, self.state.segment_watermark))
-                owners.remove(catalog.tombstones_after(0)[1])
             self.owners = owners
             log.info("index snapshot loaded", extra={"segments": len(self.index), "folder": str(folder)})
         else:
@@ -117,18 +118,9 @@ class SegmentIndex:
         """Refresh every ``refresh_seconds`` (at least every 0.1 s) on a daemon thread, so that what
         the index holds -- and ``/healthz`` reports -- follows ingestion without waiting for a search.
         Database errors are logged and retried at the next tick."""
-
-        def loop() -> None:
-            while not self._stop_refreshing.wait(max(self.refresh_seconds, 0.1)):
-                try:
-                    self.refresh(force=True)
-                except Exception as exc:  # the catalog briefly unreachable: try again next tick
-                    log.warning("index refresh failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-
-        thread = threading.Thread(target=loop, name="index-refresh", daemon=True)
         self._refreshed_in_background = True
-        thread.start()
-        return thread
+        return run_periodically(lambda: self.refresh(force=True), self.refresh_seconds, self._stop_refreshing,
+                                "index-refresh", "index refresh failed", log)
 
     def stop_refreshing(self) -> None:
         """End the thread of :meth:`refresh_in_background` (an index no longer searched: the active

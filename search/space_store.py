@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, exists, func, select, update
 
-from search.store import Store, serialize_segment_writes
-from search.tables import Job, Segment, SegmentTombstone, Space, SpaceState, Status, Video, utcnow
+from search.store import Store, delete_segments, serialize_segment_writes
+from search.tables import Job, Segment, Space, SpaceState, Status, Video, utcnow
 
 
 class SpaceConflict(RuntimeError):
@@ -157,11 +157,9 @@ class SpaceStore(Store):
             keys = list(s.scalars(select(Space.key).where(Space.state == SpaceState.retired)))
             if not keys:
                 return [], 0
-            ids = list(s.scalars(select(Segment.id).where(Segment.embedding_key.in_(keys)).order_by(Segment.id)))
-            s.add_all(SegmentTombstone(segment_id=i) for i in ids)
-            s.execute(delete(Segment).where(Segment.embedding_key.in_(keys)))
+            deleted = delete_segments(s, Segment.embedding_key.in_(keys))
             s.execute(delete(Space).where(Space.key.in_(keys)))
-            return keys, len(ids)
+            return keys, len(deleted)
 
     def reindex_job_of(self, video_id: int, key: str) -> Job | None:
         """The video's queued or running re-indexing job into space ``key``, if there is one."""

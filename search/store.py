@@ -7,13 +7,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, Row, Select, any_, bindparam, func, select, text
+from sqlalchemy import BigInteger, ColumnElement, Engine, Row, Select, any_, bindparam, delete, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from search.db import make_engine, make_read_engine, make_session_factory
-from search.tables import Job, Status, Video, utcnow
+from search.tables import Job, Segment, SegmentTombstone, Status, Video, utcnow
 
 # Segment and tombstone writers take this PostgreSQL transaction lock so that ids become
 # visible in id order: index replicas then never skip an id below their watermark.
@@ -23,6 +23,15 @@ _SEGMENT_WRITE_LOCK = 7_270_001
 def serialize_segment_writes(s: Session) -> None:
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SEGMENT_WRITE_LOCK})
+
+
+def delete_segments(s: Session, *where: ColumnElement[bool]) -> list[tuple[int, str | None]]:
+    """Delete the segments matching ``where``, each tombstoned so that index replicas drop it (the
+    caller holds :func:`serialize_segment_writes`); returns their (id, thumbnail), by id."""
+    rows = s.execute(select(Segment.id, Segment.thumbnail).where(*where).order_by(Segment.id)).all()
+    s.add_all(SegmentTombstone(segment_id=r.id) for r in rows)
+    s.execute(delete(Segment).where(*where))
+    return [(r.id, r.thumbnail) for r in rows]
 
 
 def aware(moment: datetime) -> datetime:

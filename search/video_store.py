@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from search.filters import SearchFilters
-from search.store import IdLookup, Store, count_by_status, int_ids, serialize_segment_writes
+from search.store import IdLookup, Store, count_by_status, delete_segments, int_ids, serialize_segment_writes
 from search.tables import CLIP_SPACE, Segment, SegmentTombstone, Status, Video, VideoSummaryRow
 
 
@@ -131,11 +131,7 @@ def _remove_segments(s: Session, video_id: int, keep_keys: Sequence[str] = ()) -
     """Delete a video's segments (but those in the spaces ``keep_keys``), tombstoned so index replicas
     drop them; returns their (id, thumbnail)."""
     serialize_segment_writes(s)
-    which = [Segment.video_id == video_id, Segment.embedding_key.not_in(list(keep_keys))]
-    rows = s.execute(select(Segment.id, Segment.thumbnail).where(*which)).all()
-    s.add_all(SegmentTombstone(segment_id=r.id) for r in rows)
-    s.execute(delete(Segment).where(*which))
-    return [(r.id, r.thumbnail) for r in rows]
+    return delete_segments(s, Segment.video_id == video_id, Segment.embedding_key.not_in(list(keep_keys)))
 
 
 def _segment_rows(video_id: int, segments: Sequence[SegmentRecord], embedding_key: str) -> list[Segment]:
@@ -272,9 +268,7 @@ class VideoStore(Store):
         are. Returns the new segment ids."""
         with self.session() as s:
             serialize_segment_writes(s)
-            which = [Segment.video_id == video_id, Segment.embedding_key == embedding_key]
-            s.add_all(SegmentTombstone(segment_id=i) for i in s.scalars(select(Segment.id).where(*which)))
-            s.execute(delete(Segment).where(*which))
+            delete_segments(s, Segment.video_id == video_id, Segment.embedding_key == embedding_key)
             rows = _segment_rows(video_id, segments, embedding_key)
             s.add_all(rows)
             s.flush()
