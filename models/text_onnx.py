@@ -152,10 +152,10 @@ def quantize_int8(onnx_model: bytes, reduce_range: bool) -> bytes:
 
     ``reduce_range`` stores the weights in 7 bits (-64..63). CPUs without VNNI multiply uint8
     activations by int8 weights with ``vpmaddubsw``, which adds two products into an int16 that
-    saturates when both are large; 7-bit weights keep the sum in range. Measured on an AVX2-only
-    AMD EPYC (``models.precision``: no VNNI), min cosine to torch over 64 texts: the test's tiny
-    tower 0.9839 with 8-bit weights, 0.9970 with 7-bit; ViT-B/32 0.99725 and 0.99743, at the same
-    speed. With VNNI the products are summed in int32 and full 8-bit weights are kept."""
+    saturates when both are large; 7-bit weights keep the sum in range. ``benchmarks/int8_range.py``
+    on an AVX2-only AMD EPYC (no VNNI), min cosine to torch over 64 queries: the test's tiny tower
+    0.98385 with 8-bit weights, 0.99608 with 7-bit; ViT-B/32 0.99764 and 0.99786, at the same speed.
+    With VNNI the products are summed in int32 and full 8-bit weights are kept."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as folder:

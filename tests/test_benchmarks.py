@@ -187,6 +187,16 @@ def test_text_bench_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, cap
     assert "min cos to open_clip fp32" in capsys.readouterr().out
 
 
+def test_int8_range_bench_on_the_tiny_model(tiny_config_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.int8_range import main as range_main
+
+    rows = range_main(["--model", "vidseek-tiny-ViT", "--model-config-dir", str(tiny_config_dir), "--queries", "8"])
+    assert [r["weights"] for r in rows] == ["float32 graph", "int8, 8-bit weights", "int8, 7-bit weights"]
+    assert rows[0]["cos_min"] > 0.99999  # the float32 graph is torch's forward
+    assert all(r["cos_min"] < 0.999999 and r["p50"] > 0 for r in rows[1:])  # int8: close, not equal
+    assert "onnx-int8 uses" in capsys.readouterr().out
+
+
 def test_query_profile_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from benchmarks.query_profile import main as profile_main
 
