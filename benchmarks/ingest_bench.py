@@ -5,21 +5,24 @@ outside the repository), plus the real clips in ``../shared/media`` when that fo
 and each configuration, side by side in one process, taking turns:
 
 * decode only: ``indexer.decode.iter_sampled_frames`` at ``--sample-fps``, ``exact`` (every
-  frame decoded: today) against ``fast`` (non-reference frames and deblocking skipped), both in
-  one pass, and ``fast spans`` (fast, on ``--decode-workers`` decoders side by side over spans
-  cut at keyframes, ``indexer.parallel_decode``);
+  frame decoded: today) against ``fast`` (non-reference frames and deblocking skipped, and seeks
+  over the frames between a sample and the keyframe before the next one), both in one pass, and
+  ``fast spans`` (fast, on ``--decode-workers`` decoders side by side over spans cut at
+  keyframes, ``indexer.parallel_decode``); ``fast spans, no jumps`` is the same without the seeks
+  (the baseline of those);
 * the whole ingestion (decode -> sample -> encode -> catalog, one job through
   ``VideoIngestor.run_job`` into a fresh SQLite catalog): ``today`` (exact decoding in the
   encoder's thread, as before the producer thread existed), ``exact``, ``fast`` (decoding in one
   pass on the producer thread, overlapping the encoder) and ``fast spans`` (the producer thread
-  fed by ``--decode-workers`` decoders).
+  fed by ``--decode-workers`` decoders), with and without jumps.
 
     python -m benchmarks.ingest_bench --model ViT-B-32 --pretrained random
 
 Reported: sampled frames/s and video-seconds/s (wall), the split of the wall time between the
 encoder's forward passes and the rest (waiting for frames, pixel preparation, thumbnails,
-catalog), peak RSS of the process during the run (VmHWM reset before each), and the largest
-distance between a sample's instant and its frame's timestamp, in source frame periods.
+catalog), peak RSS of the process during the run (VmHWM reset before each), the frames decoded
+per sample, and the largest distance between a sample's instant and its frame's timestamp, in
+source frame periods.
 Random weights are fine for speed; they say nothing about answer quality.
 """
 
@@ -41,7 +44,8 @@ import torch
 from PIL import Image
 
 from benchmarks.common import Column, machine_description, markdown_table, process_peak_rss_bytes
-from indexer.decode import SampledFrame, VideoInfo, iter_sampled_frames, probe, sample_times
+import indexer.decode as decode_module
+from indexer.decode import DecodeStats, SampledFrame, VideoInfo, iter_sampled_frames, probe, sample_times
 from indexer.pipeline import VideoIngestor
 from indexer.samples import write_video
 from indexer.segments import SegmentBatchEncoder
@@ -54,15 +58,30 @@ SHARED_MEDIA = next((d / "shared" / "media" for d in REPO.parents if (d / "share
                     REPO.parent / "shared" / "media")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidseek-bench"
 SPANS = "fast spans"
-DECODE_MODES = ("exact", "fast", SPANS)
-INGEST_MODES = ("today", "exact", "fast", SPANS)
+NO_JUMPS = ", no jumps"
+DECODE_MODES = ("exact", "fast", SPANS + NO_JUMPS, SPANS)
+INGEST_MODES = ("today", "exact", "fast", SPANS + NO_JUMPS, SPANS)
 
 
 def decode_setting(mode: str, workers: int) -> tuple[str, int]:
     """A benchmark mode -> (``VIDSEEK_DECODE``, ``VIDSEEK_DECODE_WORKERS``)."""
-    if mode == SPANS:
+    if mode.startswith(SPANS):
         return "fast", workers
     return ("exact" if mode == "today" else mode), 1
+
+
+@contextlib.contextmanager
+def jumps_for(mode: str) -> Iterator[None]:
+    """Fast decoding's seeks over frames no sample needs, off for the ``, no jumps`` modes (benchmark only)."""
+    if not mode.endswith(NO_JUMPS):
+        yield
+        return
+    jump_min_frames = decode_module.JUMP_MIN_FRAMES
+    decode_module.JUMP_MIN_FRAMES = 10**9
+    try:
+        yield
+    finally:
+        decode_module.JUMP_MIN_FRAMES = jump_min_frames
 
 
 # ----- the generated clip -----------------------------------------------------------------------
@@ -86,13 +105,18 @@ def _motion_painter(width: int, height: int):
     return paint
 
 
-def generated_clip(cache_dir: Path, seconds: int = 60, fps: int = 30, size: tuple[int, int] = (1920, 1080)) -> Path:
-    """The synthetic HD clip, encoded once (x264 ``veryfast``: 3 pyramid B-frames) and cached."""
+def generated_clip(cache_dir: Path, seconds: int = 60, fps: int = 30, size: tuple[int, int] = (1920, 1080),
+                   keyframe_every: float = 0.0) -> Path:
+    """The synthetic HD clip, encoded once (x264 ``veryfast``: 3 pyramid B-frames) and cached; a
+    keyframe every ``keyframe_every`` seconds (as phones and cameras write), or where x264 puts
+    them (scene cuts; here 1-8 s apart) when 0."""
     width, height = size
-    path = cache_dir / f"motion_{width}x{height}_{fps}fps_{seconds}s.mp4"
+    gop = f"_key{keyframe_every:g}s" if keyframe_every else ""
+    path = cache_dir / f"motion_{width}x{height}_{fps}fps_{seconds}s{gop}.mp4"
     if not path.exists():
         print(f"generating {path} (once) ...", flush=True)
-        write_video(path, _motion_painter(width, height), seconds, fps=fps, size=size)
+        write_video(path, _motion_painter(width, height), seconds, fps=fps, size=size,
+                    keyframe_every=round(keyframe_every * fps))
     return path
 
 
@@ -122,6 +146,7 @@ class DecodeRun:
     frames_per_second: float
     video_seconds_per_second: float
     max_distance_frames: float
+    decoded_per_sample: float
     peak_rss_mib: float
 
 
@@ -141,14 +166,17 @@ class IngestRun:
 def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float, hardware: bool = False,
                 workers: int = 2) -> DecodeRun:
     _reset_peak_rss()
-    start = time.perf_counter()
     decode, decode_workers = decode_setting(mode, workers)
-    frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, decode, hardware, decode_workers))
-    seconds = time.perf_counter() - start
+    stats = DecodeStats()
+    with jumps_for(mode):
+        start = time.perf_counter()
+        frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, decode, hardware, decode_workers, stats))
+        seconds = time.perf_counter() - start
     times = sample_times(info.duration, sample_fps, 3600)
     return DecodeRun(
         path.name, mode, seconds, len(frames), len(frames) / seconds, info.duration / seconds,
-        max_sample_distance(frames, times, info.fps), (process_peak_rss_bytes() or 0) / 2**20,
+        max_sample_distance(frames, times, info.fps), stats.frames / max(len(frames), 1),
+        (process_peak_rss_bytes() or 0) / 2**20,
     )
 
 
@@ -191,7 +219,7 @@ def ingest_once(path: Path, info: VideoInfo, mode: str, base: Settings, runtime_
         ingestor = ingestor_type(settings, runtime.catalog, runtime.encoder)
         job = runtime.catalog.create_job(path)
         _reset_peak_rss()
-        with encoder_clock() as spent:
+        with encoder_clock() as spent, jumps_for(mode):
             start = time.perf_counter()
             ingestor.run_job(job.id)
             seconds = time.perf_counter() - start
@@ -224,7 +252,7 @@ DECODE_COLUMNS = (
     Column("clip", "clip"), Column("mode", "decode"), Column("samples", "samples"),
     Column("frames_per_second", "sampled frames/s", "{:.1f}"), Column("video_seconds_per_second", "video-s/s", "{:.1f}"),
     Column("speedup", "× exact", "{:.2f}"), Column("max_distance_frames", "max dist (frames)", "{:.1f}"),
-    Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    Column("decoded_per_sample", "decoded frames/sample", "{:.1f}"), Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
 )
 INGEST_COLUMNS = (
     Column("clip", "clip"), Column("mode", "ingestion"), Column("samples", "samples"),
@@ -245,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda also decodes on NVDEC where it can)")
     parser.add_argument("--batch-segments", type=int, default=0, help="VIDSEEK_BATCH_SEGMENTS (0 = auto)")
     parser.add_argument("--seconds", type=int, default=60, help="length of the generated 1080p clip")
+    parser.add_argument("--keyframe-every", type=float, default=0.0,
+                        help="seconds between the generated clip's keyframes (0: where x264 puts them)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the generated clip is kept")
     parser.add_argument("--media", type=Path, default=SHARED_MEDIA, help="folder of real clips (skipped if absent)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -255,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    clips = [generated_clip(args.cache_dir, args.seconds)]
+    clips = [generated_clip(args.cache_dir, args.seconds, keyframe_every=args.keyframe_every)]
     if args.media.is_dir():
         clips += sorted(p for p in args.media.iterdir() if p.suffix in (".mp4", ".mpg", ".mkv", ".mov", ".webm"))
     infos = {p: probe(p) for p in clips}

@@ -11,7 +11,8 @@ samples, ``max_frames`` of those instants are kept, uniformly spaced
 
 Decoding less (``VIDSEEK_DECODE=fast``, the default): when a sampling interval spans more than
 a few source frames, non-reference frames and the deblocking filter are skipped, so a sample
-may land a frame or so before its instant (:func:`iter_sampled_frames` says how far). Software
+may land a frame or so before its instant (:func:`iter_sampled_frames` says how far), and the
+decoder seeks over the frames between a sample and the keyframe before the next one. Software
 decoding runs on ``VIDSEEK_DECODE_WORKERS`` decoders side by side over keyframe spans when the
 container allows (:mod:`indexer.parallel_decode`), with the same samples as one pass. Every
 decoding attempt that fails -- hardware decoding without a usable CUDA decoder, fast decoding
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Literal, get_args
@@ -33,7 +35,8 @@ import numpy as np
 from av.codec.hwaccel import HWAccel
 
 from indexer.containers import is_still_image_format, iso_bmff_incomplete
-from indexer.parallel_decode import DecodeSpan, keyframes, plan_spans, run_spans
+from indexer.keyframes import INSTANT_TOLERANCE, Keyframes, read_keyframes
+from indexer.parallel_decode import DecodeSpan, plan_spans, run_spans
 from search.media_paths import MediaRejected, is_regular_file
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ TRUNCATION_TOLERANCE = 0.9
 DECODE_MODES = ("fast", "exact")
 # Fast decoding pays off when a sampling interval spans more source frames than this.
 FAST_MIN_FRAMES_PER_SAMPLE = 4
+# Fast decoding seeks to the keyframe before the next sample when that skips more source frames than this.
+JUMP_MIN_FRAMES = 4
 SPAN_QUEUE_DEPTH = 16  # decoded samples a span may run ahead of the consumer (~4 MiB at 224 px)
 
 
@@ -220,6 +225,21 @@ def decode_plans(info: VideoInfo, sample_fps: float, mode: str = "exact", hardwa
     return list(dict.fromkeys(plans))
 
 
+@dataclass
+class DecodeStats:
+    """What decoding one video cost, summed over its attempts and decoders: ``frames`` decoded (the
+    frames FFmpeg returned; skipped non-reference frames are not counted) and ``seeks`` made."""
+
+    frames: int = 0
+    seeks: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, frames: int, seeks: int) -> None:
+        with self._lock:  # span decoders add from their own threads
+            self.frames += frames
+            self.seeks += seeks
+
+
 class _AttemptUnusable(Exception):
     """This attempt cannot decode the file (no CUDA decoder, or frames fast decoding cannot time)."""
 
@@ -243,6 +263,7 @@ def iter_sampled_frames(
     mode: str = "exact",
     hardware: bool = False,
     workers: int = 1,
+    stats: DecodeStats | None = None,
 ) -> Iterator[SampledFrame]:
     """Decode ``path`` once, front to back, yielding the frame shown at each sample instant.
 
@@ -258,9 +279,14 @@ def iter_sampled_frames(
     on the last *reference* frame at or before its instant: at most the longest run of
     consecutive non-reference frames before it, i.e. 1 source frame period for x264's default
     pyramid B-frames, 2 for MPEG-2's IBBP, ``bframes`` for H.264 without a B-pyramid (3 for
-    x264 presets without one) -- never after the instant. Files whose frames fast decoding
-    cannot time, or that fail or give no frames with it, are decoded again exactly (logged),
-    resuming after the samples already yielded.
+    x264 presets without one) -- never after the instant. In containers that seek by an index
+    (:mod:`indexer.keyframes`), fast decoding also jumps over the frames no sample needs: once a
+    sample is served, when the last keyframe at or before the next instant lies more than
+    :data:`JUMP_MIN_FRAMES` source frames ahead, it seeks there (the frames between cannot be on
+    screen at any later instant, nor be needed to decode one) -- the samples are the same, fewer
+    frames are decoded when keyframes are closer together than a few sampling intervals. Files
+    whose frames fast decoding cannot time, whose seeks land late, or that fail or give no frames
+    with it, are decoded again exactly (logged), resuming after the samples already yielded.
 
     ``workers > 1`` decodes spans of the file that start at keyframes on that many decoders side
     by side (:mod:`indexer.parallel_decode`): the samples are the same as in one pass.
@@ -268,6 +294,8 @@ def iter_sampled_frames(
     ``hardware=True`` (a CUDA worker) first tries NVDEC through FFmpeg's CUDA hwaccel, and falls
     back to software decoding with a log line when the build, the driver or the codec refuse (any
     error of a hardware attempt falls back; a software attempt falls back on decoding errors only).
+
+    ``stats``, when given, counts the frames decoded and the seeks made.
 
     Raises:
         DecodeError: the file cannot be decoded, decodes to no frames, or is truncated
@@ -282,9 +310,10 @@ def iter_sampled_frames(
     for attempt, plan in enumerate(plans):
         try:
             if plan.workers > 1:
-                yield from _decode_in_spans(path, info, times, size, plan, cursor)
+                yield from _decode_in_spans(path, info, times, size, plan, cursor, stats)
             else:
-                yield from _decode_samples(path, info, times, size, plan, cursor)
+                jumps = read_keyframes(path) if plan.skip and not plan.hardware else None
+                yield from _decode_samples(path, info, times, size, plan, cursor, stats, jumps)
             return
         except Exception as exc:  # noqa: BLE001 -- which ones fall back is decided here
             retryable = isinstance(exc, (DecodeError, _AttemptUnusable, av.error.FFmpegError)) or plan.hardware
@@ -296,18 +325,19 @@ def iter_sampled_frames(
 
 
 def _decode_in_spans(
-    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor
+    path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor,
+    stats: DecodeStats | None,
 ) -> Iterator[SampledFrame]:
     """Software decoding on ``plan.workers`` decoders over spans cut at keyframes, the samples renumbered
     in order; a file that cannot be cut (no index to seek by, too few keyframes) is decoded in one pass."""
-    found = keyframes(path)
-    spans = plan_spans(times, *found) if found is not None else []
+    found = read_keyframes(path)
+    spans = plan_spans(times, found) if found is not None else []
     if len(spans) < 2:
-        yield from _decode_samples(path, info, times, size, replace(plan, workers=1), cursor)
+        yield from _decode_samples(path, info, times, size, replace(plan, workers=1), cursor, stats, found)
         return
 
     def decode_span(span: DecodeSpan) -> Iterator[SampledFrame]:
-        return _decode_samples(path, info, times[span.first:span.stop], size, plan, _Cursor(), span)
+        return _decode_samples(path, info, times[span.first:span.stop], size, plan, _Cursor(), stats, found, span)
 
     for sample in run_spans(spans, decode_span, plan.workers, SPAN_QUEUE_DEPTH, f"vidseek-span-{path.name}"):
         if sample.time > cursor.last_yielded:
@@ -328,14 +358,18 @@ def _open_decoder(path: Path, plan: DecodePlan) -> av.container.InputContainer:
 
 def _decode_samples(
     path: Path, info: VideoInfo, times: np.ndarray, size: tuple[int, int], plan: DecodePlan, cursor: _Cursor,
-    span: DecodeSpan | None = None,
+    stats: DecodeStats | None = None, jumps: Keyframes | None = None, span: DecodeSpan | None = None,
 ) -> Iterator[SampledFrame]:
     """One decoding attempt under ``plan``, serving the instants from ``cursor.next_sample`` on; with
-    ``span``, only from its keyframe on (seeking there), and its ``times`` only."""
+    ``span``, only from its keyframe on (seeking there), and its ``times`` only. A fast software attempt
+    given the file's keyframes (``jumps``) seeks over the frames no sample needs (:meth:`Keyframes.jump_target`)."""
     out_w, out_h = size
     last_time = -1.0
     pending = None  # (time, frame): latest decoded frame not past the next instant
-    seeking = span is not None and span.keyframe_pts is not None
+    seek_to = span.keyframe_pts if span is not None else None
+    jumps = jumps if plan.skip and not plan.hardware else None
+    min_skip = JUMP_MIN_FRAMES / info.fps if info.fps else math.inf
+    decoded = seeks = 0
     with _open_decoder(path, plan) as container:
         stream = _video_stream(container, path.name)
         if span is None:
@@ -344,32 +378,48 @@ def _decode_samples(
             stream.codec_context.thread_count = 1
         if plan.skip:
             stream.codec_context.options = {"skip_frame": "noref", "skip_loop_filter": "all"}
-        if seeking:  # after setting the decoder up: seeking opens it
-            container.seek(span.keyframe_pts, stream=stream, backward=True)
         default_step = Fraction(1, 25) if not info.fps else Fraction(1 / info.fps).limit_denominator(1000)
         try:
-            for frame in container.decode(stream):
-                if frame.time is None and (plan.skip or span is not None):
-                    raise _AttemptUnusable("frames without timestamps")
-                if seeking and frame.time > times[0] + 1e-6:  # the first frame after the seek is too late
-                    raise _AttemptUnusable(f"seeking for {times[0]:.3f}s landed on a frame at {frame.time:.3f}s")
-                seeking = False
-                t = frame.time if frame.time is not None else (last_time + float(default_step))
-                last_time = max(last_time, t)
-                while cursor.next_sample < len(times) and t > times[cursor.next_sample] + 1e-6:
-                    # the frame on screen at times[next_sample] is the pending one (or this one if none)
-                    source_time, source = pending if pending is not None else (t, frame)
-                    if source_time > cursor.last_yielded:
-                        yield _sample(cursor, source_time, source, out_w, out_h)
-                    skip_to = np.searchsorted(times, t, side="left")
-                    cursor.next_sample = max(cursor.next_sample + 1, int(skip_to))
-                    pending = None
-                if cursor.next_sample >= len(times):
+            while True:
+                landing = seek_to is not None
+                if landing:  # after setting the decoder up: seeking opens it
+                    container.seek(seek_to, stream=stream, backward=True)
+                    seeks += 1
+                seek_to = None
+                for frame in container.decode(stream):
+                    decoded += 1
+                    if frame.time is None and (plan.skip or span is not None):
+                        raise _AttemptUnusable("frames without timestamps")
+                    if landing and frame.time > times[cursor.next_sample] + INSTANT_TOLERANCE:  # the seek landed late
+                        raise _AttemptUnusable(
+                            f"seeking for {times[cursor.next_sample]:.3f}s landed on a frame at {frame.time:.3f}s")
+                    landing = False
+                    t = frame.time if frame.time is not None else (last_time + float(default_step))
+                    last_time = max(last_time, t)
+                    passed = False
+                    while cursor.next_sample < len(times) and t > times[cursor.next_sample] + INSTANT_TOLERANCE:
+                        # the frame on screen at times[next_sample] is the pending one (or this one if none)
+                        source_time, source = pending if pending is not None else (t, frame)
+                        if source_time > cursor.last_yielded:
+                            yield _sample(cursor, source_time, source, out_w, out_h)
+                        skip_to = np.searchsorted(times, t, side="left")
+                        cursor.next_sample = max(cursor.next_sample + 1, int(skip_to))
+                        pending, passed = None, True
+                    if cursor.next_sample >= len(times):
+                        break
+                    pending = (t, frame)
+                    if passed and jumps is not None:
+                        seek_to = jumps.jump_target(t, float(times[cursor.next_sample]), min_skip)
+                        if seek_to is not None:
+                            break
+                if seek_to is None:
                     break
-                pending = (t, frame)
         except av.error.FFmpegError as exc:
             raise DecodeError(f"{path.name} is corrupt: decoding failed at {max(last_time, 0):.1f}s",
                               kind="corrupt", detail=str(exc)) from exc
+        finally:
+            if stats is not None:
+                stats.add(decoded, seeks)
     if span is not None and not span.last:
         if cursor.next_sample < len(times):  # the stream ended before the next span's keyframe
             raise _AttemptUnusable(f"frames stop at {last_time:.1f}s, before the span's instants end")

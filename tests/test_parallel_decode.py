@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import indexer.decode as decode
-from indexer.decode import DecodePlan, decode_plans, iter_sampled_frames, probe, sample_times
-from indexer.parallel_decode import DecodeSpan, keyframes, plan_spans
+from indexer.decode import DecodePlan, DecodeStats, decode_plans, iter_sampled_frames, probe, sample_times
+from indexer.keyframes import Keyframes, read_keyframes
+from indexer.parallel_decode import DecodeSpan, plan_spans
 from tests.test_fast_decode import FPS, _error, _frame_number, _moving
 
 KEYFRAME_EVERY = 45  # source frames (1.5 s)
@@ -47,7 +48,7 @@ def _span_threads() -> list[str]:
 def test_spans_start_at_a_keyframe_at_or_before_their_first_instant() -> None:
     times = np.arange(40) / 2.0  # 2 samples a second for 20 s
     pts = np.arange(0, 20 * 1000, 1500)  # a keyframe every 1.5 s, time base 1/1000
-    spans = plan_spans(times, pts, pts / 1000.0, min_samples=8)
+    spans = plan_spans(times, Keyframes(pts, pts / 1000.0), min_samples=8)
     assert spans[0].keyframe_pts is None and spans[0].first == 0 and spans[-1].stop == len(times)
     assert [s.last for s in spans] == [False] * (len(spans) - 1) + [True]
     for before, after in zip(spans, spans[1:]):
@@ -55,15 +56,58 @@ def test_spans_start_at_a_keyframe_at_or_before_their_first_instant() -> None:
         assert after.keyframe_pts / 1000.0 <= times[after.first] + 1e-6
         assert times[after.first - 1] < after.keyframe_pts / 1000.0  # the earlier span's instants come before it
     assert [(s.first, s.stop) for s in spans] == [(0, 9), (9, 18), (18, 27), (27, 36), (36, 40)]  # the last may be short
-    assert plan_spans(times, pts[:1], pts[:1] / 1000.0) == [DecodeSpan(None, 0, 40, True)]  # one keyframe: one span
+    assert plan_spans(times, Keyframes(pts[:1], pts[:1] / 1000.0)) == [DecodeSpan(None, 0, 40, True)]  # one keyframe: one span
+
+
+def test_a_jump_goes_to_the_last_keyframe_before_the_next_instant_when_it_skips_enough() -> None:
+    pts = np.arange(0, 20 * 1000, 1500)  # a keyframe every 1.5 s, time base 1/1000
+    found = Keyframes(pts, pts / 1000.0)
+    assert found.jump_target(1.04, 2.0, min_skip=0.2) == 1500  # the frames 1.04 .. 1.5 s show at no later instant
+    assert found.jump_target(1.04, 3.0, min_skip=0.2) == 3000  # an instant on a keyframe: that keyframe
+    assert found.jump_target(1.04, 1.4, min_skip=0.2) is None  # no keyframe after the position before the instant
+    assert found.jump_target(1.40, 2.0, min_skip=0.2) is None  # 0.1 s ahead: not worth a seek
+    assert found.jump_target(0.5, 1.0, min_skip=0.2) is None  # the keyframe before the instant is behind the position
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_decoding_jumps_over_frames_no_sample_needs(gop_clip: Path, workers: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1 sample/s with a keyframe every 1.5 s, after each sample the decoder seeks to the keyframe
+    before the next instant: the very same samples as decoding on, from far fewer decoded frames."""
+    info = probe(gop_clip)
+    jumping, reading_on = DecodeStats(), DecodeStats()
+    jumped = list(iter_sampled_frames(gop_clip, 1.0, info=info, mode="fast", workers=workers, stats=jumping))
+    monkeypatch.setattr(decode, "JUMP_MIN_FRAMES", 10**9)
+    read_on = list(iter_sampled_frames(gop_clip, 1.0, info=info, mode="fast", workers=workers, stats=reading_on))
+    assert len(jumped) == len(read_on) == 20
+    assert [(f.index, f.time) for f in jumped] == [(f.index, f.time) for f in read_on]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(jumped, read_on))
+    assert [_frame_number(f.image) for f in jumped] == [round(f.time * FPS) for f in jumped]
+    assert jumping.seeks >= 8 and jumping.frames < 0.75 * reading_on.frames
+    assert reading_on.seeks == (0 if workers == 1 else reading_on.seeks)  # one pass reads on without seeking
+
+
+def test_a_jump_that_lands_late_falls_back_to_exact_decoding(gop_clip: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog) -> None:
+    """A jump landing past the next instant would miss that instant's frame: the attempt is dropped
+    (logged) and exact decoding resumes after the samples already given."""
+    info = probe(gop_clip)
+    real = Keyframes.jump_target
+    monkeypatch.setattr(Keyframes, "jump_target", lambda self, position, instant, min_skip:
+                        real(self, position, instant + 1.5, min_skip))  # the keyframe after the instant's
+    with caplog.at_level(logging.WARNING, logger="indexer.decode"):
+        frames = list(iter_sampled_frames(gop_clip, 1.0, info=info, mode="fast"))
+    assert "software fast decoding of gops.mp4 failed (seeking for 1.000s landed on a frame at 1.500s)" in caplog.text
+    assert [f.index for f in frames] == list(range(20)) and np.all(np.diff([f.time for f in frames]) > 0)
+    assert [_frame_number(f.image) for f in frames] == [round(f.time * FPS) for f in frames]
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_two_decoders_give_exactly_the_samples_of_one_pass(gop_clip: Path, mode: str) -> None:
     info = probe(gop_clip)
-    found = keyframes(gop_clip)
-    assert found is not None and np.allclose(np.diff(found[1]), KEYFRAME_EVERY / FPS)
-    assert len(plan_spans(sample_times(info.duration, 2.0, 3600), *found)) >= 3
+    found = read_keyframes(gop_clip)
+    assert found is not None and np.allclose(np.diff(found.seconds), KEYFRAME_EVERY / FPS)
+    assert len(plan_spans(sample_times(info.duration, 2.0, 3600), found)) >= 3
     assert decode_plans(info, 2.0, mode, workers=2)[0] == DecodePlan(skip=mode == "fast", workers=2)
     one = list(iter_sampled_frames(gop_clip, 2.0, info=info, mode=mode))
     two = list(iter_sampled_frames(gop_clip, 2.0, info=info, mode=mode, workers=2))
@@ -115,6 +159,6 @@ def test_bad_files_fail_with_the_same_message_on_two_decoders(gop_clip: Path, tm
 
 def test_containers_without_an_index_are_decoded_in_one_pass(tmp_path: Path) -> None:
     ts = _clip(tmp_path / "stream.ts", 6, container_format="mpegts")
-    assert keyframes(ts) is None
+    assert read_keyframes(ts) is None
     frames = list(iter_sampled_frames(ts, 2.0, mode="fast", workers=2))
     assert len(frames) == 12 and not _span_threads()
