@@ -183,18 +183,21 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
         index.save()
         print(f"index: {len(index)} segments, {index.structure}, built in {time.perf_counter() - t0:.1f}s", flush=True)
         del index
-        for batching, text_runtime in [(b, r) for b in args.text_batch for r in args.text_runtime]:
+        servers = [(b, r, t) for b in args.text_batch for r in args.text_runtime for t in args.search_threads]
+        for batching, text_runtime, search_threads in servers:
             env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
                    "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1", "VIDSEEK_TEXT_RUNTIME": text_runtime,
+                   "VIDSEEK_SEARCH_THREADS": str(search_threads),
                    "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
             port = 18000 + os.getpid() % 1000
-            log = Path(tmp) / f"api-{batching}-{text_runtime}.log"
+            log = Path(tmp) / f"api-{batching}-{text_runtime}-{search_threads}.log"
             t0 = time.perf_counter()
             api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
                         env, log)
             try:
                 wait_ready(port, args.segments, api, log)
-                print(f"server (text batcher {batching}, text runtime {text_runtime}) ready in "
+                print(f"server (text batcher {batching}, text runtime {text_runtime}, search threads "
+                      f"{search_threads or 'auto'}) ready in "
                       f"{time.perf_counter() - t0:.1f}s", flush=True)
                 for clients in args.clients:
                     run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
@@ -202,7 +205,7 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
                     rows.append({
                         "benchmark": "query", "machine": machine_description(), "model": args.model,
                         "index": args.index_type, "segments": args.segments, "text_batcher": batching,
-                        "text_runtime": text_runtime,
+                        "text_runtime": text_runtime, "search_threads": search_threads,
                         "clients": clients, "requests": args.requests, "k": args.k,
                         "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
                         "throughput_rps": round(len(latencies) / wall, 1),
@@ -315,6 +318,8 @@ def main() -> None:
                    help="run a server with the text batcher off (VIDSEEK_TEXT_BATCH_MAX=1) and/or on")
     q.add_argument("--text-runtime", nargs="+", choices=TEXT_RUNTIMES, default=["auto"],
                    help="run a server with each VIDSEEK_TEXT_RUNTIME (after each --text-batch setting)")
+    q.add_argument("--search-threads", type=int, nargs="+", default=[0],
+                   help="run a server with each VIDSEEK_SEARCH_THREADS (0: auto; after each --text-runtime)")
     i = sub.add_parser("ingest")
     i.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     i.add_argument("--videos", type=int, default=8)

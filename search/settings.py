@@ -24,7 +24,13 @@ RERANKERS = RERANKER_REGISTRY.names()
 LLM_SUMMARIES = SUMMARIZERS.names()
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 AUTO_DECODE_WORKERS = 2
+AUTO_SEARCH_THREADS = 2
 DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
+
+
+def _usable_cpus(at_most: int) -> int:
+    """The CPUs this process may run on, at most ``at_most`` (at least 1)."""
+    return max(1, min(at_most, len(os.sched_getaffinity(0))))
 
 
 class SettingsError(ValueError):
@@ -82,6 +88,7 @@ class Settings:
     index_refresh_seconds: float = 2.0
     index_nlist: int = 0  # IVF inverted lists; 0 -> about 4·sqrt(n) of the vectors it is trained on
     index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
+    search_threads: int = 0  # threads one IVF search splits its probed lists among; 0 = auto (min(2, CPUs))
     index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
     search_candidates: int = 200
     text_batch_max: int = 32  # queries per shared text-encoder forward; 1 turns the batcher off
@@ -142,6 +149,8 @@ class Settings:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
         if self.index_auto_at < 0:
             raise SettingsError("VIDSEEK_INDEX_AUTO_AT must be >= 0 (0: the measured default)")
+        if self.search_threads < 0:
+            raise SettingsError("VIDSEEK_SEARCH_THREADS must be >= 0 (0: auto, 1: one thread per search)")
         if self.text_batch_max < 1 or self.text_batch_wait_ms < 0:
             raise SettingsError("VIDSEEK_TEXT_BATCH_MAX must be >= 1 and VIDSEEK_TEXT_BATCH_WAIT_MS >= 0")
         if self.heartbeat_seconds <= 0 or self.job_stale_seconds <= 2 * self.heartbeat_seconds:
@@ -162,7 +171,13 @@ class Settings:
     def resolved_decode_workers(self) -> int:
         """``decode_workers``, auto resolved to the CPUs this process may use, at most 2 (a worker
         pool already runs one job per process; ``benchmarks/ingest_bench.py`` measured 2)."""
-        return self.decode_workers or max(1, min(AUTO_DECODE_WORKERS, len(os.sched_getaffinity(0))))
+        return self.decode_workers or _usable_cpus(AUTO_DECODE_WORKERS)
+
+    @property
+    def resolved_search_threads(self) -> int:
+        """``search_threads``, auto resolved to the CPUs this process may use, at most 2 (an API
+        process serves several requests; ``benchmarks/load_bench.py`` measured 2)."""
+        return self.search_threads or _usable_cpus(AUTO_SEARCH_THREADS)
 
     @property
     def resolved_index_dir(self) -> Path:

@@ -67,7 +67,8 @@ class IndexOptions:
 
     ``nlist`` 0 picks about ``4·sqrt(n)`` lists for the ``n`` training vectors; ``nprobe`` 0
     probes ``nlist / 8`` of them (at most ``MAX_NPROBE``; ``auto``: ``AUTO_NPROBE``); ``pq_m`` is
-    the IVF-PQ code size in bytes; ``auto_at`` 0 means ``AUTO_IVF_AT``.
+    the IVF-PQ code size in bytes; ``auto_at`` 0 means ``AUTO_IVF_AT``; ``search_threads``: the
+    OpenMP threads one search uses (an IVF search of one query splits its probed lists among them).
     """
 
     kind: str = "flat"
@@ -76,10 +77,13 @@ class IndexOptions:
     pq_m: int = 64
     hnsw_m: int = 32
     auto_at: int = 0
+    search_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}")
+        if self.search_threads < 1:
+            raise ValueError(f"search_threads must be >= 1, got {self.search_threads}")
 
     def nlist_for(self, n: int) -> int:
         """Inverted lists for ``n`` training vectors: the configured count, else ~4·sqrt(n)
@@ -243,6 +247,7 @@ class VectorIndex:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
             k = min(k, n)
             fetch = min(k + len(self._deleted), int(self._index.ntotal))
+            self._use_search_threads(len(queries))
             if allowed is None:
                 scores, ids = self._index.search(queries, fetch)
             else:
@@ -257,6 +262,17 @@ class VectorIndex:
             scores = np.stack([row[m][:width] for row, m in zip(scores, keep)])
             ids = np.stack([row[m][:width] for row, m in zip(ids, keep)])
         return scores[:, :k], ids[:, :k]
+
+    def _use_search_threads(self, queries: int) -> None:
+        """Let the coming search in this thread use ``search_threads`` OpenMP threads. FAISS runs an
+        IVF search in parallel over its queries (``parallel_mode`` 0), which leaves one query -- what
+        a request searches -- on one thread; ``parallel_mode`` 1 splits that query's probed lists
+        among the threads instead (the same candidates: each list is scanned by the same kernel, the
+        per-thread top-k heaps merged). OpenMP's thread count is per calling thread, hence set here,
+        in the request's thread, not once per process."""
+        faiss.omp_set_num_threads(self.options.search_threads)
+        if isinstance(self._index, faiss.IndexIVF):
+            self._index.parallel_mode = 1 if queries == 1 and self.options.search_threads > 1 else 0
 
     def _subset_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
         """Search parameters keeping to ``selector``'s ids; an IVF index probes all its lists."""
@@ -335,7 +351,9 @@ class VectorIndex:
         try:
             state = IndexState(**json.loads(state_path.read_text()))
             same_kind = options is not None and options.kind == state.kind
-            index = cls(state.dim, options if same_kind else IndexOptions(state.kind), use_gpu=use_gpu)
+            threads = options.search_threads if options is not None else 1
+            index = cls(state.dim, options if same_kind else IndexOptions(state.kind, search_threads=threads),
+                        use_gpu=use_gpu)
             stored = faiss.read_index(str(index_path))
             if isinstance(stored, faiss.IndexIVF) and index.options.nprobe:
                 stored.nprobe = index.options.nprobe

@@ -14,6 +14,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
         "VIDSEEK_ENCODER": "tempme",
         "VIDSEEK_PRECISION": "bf16",
         "VIDSEEK_API_KEY": "s3cret",
+        "VIDSEEK_SEARCH_THREADS": "3",
         "UNRELATED": "x",
     }
     s = Settings.from_env(env)
@@ -21,6 +22,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
     assert s.media_roots == (tmp_path / "a", tmp_path / "b")
     assert s.sample_fps == 2.5 and s.segment_frames == 8
     assert s.encoder == "tempme" and s.api_key == "s3cret" and s.precision == "bf16"
+    assert s.resolved_search_threads == 3 and 1 <= Settings().resolved_search_threads <= 2  # 0: auto, min(2, CPUs)
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'catalog.db'}"
     assert s.resolved_index_dir == tmp_path / "index"
     assert s.runs_in_process
@@ -48,6 +50,7 @@ def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ({"VIDSEEK_RERANK_WEIGHT": "1.5"}, "VIDSEEK_RERANK_WEIGHT"),
         ({"VIDSEEK_LLM_SUMMARY": "zip"}, "VIDSEEK_LLM_SUMMARY"),
         ({"VIDSEEK_LLM_INNER_RATIO": "1"}, "VIDSEEK_LLM_INNER_RATIO"),
+        ({"VIDSEEK_SEARCH_THREADS": "-1"}, "VIDSEEK_SEARCH_THREADS"),
     ],
 )
 def test_bad_values_are_named(env: dict, message: str) -> None:

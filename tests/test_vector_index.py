@@ -6,7 +6,7 @@ import pytest
 from search.catalog import Catalog, SegmentRecord
 from search.db import upgrade
 from search.segment_index import SegmentIndex
-from search.vector_index import IndexState, VectorIndex
+from search.vector_index import IndexOptions, IndexState, VectorIndex
 
 
 def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -45,6 +45,24 @@ def test_exact_flat_search_matches_brute_force() -> None:
     _, found = index.search(queries, 10)
     expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     assert found.tolist() == expected.tolist()
+
+
+def test_an_ivf_search_split_among_threads_finds_what_one_thread_finds() -> None:
+    """One query's probed lists split among two OpenMP threads (parallel_mode 1): the same top k as
+    one thread, in the same order, and a batch of queries still searched query by query."""
+    vectors, queries = _unit(12_000, seed=3), _unit(6, seed=4)
+    one, two = (VectorIndex(16, IndexOptions("ivf", nlist=64, nprobe=16, search_threads=t)) for t in (1, 2))
+    for index in (one, two):
+        index.add(np.arange(12_000), vectors)
+    for q in queries:
+        s1, i1 = one.search(q[None], 10)
+        s2, i2 = two.search(q[None], 10)
+        assert two._index.parallel_mode == 1 and one._index.parallel_mode == 0
+        assert i2.tolist() == i1.tolist() and np.allclose(s2, s1, atol=1e-6)
+    s1, i1 = one.search(queries, 10)
+    s2, i2 = two.search(queries, 10)
+    assert two._index.parallel_mode == 0  # several queries: in parallel over the queries, as FAISS does
+    assert i2.tolist() == i1.tolist() and np.allclose(s2, s1, atol=1e-6)
 
 
 def test_readding_an_id_replaces_its_vector() -> None:
