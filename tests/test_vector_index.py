@@ -1,5 +1,3 @@
-import multiprocessing
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,22 +63,6 @@ def test_an_ivf_search_split_among_threads_finds_what_one_thread_finds() -> None
     s2, i2 = two.search(queries, 10)
     assert two._index.parallel_mode == 0  # several queries: in parallel over the queries, as FAISS does
     assert i2.tolist() == i1.tolist() and np.allclose(s2, s1, atol=1e-6)
-    assert [t for t in threading.enumerate() if t.name.startswith("vidseek-faiss")]  # the one warm OpenMP team
-
-
-def test_a_forked_child_searches_on_a_search_thread_of_its_own() -> None:
-    """The parent's search thread does not exist in a forked child (a Celery or gunicorn worker): the
-    child's first split search starts its own instead of waiting forever."""
-    vectors = _unit(12_000, seed=5)
-    index = VectorIndex(16, IndexOptions("ivf", nlist=64, nprobe=16, search_threads=2))
-    index.add(np.arange(12_000), vectors)
-    expected = index.search(vectors[7:8], 3)[1].tolist()  # starts the parent's search thread
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=lambda: results.put(index.search(vectors[7:8], 3)[1].tolist()))
-    child.start()
-    child.join(timeout=60)
-    assert child.exitcode == 0 and results.get(timeout=5) == expected
 
 
 def test_readding_an_id_replaces_its_vector() -> None:
