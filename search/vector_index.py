@@ -247,12 +247,12 @@ class VectorIndex:
                 return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
             k = min(k, n)
             fetch = min(k + len(self._deleted), int(self._index.ntotal))
-            self._use_search_threads(len(queries))
             if allowed is None:
-                scores, ids = self._index.search(queries, fetch)
+                params = None
             else:
                 selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-                scores, ids = self._index.search(queries, fetch, params=self._subset_params(selector))
+                params = self._subset_params(selector)
+            scores, ids = self._search_locked(queries, fetch, params)
             deleted = list(self._deleted)
         keep = ids >= 0  # IVF may find fewer than asked for when few lists are probed
         if deleted:
@@ -263,16 +263,26 @@ class VectorIndex:
             ids = np.stack([row[m][:width] for row, m in zip(ids, keep)])
         return scores[:, :k], ids[:, :k]
 
-    def _use_search_threads(self, queries: int) -> None:
-        """Let the coming search in this thread use ``search_threads`` OpenMP threads. FAISS runs an
-        IVF search in parallel over its queries (``parallel_mode`` 0), which leaves one query -- what
-        a request searches -- on one thread; ``parallel_mode`` 1 splits that query's probed lists
-        among the threads instead (the same candidates: each list is scanned by the same kernel, the
-        per-thread top-k heaps merged). OpenMP's thread count is per calling thread, hence set here,
-        in the request's thread, not once per process."""
-        faiss.omp_set_num_threads(self.options.search_threads)
-        if isinstance(self._index, faiss.IndexIVF):
-            self._index.parallel_mode = 1 if queries == 1 and self.options.search_threads > 1 else 0
+    def _search_locked(self, queries: np.ndarray, k: int,
+                       params: faiss.SearchParameters | None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's search of ``queries`` ``[Q, dim]``. FAISS runs an IVF search in parallel over its
+        queries (``parallel_mode`` 0), which leaves one query -- what a request searches -- on one
+        thread; for one query ``parallel_mode`` 1 splits its probed lists among ``search_threads``
+        OpenMP threads instead (the same candidates: each list is scanned by the same kernel, the
+        per-thread top-k heaps merged). OpenMP's thread count is per calling thread: it is set for
+        that search in the caller's thread and put back after, so other searches keep FAISS's own."""
+        index, threads = self._index, self.options.search_threads
+        split = isinstance(index, faiss.IndexIVF) and len(queries) == 1 and threads > 1
+        if isinstance(index, faiss.IndexIVF):
+            index.parallel_mode = 1 if split else 0
+        if not split:
+            return index.search(queries, k, params=params)
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        try:
+            return index.search(queries, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(before)
 
     def _subset_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
         """Search parameters keeping to ``selector``'s ids; an IVF index probes all its lists."""

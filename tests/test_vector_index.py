@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -51,6 +52,7 @@ def test_an_ivf_search_split_among_threads_finds_what_one_thread_finds() -> None
     """One query's probed lists split among two OpenMP threads (parallel_mode 1): the same top k as
     one thread, in the same order, and a batch of queries still searched query by query."""
     vectors, queries = _unit(12_000, seed=3), _unit(6, seed=4)
+    threads_before = faiss.omp_get_max_threads()
     one, two = (VectorIndex(16, IndexOptions("ivf", nlist=64, nprobe=16, search_threads=t)) for t in (1, 2))
     for index in (one, two):
         index.add(np.arange(12_000), vectors)
@@ -63,6 +65,7 @@ def test_an_ivf_search_split_among_threads_finds_what_one_thread_finds() -> None
     s2, i2 = two.search(queries, 10)
     assert two._index.parallel_mode == 0  # several queries: in parallel over the queries, as FAISS does
     assert i2.tolist() == i1.tolist() and np.allclose(s2, s1, atol=1e-6)
+    assert faiss.omp_get_max_threads() == threads_before  # this thread's OpenMP count is put back
 
 
 def test_readding_an_id_replaces_its_vector() -> None:
