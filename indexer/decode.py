@@ -198,6 +198,12 @@ class DecodePlan:
     hardware: bool = False
     workers: int = 1
 
+    @property
+    def jumps(self) -> bool:
+        """Whether this attempt seeks over the frames no sample needs (fast software decoding,
+        :meth:`~indexer.keyframes.Keyframes.jump_target`)."""
+        return self.skip and not self.hardware
+
     def describe(self) -> str:
         where = "hardware" if self.hardware else "software"
         spread = f" on {self.workers} decoders" if self.workers > 1 else ""
@@ -312,7 +318,7 @@ def iter_sampled_frames(
             if plan.workers > 1:
                 yield from _decode_in_spans(path, info, times, size, plan, cursor, stats)
             else:
-                jumps = read_keyframes(path) if plan.skip and not plan.hardware else None
+                jumps = read_keyframes(path) if plan.jumps else None
                 yield from _decode_samples(path, info, times, size, plan, cursor, stats, jumps)
             return
         except Exception as exc:  # noqa: BLE001 -- which ones fall back is decided here
@@ -367,7 +373,7 @@ def _decode_samples(
     last_time = -1.0
     pending = None  # (time, frame): latest decoded frame not past the next instant
     seek_to = span.keyframe_pts if span is not None else None
-    jumps = jumps if plan.skip and not plan.hardware else None
+    jumps = jumps if plan.jumps else None
     min_skip = JUMP_MIN_FRAMES / info.fps if info.fps else math.inf
     decoded = seeks = 0
     with _open_decoder(path, plan) as container:
