@@ -9,7 +9,8 @@ the API runs), from 512-d unit vectors drawn around 4096 random centres (real CL
 cluster; uniform random vectors would make every approximate index look bad). Reported: resident
 memory added by the index (RSS after adding minus RSS before, per million vectors), the size of
 its snapshot file, build time, the mean latency of single-query searches for the API's 200
-candidates, recall@10 against exact search on queries near stored vectors, and how many of the
+candidates (and their median with ``VIDSEEK_SEARCH_THREADS`` 1 and 2, side by side: an IVF search
+of one query split among two threads), recall@10 against exact search on queries near stored vectors, and how many of the
 exact top 10 are among the 200 candidates (what a re-scoring stage after the index would see).
 ``auto`` is the default ``VIDSEEK_INDEX_TYPE`` (flat below its threshold), ``auto-ivf`` the IVF it
 becomes above it, measured at any size: flat against ``auto-ivf`` over several ``--vectors`` is how
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from search.vector_index import TRAINED_KINDS, IndexOptions, IndexState, VectorI
 DIM = 512
 CENTRES = 4096
 CHUNK = 50_000
+SEARCH_THREADS = (1, 2)  # VIDSEEK_SEARCH_THREADS settings timed side by side on the same single queries
 KINDS = {
     "flat": IndexOptions("flat"),
     "ivf": IndexOptions("ivf", nlist=1024, nprobe=32),
@@ -101,6 +104,14 @@ def measure(kind: str, total: int, queries: int = 100) -> dict:
         t1 = time.perf_counter()
         found.append(index.search(q[i : i + 1], 200)[1][0])
         latencies.append(time.perf_counter() - t1)
+    by_threads = {threads: [] for threads in SEARCH_THREADS}
+    for i in range(queries):  # the same single queries again, one setting after the other per query
+        for threads, spent in by_threads.items():
+            index.options = replace(options, search_threads=threads)
+            t1 = time.perf_counter()
+            index.search(q[i : i + 1], 200)
+            spent.append(time.perf_counter() - t1)
+    index.options = options
     recall = np.mean([len(set(f[:10]) & set(e)) / 10 for f, e in zip(found, exact)])
     candidate_recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +124,9 @@ def measure(kind: str, total: int, queries: int = 100) -> dict:
         "file_mb_per_million": round(file_bytes * per_million / 2**20, 1),
         "train_s": round(trained, 1), "build_s": round(build, 1),
         "search_ms": round(float(np.mean(latencies)) * 1e3, 2),
-        "search_ms_p50": round(float(np.median(latencies)) * 1e3, 2), "recall_at_10": round(float(recall), 3),
+        "search_ms_p50": round(float(np.median(latencies)) * 1e3, 2),
+        "search_ms_p50_by_search_threads": {t: round(float(np.median(v)) * 1e3, 2) for t, v in by_threads.items()},
+        "recall_at_10": round(float(recall), 3),
         "top10_in_200_candidates": round(float(candidate_recall), 3),
     }
 
