@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from benchmarks.common import Column, distinct_queries, latency_percentiles, machine_line, markdown_table
 from models.factory import load_backbone
 from models.precision import FP32, detect_cpu_capability
-from models.text_onnx import export_text_tower, int8_reduce_range, open_session, quantize_int8
+from models.text_onnx import export_text_tower, int8_reduce_range, leading_token, open_session, quantize_int8
 from models.weights import RANDOM_WEIGHTS
 
 
@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     backbone = load_backbone(args.model, args.pretrained, "cpu", args.model_config_dir, FP32)
-    graph = export_text_tower(backbone.model)
+    first = leading_token(backbone.tokenizer)
+    graph = export_text_tower(backbone.model, first)
     towers = {
-        "float32 graph": open_session(graph, False, threads=1),
-        "int8, 8-bit weights": open_session(quantize_int8(graph, reduce_range=False), True, threads=1),
-        "int8, 7-bit weights": open_session(quantize_int8(graph, reduce_range=True), True, threads=1),
+        "float32 graph": open_session(graph, False, first, threads=1),
+        "int8, 8-bit weights": open_session(quantize_int8(graph, reduce_range=False), True, first, threads=1),
+        "int8, 7-bit weights": open_session(quantize_int8(graph, reduce_range=True), True, first, threads=1),
     }
     tokens = backbone.tokenizer(distinct_queries(args.queries))
     with torch.inference_mode():

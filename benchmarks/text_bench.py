@@ -1,7 +1,9 @@
 """One text query's encoder latency, side by side in one process: open_clip's own ``encode_text``
 in fp32 over the full context (77 tokens) against vidseek's text path (``ClipBackbone.encode_text``:
 the causal tower cut at the batch's last EOT token) in fp32 and at ``VIDSEEK_PRECISION=auto``, and on ONNX Runtime (``VIDSEEK_TEXT_RUNTIME=onnx``, the
-float32 graph, and ``onnx-int8``, int8 matrices; ``models/text_onnx.py``).
+float32 graph, and ``onnx-int8``, int8 matrices; ``models/text_onnx.py``), each ONNX graph also
+without its row cuts (every row through every block: the graphs before the start token's keys
+and values were stored and the last block ran on the EOT row alone).
 
 One thread by default, as in an API process (``vidseek serve`` runs ``OMP_NUM_THREADS=1`` workers).
 Prints the CPU model and capability; reports p50/p99 per call and the ratio of the medians to
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from benchmarks.common import Column, distinct_queries, latency_percentiles, machine_description, markdown_table
 from models.factory import load_backbone
 from models.precision import FP32
-from models.text_onnx import ONNX, ONNX_INT8, attach_text_runtime
+from models.precision import detect_cpu_capability
+from models.text_onnx import (ONNX, ONNX_INT8, attach_text_runtime, export_text_tower, int8_reduce_range, leading_token,
+                              open_session, quantize_int8)
 from models.weights import RANDOM_WEIGHTS
 
 
@@ -42,16 +47,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     attach_text_runtime(onnx, ONNX)
     attach_text_runtime(onnx_int8, ONNX_INT8)
     queries = distinct_queries(args.queries)
+    first = leading_token(fp32.tokenizer)
+    every_row = export_text_tower(fp32.model, first, row_cuts=False)
+    every_row_fp32 = open_session(every_row, False, first, args.threads)
+    every_row_int8 = open_session(quantize_int8(every_row, int8_reduce_range(detect_cpu_capability())), True, first, args.threads)
 
     @torch.inference_mode()
     def open_clip_fp32(text: str) -> torch.Tensor:
         return F.normalize(fp32.model.encode_text(fp32.tokenizer([text])).float(), dim=-1)
 
+    def through(tower) -> Callable[[str], torch.Tensor]:
+        return lambda text: F.normalize(tower(fp32.tokenizer([text])).float(), dim=-1)
+
     calls = [  # (call, precision, fn)
         ("open_clip encode_text, 77 tokens", "fp32", open_clip_fp32),
         ("vidseek, cut at EOT", "fp32", lambda text: fp32.encode_text([text])),
         ("vidseek, cut at EOT", f"auto = {auto.precision.precision}", lambda text: auto.encode_text([text])),
+        ("vidseek, cut at EOT, ONNX Runtime, every row (before)", "fp32", through(every_row_fp32)),
         ("vidseek, cut at EOT, ONNX Runtime", "fp32", lambda text: onnx.encode_text([text])),
+        ("vidseek, cut at EOT, ONNX Runtime, every row (before)", "int8 matrices", through(every_row_int8)),
         ("vidseek, cut at EOT, ONNX Runtime", "int8 matrices", lambda text: onnx_int8.encode_text([text])),
     ]
     for _, _, fn in calls:  # warm-up

@@ -8,6 +8,13 @@ same graph with fused kernels; with ``quantize=True`` its dynamic quantisation s
 matrices as int8 (a scale per output channel, activations quantised on the fly), a quarter of the bytes to
 stream per token.
 
+The graph does less than the tower's own forward, exactly: the start token's keys and values
+(the same for every text: position 0 of a causal tower sees only itself) are computed once at
+export, so a query of ``n`` tokens runs ``n - 1`` rows, and the last block's output projection
+and MLP run on the pooled EOT row only (``_CutTextTower``): one row of a dozen and most of one
+block of twelve less matrix work per query (``benchmarks/text_bench.py`` times the graphs with
+and without these cuts side by side; docs/performance.md).
+
 The exported graph restates the tower's forward in plain tensor ops (open_clip's blocks call
 ``nn.MultiheadAttention``, whose traced reshapes freeze the example's length), for exactly the
 towers :func:`models.text_tower.causal_eot_tower` accepts and whose blocks are open_clip's
@@ -57,28 +64,58 @@ INT8_MIN_COSINE = 0.99
 LOW_PRECISION_MIN_COSINE = 0.999  # float32 graph against torch weights cast to bf16/fp16 (issue 11's bar)
 
 TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
+# In cached graphs' file names: a graph of an earlier version would still agree with torch (it
+# computes the same features), so only the name keeps one from being reused. 2: start-token
+# keys and values held in the graph, last block on the EOT row only.
+GRAPH_VERSION = 2
 AUTO_CPU_RUNTIME = ONNX
 
 
-def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``nn.MultiheadAttention(x, x, x, attn_mask=mask)`` for batch-first ``x`` ``[B, n, d]`` and an
-    additive ``mask`` ``[n, n]``, written with shapes read off ``x`` so that the export keeps
-    batch and length dynamic. Returns ``[B, n, d]``."""
+def _heads(mha: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of batch-first ``x`` ``[B, n, d]``, each ``[B, heads, n, d / heads]``,
+    written with shapes read off ``x`` so that the export keeps batch and length dynamic."""
     b, n, d = x.shape
     heads = mha.num_heads
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, n, d / heads]
-    weights = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5 + mask, dim=-1)
-    return mha.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _mix(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+         mask: torch.Tensor) -> torch.Tensor:
+    """``mha``'s scaled dot-product attention of queries ``[B, heads, m, h]`` over keys and values
+    ``[B, heads, n, h]`` with an additive ``mask`` broadcastable to ``[B, heads, m, n]``; returns the
+    heads concatenated, ``[B, m, heads * h]``, before ``out_proj``."""
+    weights = torch.softmax(q @ k.transpose(-1, -2) * mha.head_dim ** -0.5 + mask, dim=-1)
+    mixed = weights @ v
+    return mixed.transpose(1, 2).reshape(mixed.shape[0], mixed.shape[2], -1)
 
 
 class _CutTextTower(nn.Module):
     """A float32 copy of a text tower's parts (not the vision tower a ``CLIP`` also holds):
-    token ids ``[B, n]``, already cut after the batch's last EOT -> text features ``[B, E]``, as
-    :func:`models.text_tower.encode_text_tokens` (not normalised)."""
+    token ids ``[B, n]``, already cut after the batch's last EOT and each starting with
+    ``first_token`` -> text features ``[B, E]``, as :func:`models.text_tower.encode_text_tokens`
+    (not normalised).
 
-    def __init__(self, tower: nn.Module):
+    Two exact cuts on top of the EOT cut, both from the tower being causal and EOT-pooled:
+
+    - Every text starts with the same token (the tokenizer's start-of-text), and a causal
+      position 0 attends only to itself, so its keys and values in every block are the same for
+      every text: they are computed once here (``prefix_keys``/``prefix_values``
+      ``[layers, 1, heads, 1, d / heads]``) and the graph runs positions ``1..n-1`` only.
+    - The output is the EOT row of the last block, so that block's attention output projection
+      and MLP run on that row alone (keys and values still come from every position).
+
+    Each is the same arithmetic as the full forward for the rows kept, so a float32 graph
+    equals torch up to float reordering (:data:`FP32_TOLERANCE`). With int8 matrices the
+    activations are quantised per tensor over the rows a graph computes, so dropping the
+    start token's row changes their scale slightly (held to :data:`INT8_MIN_COSINE` like before).
+    ``row_cuts=False`` runs every row through every block instead: the graph before these cuts,
+    kept as ``benchmarks/text_bench.py``'s baseline.
+    """
+
+    def __init__(self, tower: nn.Module, first_token: int, row_cuts: bool = True):
         super().__init__()
+        self.row_cuts = row_cuts
         self.token_embedding = copy.deepcopy(tower.token_embedding).float()
         self.transformer = copy.deepcopy(tower.transformer).float()
         self.ln_final = copy.deepcopy(tower.ln_final).float()
@@ -86,16 +123,43 @@ class _CutTextTower(nn.Module):
         self.text_projection = copy.deepcopy(projection).float() if projection is not None else None
         self.register_buffer("positional_embedding", tower.positional_embedding.detach().float().clone())
         self.register_buffer("attn_mask", tower.attn_mask.detach().float().clone())
+        keys, values = self._first_position(first_token)
+        self.register_buffer("prefix_keys", keys)
+        self.register_buffer("prefix_values", values)
+
+    @torch.no_grad()
+    def _first_position(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of position 0 holding ``token``, per block: two ``[layers, 1, heads, 1, h]``."""
+        x = self.token_embedding(torch.tensor([[token]])) + self.positional_embedding[:1]
+        keys, values = [], []
+        for block in self.transformer.resblocks:
+            q, k, v = _heads(block.attn, block.ln_1(x))
+            keys.append(k)
+            values.append(v)
+            x = x + block.ls_1(block.attn.out_proj(_mix(block.attn, q, k, v, self.attn_mask[:1, :1])))
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return torch.stack(keys), torch.stack(values)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        n = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[:n]
-        mask = self.attn_mask[:n, :n]
-        for block in self.transformer.resblocks:
-            x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+        b, n = tokens.shape
+        rows = torch.arange(b)
+        start = 1 if self.row_cuts else 0  # the first position computed
+        eot = tokens.argmax(dim=-1) - start  # argmax pooling: the EOT token has the highest id
+        x = self.token_embedding(tokens[:, start:]) + self.positional_embedding[start:n]  # [B, n - start, d]
+        mask = self.attn_mask[start:n, :n]  # queries start..n-1 over keys 0..n-1
+        last = len(self.transformer.resblocks) - 1
+        for i, block in enumerate(self.transformer.resblocks):
+            q, k, v = _heads(block.attn, block.ln_1(x))
+            if self.row_cuts:
+                k = torch.cat([self.prefix_keys[i].expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([self.prefix_values[i].expand(b, -1, -1, -1), v], dim=2)
+            mixed = _mix(block.attn, q, k, v, mask)
+            if i == last and self.row_cuts:  # only the EOT row is pooled
+                mixed, x = mixed[rows, eot].unsqueeze(1), x[rows, eot].unsqueeze(1)
+                eot = torch.zeros_like(eot)
+            x = x + block.ls_1(block.attn.out_proj(mixed))
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+        x = self.ln_final(x[rows, eot])
         projection = self.text_projection
         if projection is None:
             return x
@@ -119,9 +183,25 @@ def exportable_tower(model: nn.Module) -> nn.Module | None:
     return tower
 
 
-def export_text_tower(model: nn.Module) -> bytes:
+def leading_token(tokenizer) -> int:
+    """The token every text starts with under ``tokenizer`` (open_clip's start-of-text), read off
+    the tokens of :data:`PROBE_TEXTS` and the empty text.
+
+    Raises:
+        TextExportError: those texts do not all start with one token.
+    """
+    firsts = {int(t) for t in tokenizer([*PROBE_TEXTS, ""])[:, 0]}
+    if len(firsts) != 1:
+        raise TextExportError(f"texts do not all start with one token (first tokens {sorted(firsts)})")
+    return firsts.pop()
+
+
+def export_text_tower(model: nn.Module, first_token: int, row_cuts: bool = True) -> bytes:
     """ONNX (opset :data:`OPSET`) of ``model``'s text tower cut at EOT, float32, dynamic batch and
-    length: input ``tokens`` int64 ``[B, n]``, output ``features`` float32 ``[B, E]``.
+    length: input ``tokens`` int64 ``[B, n]``, every row starting with ``first_token``
+    (:func:`leading_token`, whose keys and values the graph holds; see ``_CutTextTower``),
+    output ``features`` float32 ``[B, E]``. ``row_cuts=False``: the graph without the start-token
+    and EOT-row cuts (a benchmark's baseline).
 
     Raises:
         TextExportError: the tower is not one :func:`exportable_tower` accepts.
@@ -129,8 +209,8 @@ def export_text_tower(model: nn.Module) -> bytes:
     tower = exportable_tower(model)
     if tower is None:
         raise TextExportError("the text tower is not a plain causal EOT-pooled open_clip tower")
-    cut = _CutTextTower(tower).eval()
-    example = torch.tensor([[1, 2, 3, 4]], dtype=torch.long)
+    cut = _CutTextTower(tower, first_token, row_cuts).eval()
+    example = torch.tensor([[first_token, 2, 3, 4]], dtype=torch.long)
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter (torch is pinned; the torch.export-based one needs onnxscript)
@@ -177,10 +257,12 @@ class OnnxTextTower:
     Attributes:
         session: the ``onnxruntime.InferenceSession``.
         quantized: whether the matrices are int8.
+        first_token: the token every text starts with, whose keys and values the graph holds.
     """
 
     session: object
     quantized: bool
+    first_token: int
 
     @property
     def label(self) -> str:
@@ -188,16 +270,24 @@ class OnnxTextTower:
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[Q, C]`` (padded to the context) -> ``[Q, E]`` float32 features, not
-        normalised; the graph runs over the first ``max EOT + 1`` positions only."""
-        n = int(tokens.argmax(dim=-1).max()) + 1
+        normalised; the graph runs over positions ``1..max EOT`` only.
+
+        Raises:
+            ValueError: a row does not start with :attr:`first_token` or has no later EOT.
+        """
+        eot = tokens.argmax(dim=-1)
+        if bool((tokens[:, 0] != self.first_token).any()) or int(eot.min()) < 1:
+            raise ValueError(f"the ONNX text tower takes texts starting with token {self.first_token} and ending with EOT")
+        n = int(eot.max()) + 1
         ids = np.ascontiguousarray(tokens[:, :n].cpu().numpy().astype(np.int64))
         (features,) = self.session.run(["features"], {"tokens": ids})
         return torch.from_numpy(features)
 
 
-def open_session(onnx_model: bytes, quantized: bool, threads: int | None = None) -> OnnxTextTower:
-    """An ONNX Runtime CPU session over ``onnx_model`` with ``threads`` intra-op threads (default:
-    torch's current count, 1 in an API process), no spinning idle threads, all graph optimisations."""
+def open_session(onnx_model: bytes, quantized: bool, first_token: int, threads: int | None = None) -> OnnxTextTower:
+    """An ONNX Runtime CPU session over ``onnx_model`` (exported for ``first_token``) with ``threads``
+    intra-op threads (default: torch's current count, 1 in an API process), no spinning idle
+    threads, all graph optimisations."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -206,7 +296,8 @@ def open_session(onnx_model: bytes, quantized: bool, threads: int | None = None)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return OnnxTextTower(ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"]), quantized)
+    session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+    return OnnxTextTower(session, quantized, first_token)
 
 
 PROBE_TEXTS = (
@@ -256,17 +347,18 @@ def build_onnx_text_tower(model: nn.Module, tokenizer, quantize: bool, cache_fil
     """
     import onnxruntime  # noqa: F401 -- fail before exporting when the runtime is missing
 
+    first_token = leading_token(tokenizer)
     if cache_file is not None and cache_file.is_file():
-        tower = open_session(cache_file.read_bytes(), quantize, threads)
+        tower = open_session(cache_file.read_bytes(), quantize, first_token, threads)
         try:
             check_against_torch(model, tokenizer, tower)
             return tower
         except TextExportError as exc:
             log.warning("cached text tower %s is stale (%s); exporting again", cache_file, exc)
-    graph = export_text_tower(model)
+    graph = export_text_tower(model, first_token)
     if quantize:
         graph = quantize_int8(graph, int8_reduce_range(detect_cpu_capability()) if reduce_range is None else reduce_range)
-    tower = open_session(graph, quantize, threads)
+    tower = open_session(graph, quantize, first_token, threads)
     cosine = check_against_torch(model, tokenizer, tower)
     log.info("text tower runs on ONNX Runtime (%s), min cosine to torch %.6f", tower.label, cosine)
     if cache_file is not None:
@@ -317,7 +409,7 @@ def attach_text_runtime(backbone: "ClipBackbone", requested: str, cache_dir: Pat
     cache_file = None
     if cache_dir is not None:
         digest = hashlib.sha256(backbone.key.encode()).hexdigest()[:16]
-        cache_file = cache_dir / f"text-{digest}-{choice.runtime}{'-7bit' if reduce_range else ''}.onnx"
+        cache_file = cache_dir / f"text-{digest}-g{GRAPH_VERSION}-{choice.runtime}{'-7bit' if reduce_range else ''}.onnx"
     try:
         tower = build_onnx_text_tower(backbone.model, backbone.tokenizer, quantize, cache_file, reduce_range=reduce_range)
     except (TextExportError, ImportError) as exc:

@@ -26,6 +26,7 @@ from models.text_onnx import (
     export_text_tower,
     exportable_tower,
     int8_reduce_range,
+    leading_token,
     quantize_int8,
 )
 from models.precision import CpuCapability
@@ -57,6 +58,22 @@ def test_float32_graph_equals_the_full_context_torch_forward(tiny_backbone: Clip
     torch.testing.assert_close(short, got[:2], atol=1e-5, rtol=1e-5)
 
 
+def test_the_graph_holds_the_start_token_and_refuses_texts_without_it(tiny_backbone: ClipBackbone) -> None:
+    """The graph runs positions 1..n-1 over the start token's stored keys and values: a row that
+    does not start with that token (or has no EOT after it) is refused, not silently mis-encoded."""
+    tower = build_onnx_text_tower(tiny_backbone.model, tiny_backbone.tokenizer, quantize=False)
+    tokens = tiny_backbone.tokenizer(TEXTS)
+    assert tower.first_token == int(tokens[0, 0]) == leading_token(tiny_backbone.tokenizer)
+    shifted = tokens.clone()
+    shifted[1, 0] = 5
+    with pytest.raises(ValueError, match="starting with token"):
+        tower(shifted)
+    with pytest.raises(ValueError, match="ending with EOT"):
+        tower(tokens[:, :1])
+    with pytest.raises(TextExportError, match="do not all start with one token"):
+        leading_token(lambda texts: torch.arange(len(texts) * 3).reshape(len(texts), 3))
+
+
 def test_int8_graph_is_close_but_not_the_float32_graph(tiny_backbone: ClipBackbone) -> None:
     tokens = tiny_backbone.tokenizer(TEXTS)
     int8 = build_onnx_text_tower(tiny_backbone.model, tiny_backbone.tokenizer, quantize=True)
@@ -72,7 +89,7 @@ def test_int8_weights_use_7_bits_on_cpus_without_vnni(tiny_backbone: ClipBackbon
     """Without VNNI, u8 x s8 products are summed in saturating int16: 7-bit weights keep them in range
     (on an AVX2-only EPYC the tiny tower's min cosine was 0.984 with 8-bit weights, 0.997 with 7)."""
     assert int8_reduce_range(CpuCapability("AVX2")) and not int8_reduce_range(CpuCapability("AVX512", vnni=True))
-    graph = export_text_tower(tiny_backbone.model)
+    graph = export_text_tower(tiny_backbone.model, leading_token(tiny_backbone.tokenizer))
     for reduce_range, largest in ((True, 64), (False, 127)):
         weights = [numpy_helper.to_array(t) for t in onnx.load_from_string(quantize_int8(graph, reduce_range)).graph.initializer
                    if t.data_type == onnx.TensorProto.INT8]
@@ -91,7 +108,7 @@ def test_backbone_encodes_through_the_attached_tower(fresh_backbone: ClipBackbon
 def test_the_export_is_cached_and_a_stale_cache_is_replaced(tmp_path: Path, caplog) -> None:
     first = load_backbone(TINY_MODEL, "random", "cpu", TINY_CONFIG_DIR, "fp32")
     attach_text_runtime(first, ONNX, tmp_path)
-    (cached,) = tmp_path.glob("text-*-onnx.onnx")
+    (cached,) = tmp_path.glob("text-*-g2-onnx.onnx")
     stamp = cached.stat().st_mtime_ns
     second = load_backbone(TINY_MODEL, "random", "cpu", TINY_CONFIG_DIR, "fp32")
     attach_text_runtime(second, ONNX, tmp_path)
