@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/index_memory.py --vectors 1000000 --kinds flat ivf ivfpq64 ivfpq32
     PYTHONPATH=. python benchmarks/index_memory.py --vectors 200000 --kinds hnsw
     PYTHONPATH=. python benchmarks/index_memory.py --vectors 20000 50000 100000 200000 1000000 --kinds flat auto-ivf
+    PYTHONPATH=. python benchmarks/index_memory.py --vectors 1000000 --kinds auto-ivf auto-ivf-fp16
 
 Each kind is built in a fresh child process through ``search.vector_index.VectorIndex`` (the code
 the API runs), from 512-d unit vectors drawn around 4096 random centres (real CLIP embeddings
@@ -14,7 +15,8 @@ of one query split among two threads), recall@10 against exact search on queries
 exact top 10 are among the 200 candidates (what a re-scoring stage after the index would see).
 ``auto`` is the default ``VIDSEEK_INDEX_TYPE`` (flat below its threshold), ``auto-ivf`` the IVF it
 becomes above it, measured at any size: flat against ``auto-ivf`` over several ``--vectors`` is how
-the threshold was chosen (docs/performance.md). IVF kinds train on a sample as the rebuild draws it.
+the threshold was chosen (docs/performance.md); ``auto-ivf-fp16`` is the same IVF with float16
+lists (``VIDSEEK_INDEX_LISTS=fp16``). IVF kinds train on a sample as the rebuild draws it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ KINDS = {
     "hnsw": IndexOptions("hnsw"),
     "auto": IndexOptions("auto"),
     "auto-ivf": IndexOptions("auto", auto_at=1),
+    "auto-ivf-fp16": IndexOptions("auto", auto_at=1, lists="fp16"),  # VIDSEEK_INDEX_LISTS=fp16
 }
 
 

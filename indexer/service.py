@@ -67,7 +67,8 @@ def settings_space_key(settings: Settings) -> str:
 def open_index(settings: Settings, catalog: Catalog, key: str, dim: int) -> SegmentIndex:
     """The FAISS index of embedding space ``key`` in ``settings``' index folder."""
     options = IndexOptions(settings.index_type, settings.index_nlist, settings.index_nprobe, settings.index_pq_m,
-                           auto_at=settings.index_auto_at, search_threads=settings.resolved_search_threads)
+                           auto_at=settings.index_auto_at, search_threads=settings.resolved_search_threads,
+                           lists=settings.index_lists)
     return SegmentIndex(catalog, settings.resolved_index_dir, key, dim, options, settings.index_refresh_seconds)
 
 

@@ -251,7 +251,7 @@ class SegmentIndex:
                 differs = present & (self.owners.videos_of(ids) != videos)
                 if not lossy and present.any():
                     stored = self.index.vectors(ids[present])
-                    differs[present] |= np.abs(stored - vectors[present]).max(axis=1) > VECTOR_TOLERANCE
+                    differs[present] |= np.abs(stored - self.index.stored_form(vectors[present])).max(axis=1) > VECTOR_TOLERANCE
                 mismatched += int(differs.sum())
                 bad = ~present | differs | np.isin(ids, duplicated)
                 fix_ids.append(ids[bad])

@@ -23,6 +23,7 @@ SUMMARIES = ("none", *SUMMARIZERS.names())
 RERANKERS = RERANKER_REGISTRY.names()
 LLM_SUMMARIES = SUMMARIZERS.names()
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+LIST_STORAGE = ("fp16", "fp32")  # VIDSEEK_INDEX_LISTS: search.vector_index.LIST_STORAGE
 AUTO_DECODE_WORKERS = 2
 AUTO_SEARCH_THREADS = 2
 DECODE_MODES = ("fast", "exact")  # indexer.decode: skip non-reference frames when sampling sparsely, or decode all
@@ -90,6 +91,7 @@ class Settings:
     index_nprobe: int = 0  # IVF lists probed per query; 0 -> nlist / 8 (flat IVF) or nlist / 16 (IVF-PQ)
     search_threads: int = 0  # threads one IVF search splits its probed lists among; 0 = auto (min(2, CPUs))
     index_pq_m: int = 64  # IVF-PQ: bytes per vector (sub-quantizers of 8 bits); must divide the embedding size
+    index_lists: str = "fp32"  # how IVF lists hold vectors: fp32 (exact scores) or fp16 (half the memory, scores within ~1e-4)
     search_candidates: int = 200
     text_batch_max: int = 32  # queries per shared text-encoder forward; 1 turns the batcher off
     text_batch_wait_ms: float = 2.0  # how long a batch waits for more queries, only when queries come together
@@ -147,6 +149,8 @@ class Settings:
             raise SettingsError("VIDSEEK_DECODE_WORKERS must be >= 0 (0: auto, 1: one decoder)")
         if self.index_nlist < 0 or self.index_nprobe < 0 or self.index_pq_m < 1:
             raise SettingsError("VIDSEEK_INDEX_NLIST and VIDSEEK_INDEX_NPROBE must be >= 0, VIDSEEK_INDEX_PQ_M >= 1")
+        if self.index_lists not in LIST_STORAGE:
+            raise SettingsError(f"VIDSEEK_INDEX_LISTS must be one of {LIST_STORAGE}, got {self.index_lists!r}")
         if self.index_auto_at < 0:
             raise SettingsError("VIDSEEK_INDEX_AUTO_AT must be >= 0 (0: the measured default)")
         if self.search_threads < 0:

@@ -7,7 +7,13 @@ Vectors are L2-normalised, so inner product is cosine similarity. Index kinds:
   ``search.segment_index`` makes the switch (and retrains as the library grows).
 - ``flat``: exact search, ``IndexIDMap2(IndexFlatIP)``; its time grows with the library
   (about 2.1 GB per million 512-d vectors).
-- ``ivf``: ``IndexIVFFlat`` with native ids: the same memory as flat, much faster search.
+- ``ivf``: ``IndexIVFFlat`` with native ids (``lists="fp32"``, the default): the same memory as
+  flat, much faster search, exact scores. With ``lists="fp16"`` (``VIDSEEK_INDEX_LISTS``, also for
+  ``auto`` once it is IVF) the lists hold each vector in float16 (``IndexIVFScalarQuantizer``
+  ``QT_fp16``, not by residual): half the memory (about 1.05 GB per million 512-d vectors) and
+  half the bytes a search scans, but a score is the inner product with the float16-rounded
+  vector, within about 1e-4 of the exact one (each component rounded to 11 significant bits), so
+  candidates that close can trade places: not the default, which keeps the exact order.
 - ``ivfpq``: ``IndexIVFPQ`` with ``pq_m`` bytes per vector (8-bit codes): for 10M+ segments,
   ~0.1 GB per million at ``pq_m=64``; scores are approximate.
 - ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot delete, so removed ids are filtered
@@ -37,6 +43,7 @@ import numpy as np
 INDEX_FILE = "segments.faiss"
 STATE_FILE = "segments.json"
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+LIST_STORAGE = ("fp16", "fp32")  # how ``ivf`` (and ``auto`` once IVF) lists hold vectors
 TRAINED_KINDS = ("auto", "ivf", "ivfpq")
 MIN_TRAIN = 10_000  # fewest vectors an IVF index trains on (8-bit PQ needs 39 x 256 of them)
 MAX_NPROBE = 128
@@ -68,7 +75,8 @@ class IndexOptions:
     ``nlist`` 0 picks about ``4·sqrt(n)`` lists for the ``n`` training vectors; ``nprobe`` 0
     probes ``nlist / 8`` of them (at most ``MAX_NPROBE``; ``auto``: ``AUTO_NPROBE``); ``pq_m`` is
     the IVF-PQ code size in bytes; ``auto_at`` 0 means ``AUTO_IVF_AT``; ``search_threads``: the
-    OpenMP threads one search uses (an IVF search of one query splits its probed lists among them).
+    OpenMP threads one search uses (an IVF search of one query splits its probed lists among them);
+    ``lists``: how ``ivf``/``auto`` lists hold vectors (:data:`LIST_STORAGE`, see the module docstring).
     """
 
     kind: str = "flat"
@@ -78,10 +86,13 @@ class IndexOptions:
     hnsw_m: int = 32
     auto_at: int = 0
     search_threads: int = 1
+    lists: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}")
+        if self.lists not in LIST_STORAGE:
+            raise ValueError(f"IVF lists are stored as one of {LIST_STORAGE}, not {self.lists!r}")
         if self.search_threads < 1:
             raise ValueError(f"search_threads must be >= 1, got {self.search_threads}")
 
@@ -144,7 +155,10 @@ class VectorIndex:
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         nlist = min(o.nlist_for(max(size, len(train))), max(1, len(train) // 39))
         quantizer = faiss.IndexFlatIP(self.dim)
-        if self.kind in ("ivf", "auto"):
+        if self.kind in ("ivf", "auto") and o.lists == "fp16":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                  faiss.METRIC_INNER_PRODUCT, False)  # not by residual: each vector as is
+        elif self.kind in ("ivf", "auto"):
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, o.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
@@ -295,9 +309,20 @@ class VectorIndex:
         with self._lock:
             return np.sort(self._export_locked(vectors=False)[0])
 
+    def stored_form(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` float32 ``[n, dim]`` as this index holds them (what :meth:`vectors` gives back):
+        rounded to float16 when its lists are float16 (not by residual: a vector's code is its own),
+        else unchanged (IVF-PQ: not comparable)."""
+        with self._lock:
+            cpu = self._cpu_index()
+            if not isinstance(cpu, faiss.IndexIVFScalarQuantizer):
+                return vectors
+            quantizer = cpu.sq  # FAISS's own float16 rounding (not numpy's: they differ by an ulp at times)
+            return quantizer.decode(quantizer.compute_codes(np.ascontiguousarray(vectors, dtype=np.float32)))
+
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of ``ids`` (present ones), float32 ``[n, dim]``; IVF-PQ decodes its
-        codes, so they approximate the vectors that were added."""
+        codes, so they approximate the vectors that were added; float16 lists give them rounded."""
         with self._lock:
             cpu = self._cpu_index()
             wanted = np.asarray(ids, dtype=np.int64)

@@ -73,6 +73,23 @@ def test_verify_finds_and_repairs_every_difference(catalog: Catalog, tmp_path: P
     assert reloaded.verify().consistent  # the repair was saved
 
 
+def test_verify_compares_fp16_lists_with_the_rounded_catalog_vectors(catalog: Catalog, tmp_path: Path) -> None:
+    """An IVF index with float16 lists (VIDSEEK_INDEX_LISTS=fp16) holds rounded vectors, up to ~2e-4
+    from the catalog's: verify compares them rounded as the index rounds them, so a healthy index is
+    consistent and a stale vector is still found."""
+    vectors = _fill(catalog, videos=6, per_video=5)
+    settings = Settings(data_dir=tmp_path, index_auto_at=20, index_lists="fp16", index_refresh_seconds=0)
+    index = open_index(settings, catalog, "space", DIM)
+    assert index.options == IndexOptions("auto", auto_at=20, search_threads=settings.resolved_search_threads, lists="fp16")
+    assert index.verify().consistent and index.structure == "ivf"
+    held = index.index.vectors(np.array(sorted(vectors)))
+    assert np.abs(held - np.stack([vectors[i] for i in sorted(vectors)])).max() > 1e-4  # really rounded
+    stale = sorted(vectors)[2]
+    index.index.add(np.array([stale]), _unit(1, seed=99))
+    assert index.verify().mismatched == 1
+    assert index.verify(repair=True).repaired and index.verify().consistent
+
+
 def test_verify_on_a_snapshot_with_a_wrong_watermark(catalog: Catalog, tmp_path: Path) -> None:
     """The failure a torn snapshot would cause: the state claims segments the index lacks."""
     _fill(catalog, videos=2, per_video=4)

@@ -15,6 +15,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
         "VIDSEEK_PRECISION": "bf16",
         "VIDSEEK_API_KEY": "s3cret",
         "VIDSEEK_SEARCH_THREADS": "3",
+        "VIDSEEK_INDEX_LISTS": "fp16",
         "UNRELATED": "x",
     }
     s = Settings.from_env(env)
@@ -23,6 +24,7 @@ def test_from_env_reads_typed_values(tmp_path: Path) -> None:
     assert s.sample_fps == 2.5 and s.segment_frames == 8
     assert s.encoder == "tempme" and s.api_key == "s3cret" and s.precision == "bf16"
     assert s.resolved_search_threads == 3 and 1 <= Settings().resolved_search_threads <= 2  # 0: auto, min(2, CPUs)
+    assert s.index_lists == "fp16" and Settings().index_lists == "fp32"
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'catalog.db'}"
     assert s.resolved_index_dir == tmp_path / "index"
     assert s.runs_in_process
@@ -51,6 +53,7 @@ def test_defaults_and_allowed_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ({"VIDSEEK_LLM_SUMMARY": "zip"}, "VIDSEEK_LLM_SUMMARY"),
         ({"VIDSEEK_LLM_INNER_RATIO": "1"}, "VIDSEEK_LLM_INNER_RATIO"),
         ({"VIDSEEK_SEARCH_THREADS": "-1"}, "VIDSEEK_SEARCH_THREADS"),
+        ({"VIDSEEK_INDEX_LISTS": "int8"}, "VIDSEEK_INDEX_LISTS"),
     ],
 )
 def test_bad_values_are_named(env: dict, message: str) -> None:

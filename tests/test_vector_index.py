@@ -152,3 +152,27 @@ def test_verify_finds_and_repairs_a_wrong_segment_owner(tmp_path: Path) -> None:
     assert index.verify(repair=True).repaired
     assert index.verify().consistent
     assert index.videos_of(np.array([*ids, 9999])).tolist() == [video_id] * 3 + [-1]
+
+
+def test_fp16_lists_halve_the_ivf_index_and_keep_scores_within_2e_4() -> None:
+    """``lists="fp16"`` (VIDSEEK_INDEX_LISTS): the same IVF search over float16-rounded vectors; the
+    snapshot is about half, scores are inner products with the rounded vectors (within 2e-4 of the
+    exact ones for unit vectors), and what the index holds is what ``stored_form`` predicts."""
+    vectors, queries = _unit(12_000, seed=5), _unit(8, seed=6)
+    full, half = (VectorIndex(16, IndexOptions("ivf", nlist=64, nprobe=64, lists=lists)) for lists in ("fp32", "fp16"))
+    for index in (full, half):
+        index.add(np.arange(12_000), vectors)
+    assert isinstance(full._index, faiss.IndexIVFFlat) and isinstance(half._index, faiss.IndexIVFScalarQuantizer)
+    assert len(faiss.serialize_index(half._index)) < 0.7 * len(faiss.serialize_index(full._index))
+    overlap = 0
+    for q in queries:
+        scores, found = half.search(q[None], 10)
+        np.testing.assert_allclose(scores[0], vectors[found[0]] @ q, atol=2e-4)
+        np.testing.assert_allclose(scores[0], half.stored_form(vectors[found[0]]) @ q, atol=1e-5)
+        overlap += len(set(found[0].tolist()) & set(full.search(q[None], 10)[1][0].tolist()))
+    assert overlap >= 0.9 * 10 * len(queries)
+    stored = half.vectors(np.arange(50))
+    assert np.array_equal(stored, half.stored_form(vectors[:50])) and not np.array_equal(stored, vectors[:50])
+    assert np.array_equal(full.stored_form(vectors[:50]), vectors[:50])
+    with pytest.raises(ValueError, match="fp16"):
+        IndexOptions("ivf", lists="bf16")
