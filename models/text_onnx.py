@@ -90,6 +90,13 @@ def _mix(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.
     return mixed.transpose(1, 2).reshape(mixed.shape[0], mixed.shape[2], -1)
 
 
+def _residual(block: nn.Module, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """The rest of open_clip's ``ResidualAttentionBlock`` after attention: ``x`` ``[B, m, d]`` plus
+    the projected attention output ``mixed`` ``[B, m, d]`` (from :func:`_mix`), then its MLP."""
+    x = x + block.ls_1(block.attn.out_proj(mixed))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 class _CutTextTower(nn.Module):
     """A float32 copy of a text tower's parts (not the vision tower a ``CLIP`` also holds):
     token ids ``[B, n]``, already cut after the batch's last EOT and each starting with
@@ -136,8 +143,7 @@ class _CutTextTower(nn.Module):
             q, k, v = _heads(block.attn, block.ln_1(x))
             keys.append(k)
             values.append(v)
-            x = x + block.ls_1(block.attn.out_proj(_mix(block.attn, q, k, v, self.attn_mask[:1, :1])))
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = _residual(block, x, _mix(block.attn, q, k, v, self.attn_mask[:1, :1]))
         return torch.stack(keys), torch.stack(values)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -157,8 +163,7 @@ class _CutTextTower(nn.Module):
             if i == last and self.row_cuts:  # only the EOT row is pooled
                 mixed, x = mixed[rows, eot].unsqueeze(1), x[rows, eot].unsqueeze(1)
                 eot = torch.zeros_like(eot)
-            x = x + block.ls_1(block.attn.out_proj(mixed))
-            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = _residual(block, x, mixed)
         x = self.ln_final(x[rows, eot])
         projection = self.text_projection
         if projection is None:
