@@ -9,7 +9,8 @@ space, ``--per-video`` per video), starts ``vidseek serve`` (gunicorn) on it and
 ``--clients`` threads (each count in turn) send ``--requests`` searches in total, each with a
 distinct text (so every request runs the text encoder: no cache hits), over keep-alive
 connections; it does so with the text batcher off and on (``--text-batch``) and for each text
-runtime asked for (``--text-runtime``: torch, onnx, onnx-int8; ``models/text_onnx.py``), one server
+runtime asked for (``--text-runtime``: torch, onnx, onnx-int8; ``models/text_onnx.py``) and IVF
+list storage (``--index-lists``: fp32, fp16; an index snapshot built for each), one server
 after the other on the same catalog, and reports the server's mean time per query in the text encoder
 (waiting for a shared forward included), the index and the catalog reads. ``ingest`` generates
 ``--videos`` distinct synthetic videos, starts N ``vidseek worker`` processes, warms each up (model
@@ -35,6 +36,7 @@ import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ from models.factory import model_embed_dim  # noqa: E402
 from models.registry import TEXT_RUNTIMES  # noqa: E402
 from search.catalog import Catalog, embedding_to_bytes  # noqa: E402
 from search.db import upgrade  # noqa: E402
-from search.settings import Settings  # noqa: E402
+from search.settings import LIST_STORAGE, Settings  # noqa: E402
 from search.tables import Segment, Status, Video  # noqa: E402
 
 WORDS = ("red ball rolling dog frisbee beach sunset snow falling city street night car bike "
@@ -161,8 +163,49 @@ def wait_ready(port: int, segments: int, api: subprocess.Popen, log: Path, timeo
         time.sleep(1)
 
 
+def serve_and_measure(args: argparse.Namespace, settings: Settings, tmp: str) -> list[dict]:
+    """A server for each text batching, text runtime and search threads asked for, on the index
+    snapshot ``settings`` left in its data folder, measured with each ``--clients`` count."""
+    rows = []
+    servers = [(b, r, t) for b in args.text_batch for r in args.text_runtime for t in args.search_threads]
+    for batching, text_runtime, search_threads in servers:
+        env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
+               "VIDSEEK_INDEX_LISTS": settings.index_lists,
+               "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1", "VIDSEEK_TEXT_RUNTIME": text_runtime,
+               "VIDSEEK_SEARCH_THREADS": str(search_threads),
+               "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
+        port = 18000 + os.getpid() % 1000
+        log = Path(tmp) / f"api-{settings.index_lists}-{batching}-{text_runtime}-{search_threads}.log"
+        t0 = time.perf_counter()
+        api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
+                    env, log)
+        try:
+            wait_ready(port, args.segments, api, log)
+            print(f"server (lists {settings.index_lists}, text batcher {batching}, text runtime {text_runtime}, search threads "
+                  f"{search_threads or 'auto'}) ready in "
+                  f"{time.perf_counter() - t0:.1f}s", flush=True)
+            for clients in args.clients:
+                run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
+                latencies, wall, errors, stages = run_clients(port, clients, args.requests, args.k)
+                rows.append({
+                    "benchmark": "query", "machine": machine_description(), "model": args.model,
+                    "index": args.index_type, "index_lists": settings.index_lists, "segments": args.segments, "text_batcher": batching,
+                    "text_runtime": text_runtime, "search_threads": search_threads,
+                    "clients": clients, "requests": args.requests, "k": args.k,
+                    "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
+                    "throughput_rps": round(len(latencies) / wall, 1),
+                    "latency_ms": latency_percentiles([t * 1e3 for t in latencies]),
+                    "server_stage_ms": stages,
+                })
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            stop([api])
+    return rows
+
+
 def bench_query(args: argparse.Namespace) -> list[dict]:
-    """One catalog; for each ``--text-batch`` setting a server on it, measured with each ``--clients`` count."""
+    """One catalog; for each ``--index-lists`` an index snapshot of it, served by each server of
+    :func:`serve_and_measure` in turn."""
     rows = []
     database = nullcontext(args.database_url) if args.database_url else temporary_database("vidseek_bench")
     with database as url, tempfile.TemporaryDirectory() as tmp:
@@ -177,44 +220,16 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
         t0 = time.perf_counter()
         fill_catalog(catalog, key, dim, args.segments, args.per_video, held=held)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
-        t0 = time.perf_counter()
-        index = open_index(settings, catalog, key, dim)  # built once, as `vidseek index rebuild` would:
-        index.refresh(force=True)  # every server process loads the snapshot instead of building its own
-        index.save()
-        print(f"index: {len(index)} segments, {index.structure}, built in {time.perf_counter() - t0:.1f}s", flush=True)
-        del index
-        servers = [(b, r, t) for b in args.text_batch for r in args.text_runtime for t in args.search_threads]
-        for batching, text_runtime, search_threads in servers:
-            env = {**process_env(settings), "VIDSEEK_INDEX_TYPE": args.index_type,
-                   "VIDSEEK_TEXT_BATCH_MAX": "32" if batching == "on" else "1", "VIDSEEK_TEXT_RUNTIME": text_runtime,
-                   "VIDSEEK_SEARCH_THREADS": str(search_threads),
-                   "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
-            port = 18000 + os.getpid() % 1000
-            log = Path(tmp) / f"api-{batching}-{text_runtime}-{search_threads}.log"
+        for lists in args.index_lists:
+            listed = replace(settings, index_lists=lists)
             t0 = time.perf_counter()
-            api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
-                        env, log)
-            try:
-                wait_ready(port, args.segments, api, log)
-                print(f"server (text batcher {batching}, text runtime {text_runtime}, search threads "
-                      f"{search_threads or 'auto'}) ready in "
-                      f"{time.perf_counter() - t0:.1f}s", flush=True)
-                for clients in args.clients:
-                    run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
-                    latencies, wall, errors, stages = run_clients(port, clients, args.requests, args.k)
-                    rows.append({
-                        "benchmark": "query", "machine": machine_description(), "model": args.model,
-                        "index": args.index_type, "segments": args.segments, "text_batcher": batching,
-                        "text_runtime": text_runtime, "search_threads": search_threads,
-                        "clients": clients, "requests": args.requests, "k": args.k,
-                        "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
-                        "throughput_rps": round(len(latencies) / wall, 1),
-                        "latency_ms": latency_percentiles([t * 1e3 for t in latencies]),
-                        "server_stage_ms": stages,
-                    })
-                    print(json.dumps(rows[-1]), flush=True)
-            finally:
-                stop([api])
+            index = open_index(listed, catalog, key, dim)  # built once, as `vidseek index rebuild` would:
+            index.refresh(force=True)  # every server process loads the snapshot instead of building its own
+            index.save()
+            print(f"index: {len(index)} segments, {index.structure}, lists {lists}, built in "
+                  f"{time.perf_counter() - t0:.1f}s", flush=True)
+            del index
+            rows += serve_and_measure(args, listed, tmp)
         catalog.dispose()
     return rows
 
@@ -320,6 +335,9 @@ def main() -> None:
                    help="run a server with each VIDSEEK_TEXT_RUNTIME (after each --text-batch setting)")
     q.add_argument("--search-threads", type=int, nargs="+", default=[0],
                    help="run a server with each VIDSEEK_SEARCH_THREADS (0: auto; after each --text-runtime)")
+    q.add_argument("--index-lists", nargs="+", choices=LIST_STORAGE, default=["fp32"],
+                   help="build the index snapshot with each VIDSEEK_INDEX_LISTS in turn, each served by every "
+                        "server above")
     i = sub.add_parser("ingest")
     i.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     i.add_argument("--videos", type=int, default=8)
