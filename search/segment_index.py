@@ -93,6 +93,8 @@ class SegmentIndex:
             loaded = VectorIndex.load(folder, self.options)
             owners = SegmentOwners.load(folder)
         wanted = (embedding_key, dim, self.options.kind)
+        if loaded and not self._lists_fit(loaded[0]):
+            loaded = None  # rebuilt from the catalog by the first refresh, as without a snapshot
         if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted:
             self.index, self.state = loaded
             if owners is None:  # a snapshot from before the map was kept: read it from the catalog (whose
@@ -104,6 +106,16 @@ class SegmentIndex:
             self.index = VectorIndex(dim, self.options)
             self.owners = SegmentOwners()
             self.state = IndexState(embedding_key, dim, self.options.kind, 0, catalog.max_tombstone_id())
+
+    def _lists_fit(self, loaded: VectorIndex) -> bool:
+        """Whether a loaded snapshot's IVF lists are stored as ``VIDSEEK_INDEX_LISTS`` asks (a snapshot
+        without such lists fits any setting); a change of that setting takes effect at the next start."""
+        stored = loaded.list_storage
+        if stored is None or stored == self.options.lists:
+            return True
+        log.warning("index snapshot ignored: its IVF lists are %s, VIDSEEK_INDEX_LISTS is %s; rebuilding it from "
+                    "the catalog", stored, self.options.lists, extra={"folder": str(self.folder)})
+        return False
 
     def __len__(self) -> int:
         return len(self.index)

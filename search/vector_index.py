@@ -124,6 +124,15 @@ class IndexOptions:
         return max(MIN_TRAIN, 39 * self.nlist)
 
 
+def _faiss_classes(*names: str) -> tuple[type, ...]:
+    """The FAISS index classes of these names that this build has (the GPU ones only in GPU builds)."""
+    return tuple(getattr(faiss, name) for name in names if hasattr(faiss, name))
+
+
+_FP16_LISTS = _faiss_classes("IndexIVFScalarQuantizer", "GpuIndexIVFScalarQuantizer")
+_FP32_LISTS = _faiss_classes("IndexIVFFlat", "GpuIndexIVFFlat")
+
+
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -181,6 +190,16 @@ class VectorIndex:
     def trained(self) -> bool:
         """False while an IVF kind still holds its vectors in the exact untrained stage."""
         return self._trained
+
+    @property
+    def list_storage(self) -> str | None:
+        """How this index's IVF lists hold vectors (one of :data:`LIST_STORAGE`), None when it has no
+        such lists (flat, HNSW, IVF-PQ, an ``auto`` index still flat): read off the FAISS index, so a
+        loaded snapshot says what it was built with."""
+        with self._lock:
+            if isinstance(self._index, _FP16_LISTS):
+                return "fp16"
+            return "fp32" if isinstance(self._index, _FP32_LISTS) else None
 
     @property
     def nlist(self) -> int:

@@ -90,6 +90,22 @@ def test_verify_compares_fp16_lists_with_the_rounded_catalog_vectors(catalog: Ca
     assert index.verify(repair=True).repaired and index.verify().consistent
 
 
+def test_a_snapshot_whose_lists_differ_from_the_setting_is_rebuilt(catalog: Catalog, tmp_path: Path) -> None:
+    """Changing VIDSEEK_INDEX_LISTS takes effect at the next start: a snapshot saved with float32
+    lists is not served when float16 ones are asked for (nor the reverse), but rebuilt from the
+    catalog; a snapshot that fits is loaded as it is."""
+    vectors = _fill(catalog, videos=6, per_video=5)
+    rebuilt = []
+    for lists in ("fp32", "fp16", "fp16", "fp32"):
+        settings = Settings(data_dir=tmp_path, index_auto_at=20, index_lists=lists, index_refresh_seconds=0)
+        index = open_index(settings, catalog, "space", DIM)
+        rebuilt.append(index.state.segment_watermark == 0)  # nothing loaded: the first refresh reads the catalog
+        assert (index.refresh().added == len(vectors)) == rebuilt[-1]
+        assert index.index.list_storage == lists and len(index) == len(vectors) and index.verify().consistent
+        index.save()
+    assert rebuilt == [True, True, False, True]  # the second fp16 start served the first one's snapshot
+
+
 def test_verify_on_a_snapshot_with_a_wrong_watermark(catalog: Catalog, tmp_path: Path) -> None:
     """The failure a torn snapshot would cause: the state claims segments the index lacks."""
     _fill(catalog, videos=2, per_video=4)
