@@ -22,7 +22,11 @@ Reported: sampled frames/s and video-seconds/s (wall), the split of the wall tim
 encoder's forward passes and the rest (waiting for frames, pixel preparation, thumbnails,
 catalog), peak RSS of the process during the run (VmHWM reset before each), the frames decoded
 per sample, and the largest distance between a sample's instant and its frame's timestamp, in
-source frame periods.
+source frame periods. *CPU s* is the process's CPU time in the run (every thread: decoders, the
+encoder's threads, FFmpeg's); a job cannot take less wall time than its CPU seconds over the
+machine's cores, so *× today at most* (today's wall time over that floor) is the most a mode's
+work allows here however well decoding and encoding overlap (OpenMP threads spinning while they
+wait count as CPU time too, so the floor is a little high when the encoder waits).
 Random weights are fine for speed; they say nothing about answer quality.
 """
 
@@ -148,6 +152,7 @@ class DecodeRun:
     max_distance_frames: float
     decoded_per_sample: float
     peak_rss_mib: float
+    cpu_seconds: float
 
 
 @dataclass
@@ -158,6 +163,7 @@ class IngestRun:
     encode_seconds: float
     other_seconds: float
     samples: int
+    cpu_seconds: float
     frames_per_second: float
     video_seconds_per_second: float
     peak_rss_mib: float
@@ -169,14 +175,14 @@ def decode_once(path: Path, info: VideoInfo, mode: str, sample_fps: float, hardw
     decode, decode_workers = decode_setting(mode, workers)
     stats = DecodeStats()
     with jumps_for(mode):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         frames = list(iter_sampled_frames(path, sample_fps, 3600, 224, info, decode, hardware, decode_workers, stats))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     times = sample_times(info.duration, sample_fps, 3600)
     return DecodeRun(
         path.name, mode, seconds, len(frames), len(frames) / seconds, info.duration / seconds,
         max_sample_distance(frames, times, info.fps), stats.frames / max(len(frames), 1),
-        (process_peak_rss_bytes() or 0) / 2**20,
+        (process_peak_rss_bytes() or 0) / 2**20, cpu_seconds,
     )
 
 
@@ -220,16 +226,16 @@ def ingest_once(path: Path, info: VideoInfo, mode: str, base: Settings, runtime_
         job = runtime.catalog.create_job(path)
         _reset_peak_rss()
         with encoder_clock() as spent, jumps_for(mode):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             ingestor.run_job(job.id)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak = (process_peak_rss_bytes() or 0) / 2**20
         done = runtime.catalog.get_job(job.id)
         if done.error:
             raise RuntimeError(f"{path.name} ({mode}): {done.error}")
         samples = runtime.catalog.get_video(done.video_id).frames_sampled
         runtime.catalog.dispose()
-    return IngestRun(path.name, mode, seconds, spent[0], seconds - spent[0], samples, samples / seconds,
+    return IngestRun(path.name, mode, seconds, spent[0], seconds - spent[0], samples, cpu_seconds, samples / seconds,
                      info.duration / seconds, peak)
 
 
@@ -252,14 +258,16 @@ DECODE_COLUMNS = (
     Column("clip", "clip"), Column("mode", "decode"), Column("samples", "samples"),
     Column("frames_per_second", "sampled frames/s", "{:.1f}"), Column("video_seconds_per_second", "video-s/s", "{:.1f}"),
     Column("speedup", "× exact", "{:.2f}"), Column("max_distance_frames", "max dist (frames)", "{:.1f}"),
-    Column("decoded_per_sample", "decoded frames/sample", "{:.1f}"), Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    Column("decoded_per_sample", "decoded frames/sample", "{:.1f}"), Column("cpu_seconds", "CPU s", "{:.2f}"),
+    Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
 )
 INGEST_COLUMNS = (
     Column("clip", "clip"), Column("mode", "ingestion"), Column("samples", "samples"),
     Column("seconds", "wall s", "{:.2f}"), Column("encode_seconds", "encoder s", "{:.2f}"),
     Column("other_seconds", "rest s", "{:.2f}"),
     Column("frames_per_second", "sampled frames/s", "{:.1f}"), Column("video_seconds_per_second", "video-s/s", "{:.1f}"),
-    Column("speedup", "× today", "{:.2f}"), Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    Column("speedup", "× today", "{:.2f}"), Column("cpu_seconds", "CPU s", "{:.2f}"),
+    Column("ceiling", "× today at most (CPU s / cores)", "{:.2f}"), Column("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
 )
 
 
@@ -318,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in ingest_rows:
         ref = next(r for r in ingest_rows if r["clip"] == row["clip"] and r["mode"] == "today")
         row["speedup"] = row["video_seconds_per_second"] / ref["video_seconds_per_second"]
+        row["ceiling"] = ref["seconds"] / (row["cpu_seconds"] / (os.cpu_count() or 1))
 
     machine = machine_description()
     backbone = runtime_cache.get("backbone")

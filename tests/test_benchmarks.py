@@ -211,3 +211,21 @@ def test_query_profile_on_the_tiny_model(tiny_config_dir: Path, tmp_path: Path, 
         assert row["encode_p50"] + row["faiss_p50"] < row["total_p50"] <= row["total_p99"]
     assert json.loads((tmp_path / "profile.json").read_text())["rows"] == rows
     assert "| text runtime |" in capsys.readouterr().out
+
+
+def test_ingest_bench_smoke_on_a_short_generated_clip(tmp_path: Path) -> None:
+    """benchmarks/ingest_bench.py end to end on a 2-second generated 1080p clip and the tiny model:
+    every decode and ingestion mode gives a row with its samples, CPU seconds and the CPU ceiling."""
+    from benchmarks import ingest_bench
+
+    result = ingest_bench.main([
+        "--model", "vidseek-tiny-ViT", "--model-config-dir", str(Path(__file__).parent / "assets" / "model_configs"),
+        "--seconds", "2", "--repeats", "1", "--media", str(tmp_path / "none"), "--cache-dir", str(tmp_path),
+    ])
+    assert [r["mode"] for r in result["decode"]] == list(ingest_bench.DECODE_MODES)
+    assert [r["mode"] for r in result["ingest"]] == list(ingest_bench.INGEST_MODES)
+    for row in result["decode"] + result["ingest"]:
+        assert row["samples"] == 2 and row["cpu_seconds"] > 0
+    for row in result["ingest"]:
+        assert row["ceiling"] == pytest.approx(
+            result["ingest"][0]["seconds"] / (row["cpu_seconds"] / (os.cpu_count() or 1)))
