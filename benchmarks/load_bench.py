@@ -36,7 +36,6 @@ import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -221,7 +220,7 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
         fill_catalog(catalog, key, dim, args.segments, args.per_video, held=held)
         print(f"catalog: {args.segments} segments in {time.perf_counter() - t0:.1f}s", flush=True)
         for lists in args.index_lists:
-            listed = replace(settings, index_lists=lists)
+            listed = settings.with_overrides(index_lists=lists)
             t0 = time.perf_counter()
             index = open_index(listed, catalog, key, dim)  # built once, as `vidseek index rebuild` would:
             index.refresh(force=True)  # every server process loads the snapshot instead of building its own
