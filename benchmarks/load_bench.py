@@ -69,6 +69,8 @@ def process_env(settings: Settings) -> dict[str, str]:
         VIDSEEK_PRETRAINED=settings.pretrained, VIDSEEK_DEVICE=settings.device, VIDSEEK_LOG_LEVEL="WARNING",
         VIDSEEK_LOG_FORMAT="text", PYTHONPATH=str(REPO),
     )
+    if settings.model_config_dir is not None:
+        env["VIDSEEK_MODEL_CONFIG_DIR"] = str(settings.model_config_dir)
     return env
 
 
@@ -209,10 +211,10 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
     database = nullcontext(args.database_url) if args.database_url else temporary_database("vidseek_bench")
     with database as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, model=args.model, pretrained=args.pretrained,
-                            device="cpu", index_type=args.index_type)
+                            model_config_dir=args.model_config_dir, device="cpu", index_type=args.index_type)
         upgrade(url)
         catalog = Catalog(url)
-        key, dim = settings_space_key(settings), model_embed_dim(settings.model)
+        key, dim = settings_space_key(settings), model_embed_dim(settings.model, settings.model_config_dir)
         held = catalog.count_segments(key)
         if held > args.segments or held % 20_000:
             raise SystemExit(f"{url} holds {held} segments: not a fill of {args.segments} by this script")
@@ -263,7 +265,8 @@ def wait_jobs(catalog: Catalog, job_ids: list[int], timeout: float) -> list:
 def bench_ingest_once(args: argparse.Namespace, workers: int, media: Path, videos: list[Path], warmups: list[Path]) -> dict:
     with temporary_database("vidseek_bench") as url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=url, broker_url=args.broker_url, media_roots=(media,),
-                            task_queue=f"bench-{uuid.uuid4().hex[:8]}", model=args.model, pretrained=args.pretrained, device="cpu")
+                            task_queue=f"bench-{uuid.uuid4().hex[:8]}", model=args.model, pretrained=args.pretrained,
+                            model_config_dir=args.model_config_dir, device="cpu")
         upgrade(url)
         catalog = Catalog(url)
         queue = CeleryQueue(make_celery(settings))
@@ -310,10 +313,11 @@ def bench_ingest(args: argparse.Namespace) -> list[dict]:
         return [bench_ingest_once(args, w, media, videos, warmups) for w in args.workers]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("VIDSEEK_MODEL", "ViT-B-32"))
     parser.add_argument("--pretrained", default="random")
+    parser.add_argument("--model-config-dir", type=Path, default=None, help="extra open_clip model configs (*.json)")
     parser.add_argument("--json", type=Path, help="append the results to this JSON-lines file")
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("query")
@@ -343,7 +347,7 @@ def main() -> None:
     i.add_argument("--seconds", type=int, default=60)
     i.add_argument("--batch-segments", type=int, default=4)
     i.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = bench_query(args) if args.what == "query" else bench_ingest(args)
     for result in results:
         if args.what == "ingest":
@@ -351,6 +355,7 @@ def main() -> None:
         if args.json:
             with args.json.open("a") as fh:
                 fh.write(json.dumps(result) + "\n")
+    return results
 
 
 if __name__ == "__main__":

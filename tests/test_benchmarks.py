@@ -229,3 +229,21 @@ def test_ingest_bench_smoke_on_a_short_generated_clip(tmp_path: Path) -> None:
     for row in result["ingest"]:
         assert row["ceiling"] == pytest.approx(
             result["ingest"][0]["seconds"] / (row["cpu_seconds"] / (os.cpu_count() or 1)))
+
+
+def test_load_bench_query_serves_each_index_list_storage(tiny_config_dir: Path) -> None:
+    """benchmarks/load_bench.py query end to end on a small PostgreSQL catalog and the tiny model: a
+    real `vidseek serve` per --index-lists value, each measured with every --clients count."""
+    from benchmarks import load_bench
+    from tests.conftest import TINY_MODEL, temporary_database
+
+    with temporary_database("vidseek_loadbench") as url:
+        rows = load_bench.main([
+            "--model", TINY_MODEL, "--model-config-dir", str(tiny_config_dir), "query", "--database-url", url,
+            "--segments", "400", "--clients", "1", "2", "--requests", "6", "--processes", "1", "--threads", "2",
+            "--text-batch", "on", "--text-runtime", "torch", "--index-lists", "fp32", "fp16",
+        ])
+    assert [(r["index_lists"], r["clients"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("fp16", 1), ("fp16", 2)]
+    for row in rows:
+        assert row["errors"] == 0 and row["segments"] == 400 and row["latency_ms"]["p50"] > 0
+        assert set(row["server_stage_ms"]) >= {"encode", "search"}
