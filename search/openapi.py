@@ -313,6 +313,9 @@ _SCHEMAS: dict[str, Any] = {
             },
             "index": {"type": "string", "enum": ["flat", "ivf", "ivfpq", "hnsw"],
                       "description": "the index structure searched now (VIDSEEK_INDEX_TYPE=auto: flat, then ivf)"},
+            "index_lists": {"type": ["string", "null"], "enum": ["fp32", "fp16", None],
+                            "description": "how the IVF lists searched now hold vectors (VIDSEEK_INDEX_LISTS; a snapshot "
+                                           "saved otherwise is rebuilt at start); null for an index without such lists"},
             "model": {"type": "string"},
             "precision": {"type": "string", "enum": ["fp32", "bf16", "fp16"],
                           "description": "dtype the model's weights were cast to at load (VIDSEEK_PRECISION)"},

@@ -286,7 +286,7 @@ def test_health_ui_and_method_errors(client: FlaskClient, runtime: Runtime) -> N
     health = client.get("/healthz")
     assert health.status_code == 200
     body = health.get_json()
-    assert body == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat",
+    assert body == {"status": "ok", "database": "ok", "index_segments": 0, "index": "flat", "index_lists": None,
                     "index_refreshed_seconds_ago": body["index_refreshed_seconds_ago"], "model": runtime.backbone.key,
                     "precision": "fp32", "precision_reason": "set by VIDSEEK_PRECISION",
                     "text_runtime": "onnx", "text_runtime_reason": "auto: CPU with onnxruntime (exact float32 graph)",

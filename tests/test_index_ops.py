@@ -106,6 +106,26 @@ def test_a_snapshot_whose_lists_differ_from_the_setting_is_rebuilt(catalog: Cata
     assert rebuilt == [True, True, False, True]  # the second fp16 start served the first one's snapshot
 
 
+def test_healthz_names_the_list_storage_served_after_the_setting_changes(settings: Settings) -> None:
+    """`vidseek index rebuild` saves float32 lists; an API started with VIDSEEK_INDEX_LISTS=fp16
+    rebuilds instead of serving that snapshot, and /healthz says which storage it searches."""
+    from indexer.service import build_runtime
+    from search.api import create_app
+
+    catalog = open_catalog(settings)
+    key, dim = settings_space_key(settings), model_embed_dim(settings.model, settings.model_config_dir)
+    video = catalog.get_or_create_video(Path("/m/a.mp4"), "a" * 64, 1)
+    catalog.replace_segments(video.id, [SegmentRecord(i, i, i + 1, 1, None, x) for i, x in enumerate(_unit(60, dim=dim))], key)
+    fp32 = settings.with_overrides(index_auto_at=20)
+    assert cmd_index(fp32, Namespace(action="rebuild", check=False)) == 0
+    assert open_index(fp32, catalog, key, dim).index.list_storage == "fp32"
+
+    runtime = build_runtime(fp32.with_overrides(index_lists="fp16"))
+    runtime.index.refresh(force=True)
+    health = create_app(runtime.api_context()).test_client().get("/healthz").get_json()
+    assert (health["index"], health["index_lists"], health["index_segments"]) == ("ivf", "fp16", 60)
+
+
 def test_verify_on_a_snapshot_with_a_wrong_watermark(catalog: Catalog, tmp_path: Path) -> None:
     """The failure a torn snapshot would cause: the state claims segments the index lacks."""
     _fill(catalog, videos=2, per_video=4)

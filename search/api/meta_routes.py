@@ -33,7 +33,7 @@ def health():
     age = c.index.refresh_age()
     body = {"status": "ok" if database == "ok" else "degraded", "database": database,
             "index_segments": len(c.index), "index_refreshed_seconds_ago": round(age, 3) if age is not None else None,
-            "index": c.index.structure, "model": c.model_name}
+            "index": c.index.structure, "index_lists": c.index.index.list_storage, "model": c.model_name}
     if c.precision is not None:
         body.update(precision=c.precision.precision, precision_reason=c.precision.reason)
     if c.text_runtime is not None:
