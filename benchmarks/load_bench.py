@@ -164,7 +164,7 @@ def wait_ready(port: int, segments: int, api: subprocess.Popen, log: Path, timeo
         time.sleep(1)
 
 
-def serve_and_measure(args: argparse.Namespace, settings: Settings, tmp: str) -> list[dict]:
+def serve_and_measure(args: argparse.Namespace, settings: Settings) -> list[dict]:
     """A server for each text batching, text runtime and search threads asked for, on the index
     snapshot ``settings`` left in its data folder, measured with each ``--clients`` count."""
     rows = []
@@ -176,21 +176,21 @@ def serve_and_measure(args: argparse.Namespace, settings: Settings, tmp: str) ->
                "VIDSEEK_SEARCH_THREADS": str(search_threads),
                "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": str(args.torch_threads)}
         port = 18000 + os.getpid() % 1000
-        log = Path(tmp) / f"api-{settings.index_lists}-{batching}-{text_runtime}-{search_threads}.log"
+        log = settings.data_dir / f"api-{settings.index_lists}-{batching}-{text_runtime}-{search_threads}.log"
         t0 = time.perf_counter()
         api = start(["serve", "--port", str(port), "--workers", str(args.processes), "--threads", str(args.threads)],
                     env, log)
         try:
             wait_ready(port, args.segments, api, log)
-            print(f"server (lists {settings.index_lists}, text batcher {batching}, text runtime {text_runtime}, search threads "
-                  f"{search_threads or 'auto'}) ready in "
-                  f"{time.perf_counter() - t0:.1f}s", flush=True)
+            print(f"server (lists {settings.index_lists}, text batcher {batching}, text runtime {text_runtime}, "
+                  f"search threads {search_threads or 'auto'}) ready in {time.perf_counter() - t0:.1f}s", flush=True)
             for clients in args.clients:
                 run_clients(port, clients, clients * 4, args.k)  # warm up every process and thread
                 latencies, wall, errors, stages = run_clients(port, clients, args.requests, args.k)
                 rows.append({
                     "benchmark": "query", "machine": machine_description(), "model": args.model,
-                    "index": args.index_type, "index_lists": settings.index_lists, "segments": args.segments, "text_batcher": batching,
+                    "index": args.index_type, "index_lists": settings.index_lists, "segments": args.segments,
+                    "text_batcher": batching,
                     "text_runtime": text_runtime, "search_threads": search_threads,
                     "clients": clients, "requests": args.requests, "k": args.k,
                     "api": f"{args.processes} processes x {args.threads} threads", "errors": errors,
@@ -230,7 +230,7 @@ def bench_query(args: argparse.Namespace) -> list[dict]:
             print(f"index: {len(index)} segments, {index.structure}, lists {lists}, built in "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
             del index
-            rows += serve_and_measure(args, listed, tmp)
+            rows += serve_and_measure(args, listed)
         catalog.dispose()
     return rows
 

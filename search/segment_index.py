@@ -93,9 +93,7 @@ class SegmentIndex:
             loaded = VectorIndex.load(folder, self.options)
             owners = SegmentOwners.load(folder)
         wanted = (embedding_key, dim, self.options.kind)
-        if loaded and not self._lists_fit(loaded[0]):
-            loaded = None  # rebuilt from the catalog by the first refresh, as without a snapshot
-        if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted:
+        if loaded and (loaded[1].embedding_key, loaded[1].dim, loaded[1].kind) == wanted and self._lists_fit(loaded[0]):
             self.index, self.state = loaded
             if owners is None:  # a snapshot from before the map was kept: read it from the catalog (whose
                 # deleted segments are gone; the next refresh drops them from the index too)
@@ -109,7 +107,8 @@ class SegmentIndex:
 
     def _lists_fit(self, loaded: VectorIndex) -> bool:
         """Whether a loaded snapshot's IVF lists are stored as ``VIDSEEK_INDEX_LISTS`` asks (a snapshot
-        without such lists fits any setting); a change of that setting takes effect at the next start."""
+        without such lists fits any setting); one that does not is rebuilt from the catalog by the first
+        refresh, as a snapshot of another kind is, so a change of that setting takes effect at the next start."""
         stored = loaded.list_storage
         if stored is None or stored == self.options.lists:
             return True

@@ -333,10 +333,9 @@ class VectorIndex:
         rounded to float16 when its lists are float16 (not by residual: a vector's code is its own),
         else unchanged (IVF-PQ: not comparable)."""
         with self._lock:
-            cpu = self._cpu_index()
-            if not isinstance(cpu, faiss.IndexIVFScalarQuantizer):
+            if self.list_storage != "fp16":  # read off the index itself: no GPU -> CPU copy to find out
                 return vectors
-            quantizer = cpu.sq  # FAISS's own float16 rounding (not numpy's: they differ by an ulp at times)
+            quantizer = self._cpu_index().sq  # FAISS's own float16 rounding (numpy's differs by an ulp at times)
             return quantizer.decode(quantizer.compute_codes(np.ascontiguousarray(vectors, dtype=np.float32)))
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
